@@ -1,0 +1,2 @@
+//! `dwbase`: the CLI.
+fn main() {}
