@@ -1,0 +1,222 @@
+//! state.json: the durable record of a deployment, written by the supervisor after every
+//! change and read by the CLI when no supervisor runs.
+//!
+//! Machine-written, so: versioned, every field added after version 1 is `#[serde(default)]`,
+//! unknown fields are ignored, and a fixture of each released format lives under
+//! `tests/fixtures/`. Version 0 is the original DWBase tool's file (`{"nodes":[{id, port, pid,
+//! data_dir, log_path, config_path}]}`), which still loads.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::messages::{Group, LastExit, RestartPolicy};
+
+/// The format version this build writes.
+pub const STATE_VERSION: u32 = 1;
+
+/// The whole file.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StateFile {
+    /// Format version; 0 (absent) is the original DWBase tool's file.
+    #[serde(default)]
+    pub version: u32,
+    /// The supervisor that owns these nodes, if one was running when this was written.
+    #[serde(default)]
+    pub supervisor: Option<SupervisorRecord>,
+    /// Every node of this group.
+    #[serde(default)]
+    pub nodes: Vec<NodeRecord>,
+}
+
+/// The supervisor, as recorded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SupervisorRecord {
+    /// Its pid.
+    pub pid: u32,
+    /// Its start time in clock ticks since boot (see [`crate::procinfo::start_time`]).
+    #[serde(default)]
+    pub start_time: Option<u64>,
+    /// The socket it listens on (may be the short runtime fallback).
+    pub socket: PathBuf,
+    /// Its build version.
+    #[serde(default)]
+    pub version: String,
+    /// When it started (Unix milliseconds).
+    #[serde(default)]
+    pub started_unix_ms: i64,
+}
+
+/// Whether a node should be running.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Desired {
+    /// Keep it running.
+    #[default]
+    Running,
+    /// Leave it stopped.
+    Stopped,
+}
+
+/// One node, as recorded.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    /// Node id (what the node reports).
+    pub id: String,
+    /// Name (node-a, …); defaults to the id.
+    #[serde(default)]
+    pub name: String,
+    /// Devnet or local.
+    #[serde(default = "default_group")]
+    pub group: Group,
+    /// HTTP port.
+    pub port: u16,
+    /// Process id, if running.
+    #[serde(default)]
+    pub pid: Option<u32>,
+    /// Start time of that process (clock ticks since boot).
+    #[serde(default)]
+    pub start_time: Option<u64>,
+    /// Node folder.
+    #[serde(default)]
+    pub dir: PathBuf,
+    /// Data dir.
+    pub data_dir: PathBuf,
+    /// Current log file.
+    pub log_path: PathBuf,
+    /// Config file.
+    pub config_path: PathBuf,
+    /// Should it run.
+    #[serde(default)]
+    pub desired: Desired,
+    /// Restart policy.
+    #[serde(default)]
+    pub restart_policy: RestartPolicy,
+    /// Restarts so far.
+    #[serde(default)]
+    pub restarts: u32,
+    /// Last exit.
+    #[serde(default)]
+    pub last_exit: Option<LastExit>,
+    /// SIGTERM → SIGKILL grace in milliseconds.
+    #[serde(default = "default_stop_timeout_ms")]
+    pub stop_timeout_ms: u64,
+    /// Environment overrides given at deploy time.
+    #[serde(default)]
+    pub env: Vec<(String, String)>,
+}
+
+fn default_group() -> Group {
+    Group::Devnet
+}
+
+/// Default SIGTERM → SIGKILL grace.
+pub const DEFAULT_STOP_TIMEOUT_MS: u64 = 10_000;
+
+fn default_stop_timeout_ms() -> u64 {
+    DEFAULT_STOP_TIMEOUT_MS
+}
+
+/// Loading state.json went wrong in a way the caller must tell the operator about.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// Reading failed.
+    #[error("reading {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Writing failed.
+    #[error("writing {path}: {source}")]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is from a newer dwbase.
+    #[error("{path} has format version {found}, newer than this dwbase understands ({STATE_VERSION}); use the newer dwbase")]
+    TooNew {
+        /// The file.
+        path: PathBuf,
+        /// Its version.
+        found: u32,
+    },
+}
+
+/// What [`StateFile::load`] found.
+#[derive(Debug)]
+pub enum Loaded {
+    /// No file: nothing was deployed.
+    Missing,
+    /// A good file.
+    Ok(StateFile),
+    /// The file did not parse; it was moved to `moved_to` and should be reported loudly.
+    Corrupt {
+        /// Where the unreadable file now is.
+        moved_to: PathBuf,
+        /// Why it did not parse.
+        reason: String,
+    },
+}
+
+impl StateFile {
+    /// Loads `path`. A file that does not parse is moved aside (never silently dropped) and
+    /// reported as [`Loaded::Corrupt`].
+    pub fn load(path: &Path) -> Result<Loaded, StateError> {
+        let text = match fs::read(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Loaded::Missing),
+            Err(source) => return Err(StateError::Read { path: path.to_owned(), source }),
+        };
+        match serde_json::from_slice::<StateFile>(&text) {
+            Ok(state) if state.version > STATE_VERSION => {
+                Err(StateError::TooNew { path: path.to_owned(), found: state.version })
+            }
+            Ok(mut state) => {
+                for n in &mut state.nodes {
+                    if n.name.is_empty() {
+                        n.name = n.id.clone();
+                    }
+                }
+                Ok(Loaded::Ok(state))
+            }
+            Err(e) => {
+                let stamp = time::OffsetDateTime::now_utc().unix_timestamp();
+                let moved_to = path.with_extension(format!("json.corrupt-{stamp}"));
+                fs::rename(path, &moved_to)
+                    .map_err(|source| StateError::Write { path: moved_to.clone(), source })?;
+                Ok(Loaded::Corrupt { moved_to, reason: e.to_string() })
+            }
+        }
+    }
+
+    /// Writes `path` atomically: `state.json.partial`, fsync, rename, fsync the folder. A
+    /// crash at any point leaves either the old file or the new one, never half of one.
+    pub fn save(&self, path: &Path) -> Result<(), StateError> {
+        let err = |source| StateError::Write { path: path.to_owned(), source };
+        let dir = path.parent().unwrap_or(Path::new("."));
+        fs::create_dir_all(dir).map_err(err)?;
+        let partial = path.with_extension("json.partial");
+        let mut doc = self.clone();
+        doc.version = STATE_VERSION;
+        let mut bytes =
+            serde_json::to_vec_pretty(&doc).map_err(|e| err(std::io::Error::other(e)))?;
+        bytes.push(b'\n');
+        {
+            let mut f = fs::File::create(&partial).map_err(err)?;
+            f.write_all(&bytes).map_err(err)?;
+            f.sync_all().map_err(err)?;
+        }
+        fs::rename(&partial, path).map_err(err)?;
+        #[cfg(unix)]
+        fs::File::open(dir).and_then(|d| d.sync_all()).map_err(err)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,112 @@
+//! Golden bytes of the wire format. If one of these fails, the change is not append-only:
+//! either put it back, or bump PROTOCOL_VERSION and update the bytes on purpose.
+
+use std::path::PathBuf;
+
+use dwbase_proto::codec::{self, Hello};
+use dwbase_proto::*;
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+#[test]
+fn hello_layout_is_fixed() {
+    let h = Hello { protocol_version: 1, build_version: "0.2.0".into() };
+    assert_eq!(hex(&h.to_bytes()), "4457424153450001010000000500302e322e30");
+    assert_eq!(Hello::from_bytes(&h.to_bytes()).unwrap(), h);
+}
+
+#[test]
+fn protocol_version_is_pinned() {
+    assert_eq!(PROTOCOL_VERSION, 1, "bumping the version? update these golden bytes too");
+}
+
+#[test]
+fn request_variant_indexes_are_pinned() {
+    let cases: Vec<(Request, &str)> = vec![
+        (Request::Ping, "00"),
+        (Request::Status, "01"),
+        (
+            Request::DeployDevnet(DevnetSpec {
+                nodes: 3,
+                base_port: 7000,
+                swarm: true,
+                template: None,
+                restart_policy: RestartPolicy::OnFailure,
+                env: vec![("DWBASE_MAX_RAM_MB".into(), "64".into())],
+                stop_timeout_ms: 10_000,
+            }),
+            "0203fb581b01000101114457424153455f4d41585f52414d5f4d42023634fb1027",
+        ),
+        (
+            Request::DeployLocal(LocalSpec {
+                config: Some(PathBuf::from("/c.toml")),
+                restart_policy: RestartPolicy::Always,
+                env: vec![],
+                stop_timeout_ms: 5,
+            }),
+            "030107 2f632e746f6d6c000005",
+        ),
+        (Request::Restart(NodeRef { node: "node-b".into() }), "04066e6f64652d62"),
+        (
+            Request::Stop(StopSpec { nodes: vec![], group: Some(Group::Devnet), timeout_ms: None }),
+            "0500010000",
+        ),
+        (Request::Shutdown(ShutdownSpec { stop_nodes: true }), "0601"),
+        (
+            Request::Logs(LogsSpec {
+                node: None,
+                tail: Some(50),
+                follow: true,
+                since_unix_ms: None,
+            }),
+            "07000132 0100",
+        ),
+    ];
+    for (req, want) in cases {
+        let got = hex(&codec::encode("request", &req).unwrap());
+        assert_eq!(got, want.replace(' ', ""), "{req:?}");
+        let back: Request =
+            codec::decode("request", &codec::encode("request", &req).unwrap()).unwrap();
+        assert_eq!(back, req);
+    }
+}
+
+#[test]
+fn response_variant_indexes_are_pinned() {
+    let cases: Vec<(Response, &str)> = vec![
+        (Response::Done(Done { message: "ok".into() }), "02026f6b"),
+        (
+            Response::Error(ErrorReply { kind: ErrorKind::PortInUse, message: "x".into() }),
+            "03020178",
+        ),
+        (
+            Response::LogLine(LogLine { node: "a".into(), at_unix_ms: 1, text: "hi".into() }),
+            "0401610202 6869",
+        ),
+        (Response::EndOfStream(EndOfStream::NodeStopped), "0501"),
+        (Response::EndOfStream(EndOfStream::Failed("e".into())), "05030165"),
+    ];
+    for (resp, want) in cases {
+        let got = hex(&codec::encode("response", &resp).unwrap());
+        assert_eq!(got, want.replace(' ', ""), "{resp:?}");
+    }
+}
+
+#[test]
+fn garbage_and_trailing_bytes_are_errors_not_panics() {
+    assert!(codec::decode::<Request>("request", &[0xff, 0xff, 0xff]).is_err());
+    assert!(codec::decode::<Request>("request", &[]).is_err());
+    // A valid Ping followed by junk is rejected as trailing bytes.
+    assert!(matches!(
+        codec::decode::<Request>("request", &[0x00, 0x01]),
+        Err(CodecError::Trailing { .. })
+    ));
+    // A string length far beyond the frame must not allocate or panic.
+    assert!(codec::decode::<Request>(
+        "request",
+        &[0x04, 0xfd, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f]
+    )
+    .is_err());
+}
