@@ -1,2 +1,145 @@
-//! `dwbase`: the CLI.
-fn main() {}
+//! `dwbase`: deploy and operate DWBase nodes.
+//!
+//! A thin client of the supervisor daemon (`dwbase-supervisor`), which it starts in the
+//! background when a command needs one. Logs go to stderr, data to stdout, `--json` gives
+//! machine output. Exit codes: 0 success, 1 failure, 2 usage.
+
+mod cli;
+mod daemon;
+mod deploy;
+mod fallback;
+mod filelogs;
+mod logs;
+mod output;
+mod passthrough;
+mod signals;
+mod status;
+mod stop;
+mod supervisor_cmd;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use cli::{Cli, Command, DeployCommand, NodeCommand, SupervisorCommand};
+
+/// A usage error found after parsing (exit code 2).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Usage(pub String);
+
+/// Exit with this code; whatever needed saying was printed already.
+#[derive(Debug, thiserror::Error)]
+#[error("exit {0}")]
+pub struct Silent(pub u8);
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // These two hand the process over to the node or supervisor, which set up their own
+    // logging and runtime.
+    match cli.command {
+        Command::Supervisor(SupervisorCommand::Run { args }) => {
+            return passthrough::supervisor("run", args)
+        }
+        Command::Supervisor(SupervisorCommand::Logpipe { args }) => {
+            return passthrough::supervisor("logpipe", args)
+        }
+        Command::Node(NodeCommand::Run { args }) => return passthrough::node(args),
+        _ => {}
+    }
+    init_tracing(cli.verbose);
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: starting the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(dispatch(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            if let Some(Silent(code)) = e.downcast_ref::<Silent>() {
+                return ExitCode::from(*code);
+            }
+            // `dwbase … | head` closing our stdout is how a reader says "enough".
+            if e.chain().any(|c| {
+                c.downcast_ref::<std::io::Error>()
+                    .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            }) {
+                return ExitCode::SUCCESS;
+            }
+            eprintln!("error: {}", error_text(&e));
+            if e.downcast_ref::<Usage>().is_some() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+async fn dispatch(command: Command) -> anyhow::Result<()> {
+    let paths = dwbase_proto::Paths::from_env().map_err(|e| {
+        anyhow::anyhow!("finding the state root (DWBASE_DATA_DIR or ./.dwbase): {e}")
+    })?;
+    tracing::debug!(root = %paths.root.display(), socket = %paths.socket().display(), "state root");
+    match command {
+        Command::Deploy(cmd) => match cmd {
+            DeployCommand::Devnet(a) => deploy::devnet(&paths, a).await,
+            DeployCommand::Local(a) => deploy::local(&paths, a).await,
+            DeployCommand::Status(a) => status::run(&paths, a.json).await,
+            DeployCommand::Logs(a) => logs::run(&paths, a).await,
+            DeployCommand::Restart(a) => stop::restart(&paths, &a.node).await,
+            DeployCommand::Stop(a) => stop::run(&paths, &a).await,
+            DeployCommand::Clean(a) => stop::clean(&paths, &a).await,
+        },
+        Command::Supervisor(SupervisorCommand::Restart(a)) => {
+            supervisor_cmd::restart(&paths, a.metrics_addr).await
+        }
+        Command::Supervisor(SupervisorCommand::Status(a)) => {
+            status::supervisor_status(&paths, a.json).await
+        }
+        Command::Supervisor(SupervisorCommand::Run { .. } | SupervisorCommand::Logpipe { .. })
+        | Command::Node(NodeCommand::Run { .. }) => {
+            unreachable!("handled before the runtime starts")
+        }
+    }
+}
+
+/// The error and its causes, skipping a cause whose text the message already contains (the
+/// protocol errors quote their source).
+fn error_text(e: &anyhow::Error) -> String {
+    let mut msg = String::new();
+    for cause in e.chain() {
+        let s = cause.to_string();
+        if msg.contains(&s) {
+            continue;
+        }
+        if !msg.is_empty() {
+            msg.push_str(": ");
+        }
+        msg.push_str(&s);
+    }
+    msg
+}
+
+/// Logs to stderr: warnings by default, `-v` info, `-vv` debug, `-vvv` trace; RUST_LOG wins.
+fn init_tracing(verbose: u8) {
+    use tracing_subscriber::EnvFilter;
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|v| !v.is_empty())
+        .and_then(|v| EnvFilter::try_new(v).ok())
+        .unwrap_or_else(|| EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}

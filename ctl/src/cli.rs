@@ -1,0 +1,269 @@
+//! The command line: clap derive definitions, nothing else.
+//!
+//! Exit codes of every command: 0 success, 1 failure, 2 usage (a bad flag or value, or a
+//! confirmation that was not given).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{ArgAction, Args, Parser, Subcommand};
+use dwbase_proto::RestartPolicy;
+
+/// `dwbase`: deploy and operate DWBase nodes.
+#[derive(Debug, Parser)]
+#[command(
+    name = "dwbase",
+    version,
+    about = "Deploy and operate DWBase nodes",
+    long_about = "Deploy and operate DWBase nodes.\n\nThe state root is $DWBASE_DATA_DIR, else \
+                  ./.dwbase. A supervisor daemon is started in the background when a command \
+                  needs one; `status` and `stop` also work without it, from state.json.\n\n\
+                  Exit codes: 0 success, 1 failure, 2 usage."
+)]
+pub struct Cli {
+    /// More log output on stderr (-v info, -vv debug, -vvv trace); RUST_LOG overrides.
+    #[arg(short, long, action = ArgAction::Count, global = true)]
+    pub verbose: u8,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Top-level commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Deploy, inspect and stop nodes.
+    #[command(subcommand)]
+    Deploy(DeployCommand),
+    /// Run or manage the supervisor daemon.
+    #[command(subcommand)]
+    Supervisor(SupervisorCommand),
+    /// Run a DWBase node in the foreground (same as `dwbase-node`).
+    #[command(subcommand)]
+    Node(NodeCommand),
+}
+
+/// `dwbase deploy …`
+#[derive(Debug, Subcommand)]
+pub enum DeployCommand {
+    /// Start a devnet of N nodes on this machine (node-a, node-b, … on base-port, base-port+1, …).
+    Devnet(DevnetArgs),
+    /// Start the single local node.
+    Local(LocalArgs),
+    /// Show the supervisor and every node (works without a supervisor, from state.json).
+    Status(StatusArgs),
+    /// Print node logs.
+    Logs(LogsArgs),
+    /// Restart one node (clears a crash loop).
+    Restart(RestartArgs),
+    /// Stop nodes; without NODE, stop every node and then the supervisor.
+    Stop(StopArgs),
+    /// Stop everything and delete the devnet and local folders and the supervisor's files.
+    Clean(CleanArgs),
+}
+
+/// Flags shared by `deploy devnet` and `deploy local`.
+#[derive(Debug, Clone, Args)]
+pub struct CommonDeployArgs {
+    /// Restart policy of the nodes.
+    #[arg(long, default_value = "always", value_name = "always|on-failure|never")]
+    pub restart: RestartPolicy,
+    /// How long to wait for every node to become ready.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub timeout: Duration,
+    /// How long `stop` waits after SIGTERM before SIGKILL.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub stop_timeout: Duration,
+    /// Serve the supervisor's Prometheus metrics here (loopback), when this command starts it.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
+    /// Stay attached: run the supervisor as a child, stream the logs, and stop everything on
+    /// Ctrl+C (SIGINT) or SIGTERM.
+    #[arg(long)]
+    pub foreground: bool,
+    /// Print the result as one JSON object on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `dwbase deploy devnet`
+#[derive(Debug, Clone, Args)]
+pub struct DevnetArgs {
+    /// Number of nodes (at least 1).
+    #[arg(long, default_value_t = 3, value_parser = parse_nodes)]
+    pub nodes: u32,
+    /// Port of node-a; node-b gets base-port + 1, and so on.
+    #[arg(long, default_value_t = 7000)]
+    pub base_port: u16,
+    /// Do not make the nodes swarm peers of each other.
+    #[arg(long)]
+    pub no_swarm: bool,
+    /// Base node config, rewritten per node (default: the built-in deploy/devnet.toml).
+    #[arg(long, value_name = "FILE")]
+    pub template: Option<PathBuf>,
+    /// Shared flags.
+    #[command(flatten)]
+    pub common: CommonDeployArgs,
+}
+
+/// `dwbase deploy local`
+#[derive(Debug, Clone, Args)]
+pub struct LocalArgs {
+    /// Node config (default: the built-in deploy/local.toml).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Shared flags.
+    #[command(flatten)]
+    pub common: CommonDeployArgs,
+}
+
+/// `dwbase deploy status`
+#[derive(Debug, Clone, Args)]
+pub struct StatusArgs {
+    /// One JSON object on stdout (keys documented in `dwbase_ctl::status`).
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `dwbase deploy logs`
+#[derive(Debug, Clone, Args)]
+pub struct LogsArgs {
+    /// One node; every node interleaved when omitted.
+    pub node: Option<String>,
+    /// Only the last N lines (per node).
+    #[arg(long, short = 'n', value_name = "N")]
+    pub tail: Option<u32>,
+    /// Keep printing new lines as they are written.
+    #[arg(short, long)]
+    pub follow: bool,
+    /// Only lines written since then: a duration ago ("10m", "1h 30m") or an RFC 3339 time.
+    #[arg(long, value_name = "WHEN")]
+    pub since: Option<String>,
+    /// One JSON object per line: {"node","at","at_unix_ms","text"}.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `dwbase deploy restart`
+#[derive(Debug, Clone, Args)]
+pub struct RestartArgs {
+    /// The node to restart (node-a, … or the local node's id).
+    pub node: String,
+}
+
+/// `dwbase deploy stop`
+#[derive(Debug, Clone, Args)]
+pub struct StopArgs {
+    /// Nodes to stop; all of them (and then the supervisor) when omitted.
+    pub nodes: Vec<String>,
+    /// SIGTERM → SIGKILL grace (default: each node's own, 10 s unless deployed otherwise).
+    #[arg(long, value_parser = parse_duration)]
+    pub timeout: Option<Duration>,
+}
+
+/// `dwbase deploy clean`
+#[derive(Debug, Clone, Args)]
+pub struct CleanArgs {
+    /// Do not ask; required when stdin is not a terminal.
+    #[arg(long)]
+    pub yes: bool,
+}
+
+/// `dwbase supervisor …`
+#[derive(Debug, Subcommand)]
+pub enum SupervisorCommand {
+    /// Run the supervisor (same arguments as `dwbase-supervisor`).
+    #[command(disable_help_flag = true)]
+    Run {
+        /// Arguments for the supervisor (see `dwbase supervisor run --help`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, num_args = 0..)]
+        args: Vec<std::ffi::OsString>,
+    },
+    /// Copy a node's output into its log file (internal: the supervisor spawns it).
+    #[command(hide = true, disable_help_flag = true)]
+    Logpipe {
+        /// Arguments for the log pipe.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, num_args = 0..)]
+        args: Vec<std::ffi::OsString>,
+    },
+    /// Restart the supervisor, leaving the nodes running (the new one adopts them).
+    Restart(SupervisorRestartArgs),
+    /// Show the running supervisor: pid, version, socket, metrics url, uptime.
+    Status(StatusArgs),
+}
+
+/// `dwbase supervisor restart`
+#[derive(Debug, Clone, Args)]
+pub struct SupervisorRestartArgs {
+    /// Serve Prometheus metrics here from the new supervisor.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
+}
+
+/// `dwbase node …`
+#[derive(Debug, Subcommand)]
+pub enum NodeCommand {
+    /// Run one node in the foreground (same arguments as `dwbase-node`).
+    #[command(disable_help_flag = true)]
+    Run {
+        /// Arguments for the node (see `dwbase node run --help`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, num_args = 0..)]
+        args: Vec<std::ffi::OsString>,
+    },
+}
+
+/// Parses "10s", "1m 30s", "250ms"; a bare number means seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    if let Ok(secs) = s.parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
+    }
+    humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 30s, 1m, 250ms)"))
+}
+
+fn parse_nodes(s: &str) -> Result<u32, String> {
+    let n: u32 = s.parse().map_err(|_| format!("{s:?} is not a whole number"))?;
+    if n == 0 {
+        return Err("a devnet needs at least 1 node (got 0)".into());
+    }
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
+        assert_eq!(parse_duration("5").unwrap(), Duration::from_secs(5));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn zero_nodes_is_a_usage_error() {
+        let err = Cli::try_parse_from(["dwbase", "deploy", "devnet", "--nodes", "0"]).unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+        assert!(err.to_string().contains("at least 1 node"), "{err}");
+    }
+
+    #[test]
+    fn passthrough_args_keep_their_flags() {
+        let cli =
+            Cli::try_parse_from(["dwbase", "supervisor", "run", "--root", "/x", "--help"]).unwrap();
+        match cli.command {
+            Command::Supervisor(SupervisorCommand::Run { args }) => {
+                assert_eq!(args, ["--root", "/x", "--help"])
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}

@@ -1,0 +1,205 @@
+//! Finding, starting and talking to the supervisor.
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use dwbase_proto::procinfo::{self, Liveness};
+use dwbase_proto::{Client, ClientError, Paths, Request, Response, ShutdownSpec, SupervisorInfo};
+
+use crate::output;
+
+/// How long a freshly spawned supervisor has to accept connections.
+pub const START_DEADLINE: Duration = Duration::from_secs(10);
+
+/// How long to wait for a supervisor to exit after it acknowledged a shutdown.
+pub const EXIT_DEADLINE: Duration = Duration::from_secs(30);
+
+/// Dials the supervisor of `paths`: `Ok(None)` when none is running. A protocol mismatch is
+/// an error whose text says how to restart the supervisor.
+pub async fn connect(paths: &Paths) -> Result<Option<Client>, ClientError> {
+    match Client::connect(&paths.socket()).await {
+        Ok(c) => Ok(Some(c)),
+        Err(ClientError::NotRunning { .. }) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// A supervisor this command started.
+#[derive(Debug)]
+pub struct Started {
+    /// The spawned process. Dropping it neither waits nor kills: once this CLI exits, the kernel
+    /// reparents the supervisor to init (or the nearest subreaper), which reaps it.
+    pub child: Child,
+}
+
+/// A connection to the supervisor, and whether this command started it.
+#[derive(Debug)]
+pub struct Connection {
+    /// The connected client.
+    pub client: Client,
+    /// Set when this command spawned the supervisor.
+    pub started: Option<Started>,
+}
+
+/// How to start a supervisor when none runs.
+#[derive(Debug, Clone, Default)]
+pub struct StartOptions {
+    /// `--metrics-addr` for the new supervisor.
+    pub metrics_addr: Option<SocketAddr>,
+    /// Run it attached (not daemonized, same process group) and keep its handle.
+    pub foreground: bool,
+}
+
+/// Connects to the supervisor, starting one in the background if none runs.
+pub async fn ensure_supervisor(paths: &Paths, opts: &StartOptions) -> Result<Connection> {
+    if let Some(client) = connect(paths).await? {
+        return Ok(Connection { client, started: None });
+    }
+    let child = spawn_supervisor(paths, opts)?;
+    tracing::info!(pid = child.id(), root = %paths.root.display(), "started a supervisor");
+    let mut started = Started { child };
+    let client = wait_for_supervisor(paths, &mut started.child).await?;
+    Ok(Connection { client, started: Some(started) })
+}
+
+/// The supervisor program: the sibling `dwbase-supervisor` of this executable, else this
+/// executable itself with `supervisor` (single-binary installs).
+fn supervisor_command() -> Result<Command> {
+    let exe = std::env::current_exe().context("finding the dwbase executable")?;
+    let sibling = exe.with_file_name(format!("dwbase-supervisor{}", std::env::consts::EXE_SUFFIX));
+    Ok(if sibling.is_file() {
+        Command::new(sibling)
+    } else {
+        let mut cmd = Command::new(exe);
+        cmd.arg("supervisor");
+        cmd
+    })
+}
+
+/// Spawns `dwbase-supervisor run --root <root>`, stdio null, in its own process group (unless
+/// foreground), without waiting for it.
+pub fn spawn_supervisor(paths: &Paths, opts: &StartOptions) -> Result<Child> {
+    let mut cmd = supervisor_command()?;
+    cmd.arg("run").arg("--root").arg(&paths.root);
+    if let Some(addr) = opts.metrics_addr {
+        cmd.arg("--metrics-addr").arg(addr.to_string());
+    }
+    if opts.foreground {
+        cmd.arg("--foreground");
+    }
+    cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+    #[cfg(unix)]
+    if !opts.foreground {
+        use std::os::unix::process::CommandExt;
+        // Its own process group: a Ctrl+C meant for this CLI must not reach the daemon.
+        cmd.process_group(0);
+    }
+    cmd.spawn().with_context(|| format!("starting the supervisor ({:?})", cmd.get_program()))
+}
+
+/// Polls the socket until the new supervisor answers, it exits, or [`START_DEADLINE`] passes.
+async fn wait_for_supervisor(paths: &Paths, child: &mut Child) -> Result<Client> {
+    let deadline = Instant::now() + START_DEADLINE;
+    let mut pause = Duration::from_millis(2);
+    loop {
+        match connect(paths).await {
+            Ok(Some(c)) => return Ok(c),
+            Ok(None) => {}
+            Err(e @ ClientError::VersionMismatch { .. }) => return Err(e.into()),
+            Err(e) => tracing::debug!("supervisor not answering yet: {e}"),
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            // Another dwbase may have started one at the same moment: ours then exits.
+            if let Ok(Some(c)) = connect(paths).await {
+                return Ok(c);
+            }
+            output::print_supervisor_log_tail(paths, 20);
+            bail!("the supervisor exited during start-up ({status}); see its log above");
+        }
+        if Instant::now() >= deadline {
+            output::print_supervisor_log_tail(paths, 20);
+            bail!(
+                "the supervisor (pid {}) did not answer on {} within {:?}",
+                child.id(),
+                paths.socket().display(),
+                START_DEADLINE
+            );
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(50));
+    }
+}
+
+/// Sends one request and unwraps the common answers: an `Error` reply becomes an error.
+pub async fn request(client: &mut Client, req: &Request, timeout: Duration) -> Result<Response> {
+    match client.request_with_timeout(req, timeout).await? {
+        Response::Error(e) => Err(anyhow!(SupervisorRefused(e))),
+        other => Ok(other),
+    }
+}
+
+/// The supervisor refused a request; carries its reply.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", .0.message)]
+pub struct SupervisorRefused(pub dwbase_proto::ErrorReply);
+
+/// Asks the supervisor who it is.
+pub async fn ping(client: &mut Client) -> Result<SupervisorInfo> {
+    match request(client, &Request::Ping, Duration::from_secs(10)).await? {
+        Response::Pong(info) => Ok(info),
+        other => bail!("unexpected answer to Ping: {other:?}"),
+    }
+}
+
+/// Asks the supervisor to exit and waits until its process is gone.
+pub async fn shutdown(client: &mut Client, info: &SupervisorInfo, stop_nodes: bool) -> Result<()> {
+    let req = Request::Shutdown(ShutdownSpec { stop_nodes });
+    // Stopping nodes can take their stop timeouts; give it room.
+    match client.request_with_timeout(&req, Duration::from_secs(300)).await {
+        Ok(Response::Done(_)) | Err(ClientError::Closed) => {}
+        Ok(Response::Error(e)) => bail!("the supervisor refused to shut down: {}", e.message),
+        Ok(other) => bail!("unexpected answer to Shutdown: {other:?}"),
+        Err(e) => return Err(e.into()),
+    }
+    wait_gone(info.pid, None, EXIT_DEADLINE).await;
+    if procinfo::start_time(info.pid).is_some() && !procinfo::is_zombie(info.pid) {
+        bail!("the supervisor (pid {}) acknowledged the shutdown but is still running", info.pid);
+    }
+    Ok(())
+}
+
+/// Waits until `pid` is gone (or a zombie), or `deadline` passes. With `start`, a different
+/// process reusing the pid counts as gone.
+pub async fn wait_gone(pid: u32, start: Option<u64>, deadline: Duration) -> bool {
+    let until = Instant::now() + deadline;
+    loop {
+        let gone = match start {
+            Some(_) => procinfo::liveness(pid, start) != Liveness::Alive,
+            None => procinfo::start_time(pid).is_none() || procinfo::is_zombie(pid),
+        };
+        if gone {
+            return true;
+        }
+        if Instant::now() >= until {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// The supervisor as recorded on disk (from the state files), if it is alive.
+pub fn recorded_supervisor(paths: &Paths) -> Option<(u32, Option<u64>)> {
+    use dwbase_proto::state::{Loaded, StateFile};
+    for group in [dwbase_proto::Group::Devnet, dwbase_proto::Group::Local] {
+        if let Ok(Loaded::Ok(state)) = StateFile::load(&paths.state_file(group)) {
+            if let Some(s) = state.supervisor {
+                if procinfo::liveness(s.pid, s.start_time) == Liveness::Alive {
+                    return Some((s.pid, s.start_time));
+                }
+            }
+        }
+    }
+    None
+}

@@ -1,0 +1,370 @@
+//! `dwbase deploy status` and `dwbase supervisor status`.
+//!
+//! # `--json` (stable keys; new keys may be added, none renamed)
+//!
+//! ```text
+//! {
+//!   "root": "/abs/.dwbase",
+//!   "supervisor": {
+//!     "running": true,                  // false: read from state.json, see "state_files"
+//!     "pid": 1234, "version": "0.2.0",  // null when not running (pid: the recorded one if alive)
+//!     "socket": "/abs/.dwbase/supervisor.sock",
+//!     "metrics_url": "http://127.0.0.1:9464/metrics",   // or null
+//!     "started_unix_ms": 1764057600000, "uptime_ms": 5000, // or null
+//!     "state_files": ["/abs/.dwbase/devnet/state.json"]   // the files read (fallback only)
+//!   },
+//!   "nodes": [{
+//!     "name": "node-a", "id": "node-a", "group": "devnet" | "local",
+//!     "pid": 12345 | null, "port": 7000,
+//!     "state": "starting|ready|degraded|unready|backoff|crash-loop|stopping|stopped"
+//!              (supervised) | "alive|dead|pid-reused|stopped" (from state.json),
+//!     "ready": true, "restarts": 0, "uptime_ms": 5000 | null,
+//!     "restart_policy": "always|on-failure|never",
+//!     "last_exit": {"code": 1 | null, "signal": 9 | null, "at_unix_ms": 0} | null,
+//!     "dir": "...", "data_dir": "...", "log_path": "...", "config_path": "...",
+//!     "message": "..." | null
+//!   }]
+//! }
+//! ```
+//!
+//! `deploy status` exits 0 whenever it could find out (nothing deployed included: `nodes` is
+//! empty) and 1 when it could not (unreadable state, a supervisor of another protocol).
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Result};
+use dwbase_proto::{
+    Client, ExitKind, NodeStatus, Paths, Request, Response, StatusReport, SupervisorInfo,
+};
+use serde::Serialize;
+
+use crate::daemon;
+use crate::fallback;
+use crate::output::{display_path, humanize, Table};
+
+/// The JSON document of `deploy status --json`.
+#[derive(Debug, Serialize)]
+pub struct StatusJson {
+    /// The state root.
+    pub root: PathBuf,
+    /// The supervisor.
+    pub supervisor: SupervisorJson,
+    /// Every node.
+    pub nodes: Vec<NodeJson>,
+}
+
+/// The supervisor part of [`StatusJson`].
+#[derive(Debug, Serialize)]
+pub struct SupervisorJson {
+    /// Whether it answered.
+    pub running: bool,
+    /// Its pid.
+    pub pid: Option<u32>,
+    /// Its build version.
+    pub version: Option<String>,
+    /// Its socket.
+    pub socket: PathBuf,
+    /// Its metrics URL.
+    pub metrics_url: Option<String>,
+    /// When it started.
+    pub started_unix_ms: Option<i64>,
+    /// How long it has run.
+    pub uptime_ms: Option<u64>,
+    /// The state files read when it is not running.
+    pub state_files: Vec<PathBuf>,
+}
+
+/// A node's last exit.
+#[derive(Debug, Serialize)]
+pub struct LastExitJson {
+    /// Exit code, if it exited.
+    pub code: Option<i32>,
+    /// Signal, if killed.
+    pub signal: Option<i32>,
+    /// When.
+    pub at_unix_ms: i64,
+}
+
+/// One node of [`StatusJson`].
+#[derive(Debug, Serialize)]
+pub struct NodeJson {
+    /// Name.
+    pub name: String,
+    /// Id.
+    pub id: String,
+    /// "devnet" or "local".
+    pub group: dwbase_proto::Group,
+    /// Pid.
+    pub pid: Option<u32>,
+    /// Port.
+    pub port: u16,
+    /// State word.
+    pub state: String,
+    /// Ready at the last probe.
+    pub ready: bool,
+    /// Restarts.
+    pub restarts: u32,
+    /// Uptime.
+    pub uptime_ms: Option<u64>,
+    /// Restart policy.
+    pub restart_policy: dwbase_proto::RestartPolicy,
+    /// Last exit.
+    pub last_exit: Option<LastExitJson>,
+    /// Node folder.
+    pub dir: PathBuf,
+    /// Data dir.
+    pub data_dir: PathBuf,
+    /// Log file.
+    pub log_path: PathBuf,
+    /// Config file.
+    pub config_path: PathBuf,
+    /// Why it is not ready, or what went wrong last.
+    pub message: Option<String>,
+}
+
+fn now_ms() -> i64 {
+    (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
+}
+
+fn last_exit_json(e: &dwbase_proto::LastExit) -> LastExitJson {
+    let (code, signal) = match e.kind {
+        ExitKind::Code(c) => (Some(c), None),
+        ExitKind::Signal(s) => (None, Some(s)),
+    };
+    LastExitJson { code, signal, at_unix_ms: e.at_unix_ms }
+}
+
+impl NodeJson {
+    /// From a supervised node.
+    pub fn from_status(n: &NodeStatus) -> Self {
+        Self {
+            name: n.name.clone(),
+            id: n.id.clone(),
+            group: n.group,
+            pid: n.pid,
+            port: n.port,
+            state: n.state.as_str().to_owned(),
+            ready: n.ready,
+            restarts: n.restarts,
+            uptime_ms: n.uptime_ms,
+            restart_policy: n.restart_policy,
+            last_exit: n.last_exit.as_ref().map(last_exit_json),
+            dir: n.dir.clone(),
+            data_dir: n.data_dir.clone(),
+            log_path: n.log_path.clone(),
+            config_path: n.config_path.clone(),
+            message: n.message.clone(),
+        }
+    }
+}
+
+impl SupervisorJson {
+    /// From a running supervisor.
+    pub fn from_info(info: &SupervisorInfo) -> Self {
+        Self {
+            running: true,
+            pid: Some(info.pid),
+            version: Some(info.version.clone()),
+            socket: info.socket.clone(),
+            metrics_url: info.metrics_url.clone(),
+            started_unix_ms: Some(info.started_unix_ms),
+            uptime_ms: Some(now_ms().saturating_sub(info.started_unix_ms).max(0) as u64),
+            state_files: Vec::new(),
+        }
+    }
+}
+
+/// Asks a running supervisor for its status.
+pub async fn fetch(client: &mut Client) -> Result<StatusReport> {
+    match daemon::request(client, &Request::Status, Duration::from_secs(10)).await? {
+        Response::Status(r) => Ok(r),
+        other => bail!("unexpected answer to Status: {other:?}"),
+    }
+}
+
+/// `dwbase deploy status`.
+pub async fn run(paths: &Paths, json: bool) -> Result<()> {
+    let doc = match daemon::connect(paths).await? {
+        Some(mut client) => {
+            let report = fetch(&mut client).await?;
+            StatusJson {
+                root: paths.root.clone(),
+                supervisor: SupervisorJson::from_info(&report.supervisor),
+                nodes: report.nodes.iter().map(NodeJson::from_status).collect(),
+            }
+        }
+        None => from_state_files(paths)?,
+    };
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    if json {
+        serde_json::to_writer_pretty(&mut out, &doc)?;
+        writeln!(out)?;
+    } else {
+        write_human(&mut out, &doc)?;
+    }
+    Ok(())
+}
+
+/// The status as recorded in both state files, with every pid checked against /proc.
+pub fn from_state_files(paths: &Paths) -> Result<StatusJson> {
+    let groups = fallback::load_all(paths)?;
+    let mut nodes = Vec::new();
+    let mut state_files = Vec::new();
+    let mut recorded_sup = None;
+    for g in &groups {
+        if g.present {
+            state_files.push(g.path.clone());
+        }
+        if let Some(s) = &g.state.supervisor {
+            recorded_sup.get_or_insert(s.clone());
+        }
+        for n in &g.state.nodes {
+            let alive = fallback::node_liveness(n) == Some(dwbase_proto::procinfo::Liveness::Alive);
+            nodes.push(NodeJson {
+                name: n.name.clone(),
+                id: n.id.clone(),
+                group: n.group,
+                pid: n.pid,
+                port: n.port,
+                state: fallback::node_state_word(n).to_owned(),
+                ready: false,
+                restarts: n.restarts,
+                uptime_ms: None,
+                restart_policy: n.restart_policy,
+                last_exit: n.last_exit.as_ref().map(last_exit_json),
+                dir: n.dir.clone(),
+                data_dir: n.data_dir.clone(),
+                log_path: n.log_path.clone(),
+                config_path: n.config_path.clone(),
+                message: (!alive && n.pid.is_some())
+                    .then(|| "process not running (supervisor down)".to_owned()),
+            });
+        }
+    }
+    Ok(StatusJson {
+        root: paths.root.clone(),
+        supervisor: SupervisorJson {
+            running: false,
+            pid: None,
+            version: recorded_sup.as_ref().map(|s| s.version.clone()).filter(|v| !v.is_empty()),
+            socket: paths.socket(),
+            metrics_url: None,
+            started_unix_ms: None,
+            uptime_ms: None,
+            state_files,
+        },
+        nodes,
+    })
+}
+
+fn supervisor_line(s: &SupervisorJson) -> String {
+    if !s.running {
+        return if s.state_files.is_empty() {
+            "supervisor: not running (nothing recorded)".to_owned()
+        } else {
+            let files: Vec<String> =
+                s.state_files.iter().map(|p| p.display().to_string()).collect();
+            format!("supervisor: not running (state from {})", files.join(", "))
+        };
+    }
+    let mut line = format!(
+        "supervisor: pid {}, dwbase {}, socket {}",
+        s.pid.unwrap_or(0),
+        s.version.as_deref().unwrap_or("?"),
+        s.socket.display()
+    );
+    if let Some(url) = &s.metrics_url {
+        line.push_str(&format!(", metrics {url}"));
+    }
+    if let Some(up) = s.uptime_ms {
+        line.push_str(&format!(", up {}", humanize(Duration::from_millis(up))));
+    }
+    line
+}
+
+fn last_exit_word(e: &Option<LastExitJson>) -> String {
+    match e {
+        None => "-".into(),
+        Some(LastExitJson { code: Some(c), .. }) => format!("exit {c}"),
+        Some(LastExitJson { signal: Some(s), .. }) => format!("signal {s}"),
+        Some(_) => "unknown".into(),
+    }
+}
+
+/// Writes the human table.
+pub fn write_human(out: &mut impl Write, doc: &StatusJson) -> std::io::Result<()> {
+    writeln!(out, "{}", supervisor_line(&doc.supervisor))?;
+    if doc.nodes.is_empty() {
+        writeln!(out, "no nodes deployed under {}", doc.root.display())?;
+        return Ok(());
+    }
+    let mut t = Table::new(&[
+        "NODE",
+        "ID",
+        "PID",
+        "PORT",
+        "STATE",
+        "READY",
+        "RESTARTS",
+        "UPTIME",
+        "LAST EXIT",
+        "DATA DIR",
+    ]);
+    for n in &doc.nodes {
+        t.row(vec![
+            n.name.clone(),
+            n.id.clone(),
+            n.pid.map_or("-".into(), |p| p.to_string()),
+            n.port.to_string(),
+            n.state.clone(),
+            if doc.supervisor.running {
+                if n.ready {
+                    "yes"
+                } else {
+                    "no"
+                }
+            } else {
+                "?"
+            }
+            .into(),
+            n.restarts.to_string(),
+            n.uptime_ms.map_or("-".into(), |u| humanize(Duration::from_millis(u))),
+            last_exit_word(&n.last_exit),
+            display_path(&n.data_dir).display().to_string(),
+        ]);
+    }
+    t.write(out)?;
+    for n in doc.nodes.iter().filter(|n| n.message.is_some() && n.state != "ready") {
+        writeln!(out, "{}: {}", n.name, n.message.as_deref().unwrap_or_default())?;
+    }
+    Ok(())
+}
+
+/// `dwbase supervisor status`: exits 1 when no supervisor runs.
+pub async fn supervisor_status(paths: &Paths, json: bool) -> Result<()> {
+    let Some(mut client) = daemon::connect(paths).await? else {
+        if json {
+            let doc = from_state_files(paths)?;
+            println!("{}", serde_json::to_string_pretty(&doc.supervisor)?);
+        } else {
+            println!("supervisor: not running (socket {})", paths.socket().display());
+        }
+        return Err(crate::Silent(1).into());
+    };
+    let info = daemon::ping(&mut client).await?;
+    let s = SupervisorJson::from_info(&info);
+    if json {
+        println!("{}", serde_json::to_string_pretty(&s)?);
+    } else {
+        println!("pid:      {}", info.pid);
+        println!("version:  {}", info.version);
+        println!("root:     {}", info.root.display());
+        println!("socket:   {}", info.socket.display());
+        println!("metrics:  {}", info.metrics_url.as_deref().unwrap_or("off"));
+        println!("uptime:   {}", humanize(Duration::from_millis(s.uptime_ms.unwrap_or(0))));
+    }
+    Ok(())
+}

@@ -1,0 +1,394 @@
+//! HTTP routes, the JSON body extractor and the middleware stack.
+//!
+//! Layers, outermost first: request id (kept from the request or a new ULID) → tracing span
+//! carrying it → request id echoed on the response → metrics (route template, method, status,
+//! refusals) → authentication → the route.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, FromRequest, MatchedPath, Path, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
+use futures::StreamExt;
+use serde::de::DeserializeOwned;
+use tower_http::request_id::{
+    MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
+};
+use tower_http::trace::TraceLayer;
+
+use crate::error::{ApiError, Refusal};
+use crate::metrics::{HttpLabels, RouteLabels};
+use crate::model::{Atom, NewAtom, Question, ReplayRequest, WorldManage, WorldPolicy};
+use crate::node::Node;
+
+/// Header carrying the request id.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+/// Optional header naming the worker an ask is rate-limited as (else the client address).
+pub const WORKER_HEADER: &str = "x-dwbase-worker";
+/// Routes that never need the API key (probes and scrapes).
+pub const OPEN_ROUTES: &[&str] = &["/healthz", "/readyz", "/metrics"];
+
+/// A JSON body read under `max_body_bytes` whose errors are JSON too: 413 for too large, 400
+/// for malformed JSON, 422 naming the field for a missing or bad field.
+pub struct ApiJson<T>(pub T);
+
+impl<T: DeserializeOwned> FromRequest<Node> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, node: &Node) -> Result<Self, ApiError> {
+        let limit = node.config().node.security.max_body_bytes;
+        let buf = read_body(req, limit).await?;
+        parse_json(&buf).map(ApiJson)
+    }
+}
+
+/// Reads a request body of at most `limit` bytes (413 JSON past it, before reading when the
+/// declared length is already too large).
+pub async fn read_body(req: Request, limit: u64) -> Result<Vec<u8>, ApiError> {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limit) {
+        return Err(ApiError::body_too_large(limit));
+    }
+    let mut stream = req.into_body().into_data_stream();
+    let mut buf = Vec::with_capacity(declared.unwrap_or(0).min(limit) as usize);
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| ApiError::bad_json(format!("reading body: {e}")))?;
+        if buf.len() as u64 + chunk.len() as u64 > limit {
+            return Err(ApiError::body_too_large(limit));
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf)
+}
+
+/// Parses JSON, mapping serde errors to 400 (syntax) or 422 (a field, named by its path).
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::bad_json("request body is empty; expected a JSON document"));
+    }
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    match serde_path_to_error::deserialize::<_, T>(&mut de) {
+        Ok(value) => {
+            de.end().map_err(|e| ApiError::bad_json(format!("invalid JSON: {e}")))?;
+            Ok(value)
+        }
+        Err(err) => {
+            let path = err.path().to_string();
+            let inner = err.into_inner();
+            match inner.classify() {
+                serde_json::error::Category::Data => {
+                    let message = inner.to_string();
+                    Err(ApiError::invalid_field(field_of(&path, &message), message))
+                }
+                _ => Err(ApiError::bad_json(format!("invalid JSON: {inner}"))),
+            }
+        }
+    }
+}
+
+/// The field a serde data error is about: the path, or for "missing field `x`" the path + x.
+fn field_of(path: &str, message: &str) -> String {
+    let missing = message
+        .strip_prefix("missing field `")
+        .and_then(|rest| rest.split('`').next())
+        .map(str::to_owned);
+    match (path, missing) {
+        (".", Some(name)) => name,
+        (p, Some(name)) => format!("{p}.{name}"),
+        (".", None) => "body".to_owned(),
+        (p, None) => p.to_owned(),
+    }
+}
+
+/// Builds the router with every route and layer.
+pub fn router(node: Node) -> Router {
+    let trace = TraceLayer::new_for_http().make_span_with(|req: &Request<Body>| {
+        let id = req
+            .headers()
+            .get(REQUEST_ID_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("-");
+        tracing::info_span!("request", request_id = %id, method = %req.method(), path = %req.uri().path())
+    });
+    Router::new()
+        .route("/remember", post(remember))
+        .route("/ask", post(ask))
+        .route("/replay", post(replay))
+        .route("/atoms/{id}", get(get_atom))
+        .route("/worlds", get(worlds))
+        .route("/worlds/manage", post(manage_world))
+        .route("/worlds/policy", post(world_policy))
+        .route("/index/status", get(index_status))
+        .route("/swarm/ingest", post(swarm_ingest))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(node.clone(), authenticate))
+        .layer(middleware::from_fn_with_state(node.clone(), track))
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(trace)
+        .layer(SetRequestIdLayer::x_request_id(MakeUlidRequestId))
+        .with_state(node)
+}
+
+/// Request ids for requests that come without one: a ULID.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MakeUlidRequestId;
+
+impl MakeRequestId for MakeUlidRequestId {
+    fn make_request_id<B>(&mut self, _: &axum::http::Request<B>) -> Option<RequestId> {
+        HeaderValue::from_str(&ulid::Ulid::new().to_string()).ok().map(RequestId::new)
+    }
+}
+
+async fn track(State(node): State<Node>, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |m| m.as_str().to_owned());
+    let method = req.method().to_string();
+    let response = next.run(req).await;
+    let m = node.metrics();
+    m.http_requests
+        .get_or_create(&HttpLabels {
+            route: route.clone(),
+            method,
+            status: response.status().as_u16(),
+        })
+        .inc();
+    match response.extensions().get::<Refusal>() {
+        Some(Refusal::Reason(reason)) => m.refuse(reason),
+        Some(Refusal::RateLimited) => {
+            m.rate_limited.get_or_create(&RouteLabels { route }).inc();
+        }
+        None => {}
+    }
+    response
+}
+
+async fn authenticate(State(node): State<Node>, req: Request, next: Next) -> Response {
+    if let Some(key) = node.api_key() {
+        if !OPEN_ROUTES.contains(&req.uri().path()) {
+            let presented = req
+                .headers()
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .map(str::trim);
+            if !presented.is_some_and(|p| constant_time_eq(p.as_bytes(), key.as_bytes())) {
+                return ApiError::unauthorized().into_response();
+            }
+        }
+    }
+    next.run(req).await
+}
+
+/// Compares in time that depends only on the lengths, not on where the inputs differ.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn remember(
+    State(node): State<Node>,
+    ApiJson(new): ApiJson<NewAtom>,
+) -> Result<Json<String>, ApiError> {
+    node.remember(new).await.map(Json)
+}
+
+async fn ask(
+    State(node): State<Node>,
+    headers: HeaderMap,
+    connect: Option<Extension<ConnectInfo<SocketAddr>>>,
+    ApiJson(question): ApiJson<Question>,
+) -> Result<Response, ApiError> {
+    let client = headers
+        .get(WORKER_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(|w| format!("worker:{w}"))
+        .or_else(|| connect.map(|Extension(ConnectInfo(addr))| format!("ip:{}", addr.ip())))
+        .unwrap_or_else(|| "anonymous".to_owned());
+    node.limits()
+        .ask
+        .check(&client)
+        .map_err(|secs| ApiError::rate_limited(&format!("ask ({client})"), secs))?;
+    // Ranking holds the index lock and reads sled: keep it off the async workers.
+    let answer = tokio::task::spawn_blocking(move || node.ask(question)).await.map_err(|e| {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+    })??;
+    Ok(Json(answer).into_response())
+}
+
+async fn replay(
+    State(node): State<Node>,
+    ApiJson(req): ApiJson<ReplayRequest>,
+) -> Result<Json<Vec<Atom>>, ApiError> {
+    tokio::task::spawn_blocking(move || node.replay(req))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
+        .map(Json)
+}
+
+async fn get_atom(
+    State(node): State<Node>,
+    Path(id): Path<String>,
+) -> Result<Json<Atom>, ApiError> {
+    node.get_atom(&id).map(Json)
+}
+
+async fn worlds(State(node): State<Node>) -> Json<Vec<String>> {
+    Json(node.worlds())
+}
+
+async fn manage_world(
+    State(node): State<Node>,
+    ApiJson(req): ApiJson<WorldManage>,
+) -> Result<Response, ApiError> {
+    let (record, created) = node.manage_world(req).await?;
+    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+    Ok((status, Json(record)).into_response())
+}
+
+async fn world_policy(
+    State(node): State<Node>,
+    ApiJson(policy): ApiJson<WorldPolicy>,
+) -> Result<Response, ApiError> {
+    let record = node.set_policy(policy).await?;
+    Ok(Json(record).into_response())
+}
+
+async fn index_status(State(node): State<Node>) -> Response {
+    Json(node.index_status()).into_response()
+}
+
+/// Smallest body limit of `POST /swarm/ingest` (batches are bigger than single atoms).
+pub const INGEST_MIN_LIMIT: u64 = 8 << 20;
+
+/// Body of `POST /swarm/ingest`: one atom or an array of atoms.
+#[derive(serde::Deserialize)]
+#[serde(untagged)]
+enum IngestBody {
+    Many(Vec<Atom>),
+    One(Box<Atom>),
+}
+
+async fn swarm_ingest(State(node): State<Node>, req: Request) -> Result<Response, ApiError> {
+    // Peers send batches of atoms that were each accepted under max_body_bytes.
+    let limit = node.config().node.security.max_body_bytes.saturating_mul(2).max(INGEST_MIN_LIMIT);
+    let body = read_body(req, limit).await?;
+    // Parse as Vec first to get field paths for the common (array) case.
+    let atoms = match parse_json::<Vec<Atom>>(&body) {
+        Ok(atoms) => atoms,
+        Err(first) => match parse_json::<IngestBody>(&body) {
+            Ok(IngestBody::One(atom)) => vec![*atom],
+            Ok(IngestBody::Many(atoms)) => atoms,
+            Err(_) => return Err(first),
+        },
+    };
+    let outcome = node.ingest(atoms).await?;
+    Ok(Json(outcome).into_response())
+}
+
+async fn healthz() -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "status": "alive" }))
+}
+
+async fn readyz(State(node): State<Node>) -> Response {
+    let report = tokio::task::spawn_blocking(move || node.health()).await;
+    match report {
+        Ok(report) => {
+            let status =
+                if report.ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+            (status, Json(report)).into_response()
+        }
+        Err(e) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "internal", e.to_string())
+            .into_response(),
+    }
+}
+
+async fn health(State(node): State<Node>) -> Response {
+    match tokio::task::spawn_blocking(move || node.health()).await {
+        Ok(report) => {
+            let status = if report.status == "unhealthy" {
+                StatusCode::SERVICE_UNAVAILABLE
+            } else {
+                StatusCode::OK
+            };
+            (status, Json(report)).into_response()
+        }
+        Err(e) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "internal", e.to_string())
+            .into_response(),
+    }
+}
+
+async fn metrics(State(node): State<Node>) -> Response {
+    let text = tokio::task::spawn_blocking(move || node.metrics_text()).await.unwrap_or_default();
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+        )],
+        text,
+    )
+        .into_response()
+}
+
+async fn not_found(method: Method, uri: Uri) -> ApiError {
+    ApiError::not_found(format!("no route for {method} {}", uri.path()))
+}
+
+async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("{method} is not allowed on {}", uri.path()),
+    )
+}
+
+/// How long [`crate::server::serve`] waits for in-flight requests after the shutdown signal.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn field_paths() {
+        let e = parse_json::<NewAtom>(br#"{"world":"w"}"#).unwrap_err();
+        assert_eq!((e.status.as_u16(), e.field.as_deref()), (422, Some("worker")));
+        let e = parse_json::<NewAtom>(
+            br#"{"world":"w","worker":"a","kind":"dream","importance":0.5,"payload_json":""}"#,
+        )
+        .unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("kind"));
+        let e = parse_json::<NewAtom>(br#"{"world":"w","worker":"a","kind":"plan","importance":0.5,"payload_json":"","links":[{"target":"x","kind":"likes"}]}"#).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("links[0].kind"));
+        let e = parse_json::<NewAtom>(br#"{"world": "#).unwrap_err();
+        assert_eq!((e.status.as_u16(), e.code), (400, "bad_json"));
+        let e = parse_json::<NewAtom>(b"1").unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("body"));
+        let e = parse_json::<Question>(br#"{"world":"w","text":"t"} x"#).unwrap_err();
+        assert_eq!(e.code, "bad_json");
+    }
+
+    #[test]
+    fn constant_time_compare() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"abcd"));
+    }
+}

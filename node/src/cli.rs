@@ -1,0 +1,193 @@
+//! The `dwbase-node` command line: `dwbase-node [--config FILE] [--listen ADDR]
+//! [--data-dir DIR] [--node-id ID]`. Flags beat `DWBASE_*` variables, which beat the file; with
+//! no `--config` the defaults are used. The only place that touches OS signals.
+
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::config::Config;
+use crate::node::Node;
+
+/// Exit code for a configuration error (bad file, env or flags).
+pub const EXIT_CONFIG: u8 = 2;
+/// Exit code for a start-up or runtime failure (data dir locked, address in use, ...).
+pub const EXIT_FAILURE: u8 = 1;
+
+/// Flags of `dwbase-node` (also `dwbase node run`).
+#[derive(Debug, Clone, Default, Parser)]
+#[command(name = "dwbase-node", version, about = "Run a DWBase node (HTTP API over sled).")]
+pub struct NodeArgs {
+    /// TOML configuration file; relative paths in it resolve against its folder.
+    #[arg(long, short = 'c', value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Address to listen on (IP:port; port 0 picks a free port). Beats DWBASE_LISTEN.
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+    /// Data directory. Beats DWBASE_DATA_DIR.
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Node id. Beats DWBASE_NODE_ID.
+    #[arg(long, value_name = "ID")]
+    pub node_id: Option<String>,
+}
+
+impl NodeArgs {
+    /// Loads the configuration these flags describe: file (or defaults), then environment,
+    /// then flags.
+    pub fn load_config(&self) -> Result<Config, crate::config::ConfigError> {
+        let mut config = match &self.config {
+            Some(path) => Config::load(path)?,
+            None => Config::default(),
+        };
+        config.apply_env()?;
+        if let Some(listen) = self.listen {
+            config.node.listen = listen;
+        }
+        if let Some(dir) = &self.data_dir {
+            config.node.data_dir = dir.clone();
+        }
+        if let Some(id) = &self.node_id {
+            config.node.id = id.clone();
+        }
+        Ok(config)
+    }
+}
+
+/// `main` of the `dwbase-node` binary: parses the flags and runs.
+pub fn main() -> ExitCode {
+    run(NodeArgs::parse())
+}
+
+/// Installs the stderr log subscriber (`RUST_LOG`, default `info`) unless one is already set.
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ =
+        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+/// Runs a node with these flags until SIGTERM or Ctrl+C; exit 0 after a clean shutdown,
+/// [`EXIT_CONFIG`] for configuration errors, [`EXIT_FAILURE`] otherwise.
+pub fn run(args: NodeArgs) -> ExitCode {
+    init_tracing();
+    let config = match args.load_config() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("dwbase-node: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    if let Err(msg) = config.check_listen_security(config.node.listen) {
+        eprintln!("dwbase-node: {msg}");
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("dwbase-node: cannot start the async runtime: {e}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    let result = runtime.block_on(run_async(config));
+    // Do not wait for stray blocking tasks (e.g. a slow client's request) past the drain.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("dwbase-node: {e:#}");
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
+}
+
+async fn run_async(config: Config) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let data_dir = config.node.data_dir.clone();
+    let listen = config.node.listen;
+    let node_id = config.node.id.clone();
+    let node = tokio::task::spawn_blocking(move || Node::open(config))
+        .await
+        .context("opening the store")??;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding {listen} (node.listen / --listen / DWBASE_LISTEN)"))?;
+    let addr = listener.local_addr()?;
+    let data_dir = std::fs::canonicalize(&data_dir).unwrap_or(data_dir);
+    tracing::info!(node_id = %node_id, addr = %addr, data_dir = %data_dir.display(), "dwbase-node listening");
+    {
+        // One plain line on stdout for scripts and supervisors (the real port when port 0).
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(
+            out,
+            "dwbase-node listening node_id={node_id} addr={addr} url=http://{addr} data_dir={}",
+            data_dir.display()
+        );
+        let _ = out.flush();
+    }
+    crate::server::serve(listener, node, shutdown_signal()).await
+}
+
+/// Completes on SIGTERM or Ctrl+C (SIGINT).
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for Ctrl+C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => tracing::info!("Ctrl+C received"),
+        () = term => tracing::info!("SIGTERM received"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assert_args<T: clap::Args + Parser>() {}
+
+    #[test]
+    fn flags_parse_and_beat_the_file() {
+        assert_args::<NodeArgs>();
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("n.toml");
+        std::fs::write(&file, "[node]\nid = \"file\"\nlisten = \"127.0.0.1:1\"\n").unwrap();
+        let args = NodeArgs::try_parse_from([
+            "dwbase-node",
+            "--config",
+            file.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--node-id",
+            "flag",
+            "--data-dir",
+            "/tmp/x",
+        ])
+        .unwrap();
+        let c = args.load_config().unwrap();
+        assert_eq!(c.node.id, "flag");
+        assert_eq!(c.node.listen.port(), 0);
+        assert_eq!(c.node.data_dir, PathBuf::from("/tmp/x"));
+        assert!(NodeArgs::try_parse_from(["dwbase-node", "--listen", "nope"]).is_err());
+    }
+}

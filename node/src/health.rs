@@ -1,0 +1,165 @@
+//! Resource sampling (filesystem, data dir size, RSS) and the health / readiness verdicts.
+
+use std::path::Path;
+use std::time::Instant;
+
+use serde::Serialize;
+
+/// Filesystem usage of the volume holding a path.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct DiskUsage {
+    /// Bytes in use (total − available to unprivileged users, as the original computes it).
+    pub used_bytes: u64,
+    /// Size of the filesystem.
+    pub total_bytes: u64,
+    /// `used / total × 100`.
+    pub percent_used: f64,
+}
+
+/// Reads the filesystem usage of the volume holding `path`.
+pub fn disk_usage(path: &Path) -> Option<DiskUsage> {
+    let st = nix::sys::statvfs::statvfs(path).ok()?;
+    let frag = st.fragment_size() as u64;
+    let total = (st.blocks() as u64).saturating_mul(frag);
+    let avail = (st.blocks_available() as u64).saturating_mul(frag);
+    if total == 0 {
+        return None;
+    }
+    let used = total.saturating_sub(avail);
+    Some(DiskUsage {
+        used_bytes: used,
+        total_bytes: total,
+        percent_used: used as f64 * 100.0 / total as f64,
+    })
+}
+
+/// Bytes allocated on disk by every file under `dir` (like `du -s`), following no symlinks.
+pub fn dir_size(dir: &Path) -> u64 {
+    let mut total = 0u64;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else { continue };
+        for entry in entries.flatten() {
+            let Ok(meta) = entry.path().symlink_metadata() else { continue };
+            if meta.is_dir() {
+                stack.push(entry.path());
+            } else {
+                total += allocated(&meta);
+            }
+        }
+    }
+    total
+}
+
+#[cfg(unix)]
+fn allocated(meta: &std::fs::Metadata) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    // Sparse files count what they occupy, but never less than their length rounded down to
+    // whole blocks would suggest a cap is being dodged: take the larger of the two.
+    (meta.blocks() * 512).max(meta.len())
+}
+
+#[cfg(not(unix))]
+fn allocated(meta: &std::fs::Metadata) -> u64 {
+    meta.len()
+}
+
+/// Resident set size of this process in bytes (Linux; `None` elsewhere).
+pub fn rss_bytes() -> Option<u64> {
+    rss_of("self")
+}
+
+/// Resident set size of process `pid` (`"self"` for this one) in bytes, from `/proc`.
+pub fn rss_of(pid: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// The latest resource sample, refreshed by the background sampler.
+#[derive(Debug, Clone)]
+pub struct Sample {
+    /// Filesystem usage of the data dir's volume, if readable.
+    pub disk: Option<DiskUsage>,
+    /// Size of the data dir.
+    pub data_dir_bytes: u64,
+    /// Store bytes written when the sample was taken (to estimate growth since).
+    pub bytes_written_at_sample: u64,
+    /// RSS of the process.
+    pub rss_bytes: Option<u64>,
+    /// When the sample was taken.
+    pub taken: Instant,
+}
+
+impl Default for Sample {
+    fn default() -> Self {
+        Self {
+            disk: None,
+            data_dir_bytes: 0,
+            bytes_written_at_sample: 0,
+            rss_bytes: None,
+            taken: Instant::now(),
+        }
+    }
+}
+
+/// One check in `/health`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Check {
+    /// ok, degraded or unhealthy.
+    pub status: &'static str,
+    /// Explanation.
+    pub message: String,
+    /// Check-specific figures.
+    #[serde(flatten)]
+    pub details: serde_json::Map<String, serde_json::Value>,
+}
+
+impl Check {
+    /// A passing check.
+    pub fn ok(message: impl Into<String>) -> Self {
+        Self { status: "ok", message: message.into(), details: Default::default() }
+    }
+
+    /// A degraded check.
+    pub fn degraded(message: impl Into<String>) -> Self {
+        Self { status: "degraded", message: message.into(), details: Default::default() }
+    }
+
+    /// A failing check.
+    pub fn unhealthy(message: impl Into<String>) -> Self {
+        Self { status: "unhealthy", message: message.into(), details: Default::default() }
+    }
+
+    /// Adds a figure.
+    pub fn with(mut self, key: &str, value: impl Serialize) -> Self {
+        self.details.insert(key.to_owned(), serde_json::to_value(value).unwrap_or_default());
+        self
+    }
+}
+
+/// The `/health` (and `/readyz`) body.
+#[derive(Debug, Clone, Serialize)]
+pub struct HealthReport {
+    /// ok, degraded or unhealthy.
+    pub status: &'static str,
+    /// Whether `/readyz` answers 200.
+    pub ready: bool,
+    /// Why the node is not ready (empty when ready).
+    pub reasons: Vec<String>,
+    /// disk, memory, storage, index.
+    pub checks: std::collections::BTreeMap<&'static str, Check>,
+    /// Node version.
+    pub version: &'static str,
+    /// Node id.
+    pub node_id: String,
+    /// Seconds since start.
+    pub uptime_seconds: u64,
+    /// The original's key: filesystem usage of the data dir's volume.
+    pub disk_usage: Option<DiskUsage>,
+    /// The original's key: how long the running index rebuild has taken so far.
+    pub index_rebuild_lag_ms: u64,
+    /// The original's key: the most important problem, if any.
+    pub message: Option<String>,
+}

@@ -1,0 +1,619 @@
+//! Durable storage over sled.
+//!
+//! One sled tree holds everything, under key prefixes:
+//!
+//! | key | value |
+//! |---|---|
+//! | `a/<id>` | the atom as JSON |
+//! | `l/<world len u16 BE><world><seq u64 BE>` | the atom id (append order per world) |
+//! | `w/<world>` | the [`WorldRecord`] as JSON |
+//! | `m/format` | storage format version |
+//!
+//! Writes of one remember (atom, log entry, new world record) go in one `sled::Batch`, which sled
+//! applies atomically, so a crash never leaves half an atom. A write is acknowledged only after a
+//! flush that covers it: writers queue on a group-commit thread, and one `fsync` serves every
+//! write queued before it started. Ids are ULIDs (time + 80 random bits) and are checked against
+//! the store before use, so ids never repeat across restarts; `seq` comes from sled's persisted
+//! id generator, which never goes backwards either.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::model::{now_rfc3339, Atom, CompiledFilter, WorldPolicy, WorldRecord};
+
+const ATOM_PREFIX: &[u8] = b"a/";
+const LOG_PREFIX: &[u8] = b"l/";
+const WORLD_PREFIX: &[u8] = b"w/";
+const FORMAT_KEY: &[u8] = b"m/format";
+const FORMAT_VERSION: &[u8] = b"1";
+
+/// Storage failures.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// The data dir is locked by another process (a second node on the same dir).
+    #[error(
+        "data dir {dir} is already in use by another process (sled lock held); \
+         stop the other node or choose another data_dir"
+    )]
+    Locked {
+        /// The data dir.
+        dir: PathBuf,
+    },
+    /// sled could not open the data dir.
+    #[error("opening sled store in {dir}: {source}")]
+    Open {
+        /// The data dir.
+        dir: PathBuf,
+        /// The cause.
+        source: sled::Error,
+    },
+    /// A read or write failed.
+    #[error("storage {action}: {source}")]
+    Sled {
+        /// What we were doing.
+        action: &'static str,
+        /// The cause.
+        source: sled::Error,
+    },
+    /// The flush that makes a write durable failed.
+    #[error("flushing to disk: {0}")]
+    Flush(String),
+    /// A stored value could not be decoded.
+    #[error("corrupt record {key}: {message}")]
+    Corrupt {
+        /// The key.
+        key: String,
+        /// The decode error.
+        message: String,
+    },
+    /// The storage is shutting down.
+    #[error("storage is shutting down")]
+    Closed,
+}
+
+/// Opening options.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// The data dir.
+    pub dir: PathBuf,
+    /// sled page cache size in bytes.
+    pub cache_bytes: u64,
+}
+
+type FlushReply = oneshot::Sender<Result<(), String>>;
+
+/// Outcome of [`Store::insert_new`].
+#[derive(Debug)]
+pub enum Inserted {
+    /// Stored and durable.
+    Stored,
+    /// An atom with this id already exists (nothing written).
+    Exists,
+}
+
+/// The node's durable store.
+pub struct Store {
+    db: sled::Db,
+    dir: PathBuf,
+    /// Serializes "check id is free, apply batch" so ids and log order stay consistent.
+    write_lock: Mutex<()>,
+    /// `None` only while dropping.
+    flush_tx: Option<mpsc::UnboundedSender<FlushReply>>,
+    flusher: Option<std::thread::JoinHandle<()>>,
+    worlds: RwLock<BTreeMap<String, WorldState>>,
+    atoms: AtomicU64,
+    bytes_written: AtomicU64,
+    healthy: AtomicBool,
+    last_error: Mutex<Option<String>>,
+    flushes: Arc<AtomicU64>,
+}
+
+/// A world's record plus its atom count.
+#[derive(Debug, Clone)]
+struct WorldState {
+    record: WorldRecord,
+    atoms: u64,
+}
+
+fn log_prefix(world: &str) -> Vec<u8> {
+    let len = u16::try_from(world.len()).unwrap_or(u16::MAX);
+    let mut key = Vec::with_capacity(LOG_PREFIX.len() + 2 + world.len() + 8);
+    key.extend_from_slice(LOG_PREFIX);
+    key.extend_from_slice(&len.to_be_bytes());
+    key.extend_from_slice(world.as_bytes());
+    key
+}
+
+fn log_key(world: &str, seq: u64) -> Vec<u8> {
+    let mut key = log_prefix(world);
+    key.extend_from_slice(&seq.to_be_bytes());
+    key
+}
+
+fn world_of_log_key(key: &[u8]) -> Option<&str> {
+    let rest = key.strip_prefix(LOG_PREFIX)?;
+    let len = u16::from_be_bytes([*rest.first()?, *rest.get(1)?]) as usize;
+    std::str::from_utf8(rest.get(2..2 + len)?).ok()
+}
+
+fn atom_key(id: &str) -> Vec<u8> {
+    [ATOM_PREFIX, id.as_bytes()].concat()
+}
+
+fn world_key(world: &str) -> Vec<u8> {
+    [WORLD_PREFIX, world.as_bytes()].concat()
+}
+
+fn decode_atom(key: &[u8], bytes: &[u8]) -> Result<Atom, StorageError> {
+    serde_json::from_slice(bytes).map_err(|e| StorageError::Corrupt {
+        key: String::from_utf8_lossy(key).into_owned(),
+        message: e.to_string(),
+    })
+}
+
+fn sled_err(action: &'static str) -> impl FnOnce(sled::Error) -> StorageError {
+    move |source| StorageError::Sled { action, source }
+}
+
+impl Store {
+    /// Opens (or creates) the store in `opts.dir`. Fails at once, naming the dir, when another
+    /// process holds it.
+    pub fn open(opts: &StoreOptions) -> Result<Self, StorageError> {
+        let dir = opts.dir.clone();
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| StorageError::Open { dir: dir.clone(), source: sled::Error::Io(e) })?;
+        let db = sled::Config::new()
+            .path(&dir)
+            .cache_capacity(opts.cache_bytes)
+            .mode(sled::Mode::LowSpace)
+            .open()
+            .map_err(|source| match &source {
+                sled::Error::Io(io)
+                    if io.kind() == std::io::ErrorKind::WouldBlock
+                        || io.to_string().contains("could not acquire lock") =>
+                {
+                    StorageError::Locked { dir: dir.clone() }
+                }
+                _ => StorageError::Open { dir: dir.clone(), source },
+            })?;
+        if db.get(FORMAT_KEY).map_err(sled_err("reading format"))?.is_none() {
+            db.insert(FORMAT_KEY, FORMAT_VERSION).map_err(sled_err("writing format"))?;
+            db.flush().map_err(sled_err("flushing format"))?;
+        }
+
+        // Load world records and count atoms per world from the log.
+        let mut worlds = BTreeMap::new();
+        for item in db.scan_prefix(WORLD_PREFIX) {
+            let (key, value) = item.map_err(sled_err("loading worlds"))?;
+            let record: WorldRecord =
+                serde_json::from_slice(&value).map_err(|e| StorageError::Corrupt {
+                    key: String::from_utf8_lossy(&key).into_owned(),
+                    message: e.to_string(),
+                })?;
+            worlds.insert(record.world.clone(), WorldState { record, atoms: 0 });
+        }
+        let mut total = 0u64;
+        for item in db.scan_prefix(LOG_PREFIX) {
+            let (key, _) = item.map_err(sled_err("counting atoms"))?;
+            if let Some(world) = world_of_log_key(&key) {
+                total += 1;
+                let state = worlds
+                    .entry(world.to_owned())
+                    .or_insert_with(|| WorldState { record: new_world_record(world), atoms: 0 });
+                state.atoms += 1;
+            }
+        }
+
+        let (flush_tx, flush_rx) = mpsc::unbounded_channel();
+        let flusher_db = db.clone();
+        let flushes = Arc::new(AtomicU64::new(0));
+        let flusher_count = flushes.clone();
+        let flusher = std::thread::Builder::new()
+            .name("dwbase-flush".into())
+            .spawn(move || group_commit(flusher_db, flush_rx, flusher_count))
+            .map_err(|e| StorageError::Open { dir: dir.clone(), source: sled::Error::Io(e) })?;
+
+        Ok(Store {
+            db,
+            dir,
+            write_lock: Mutex::new(()),
+            flush_tx: Some(flush_tx),
+            flusher: Some(flusher),
+            worlds: RwLock::new(worlds),
+            atoms: AtomicU64::new(total),
+            bytes_written: AtomicU64::new(0),
+            healthy: AtomicBool::new(true),
+            last_error: Mutex::new(None),
+            flushes,
+        })
+    }
+
+    /// The data dir.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Atoms stored.
+    pub fn atom_count(&self) -> u64 {
+        self.atoms.load(Ordering::Relaxed)
+    }
+
+    /// Bytes of atom data written since start (for disk-cap estimates between samples).
+    pub fn bytes_written(&self) -> u64 {
+        self.bytes_written.load(Ordering::Relaxed)
+    }
+
+    /// Group-commit flushes done since start.
+    pub fn flush_count(&self) -> u64 {
+        self.flushes.load(Ordering::Relaxed)
+    }
+
+    /// Whether the last storage operation succeeded, and the last error if not.
+    pub fn health(&self) -> Result<(), String> {
+        if self.healthy.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        Err(self
+            .last_error
+            .lock()
+            .map(|e| e.clone().unwrap_or_default())
+            .unwrap_or_else(|_| "unknown".into()))
+    }
+
+    /// A cheap read that proves the store answers.
+    pub fn probe(&self) -> Result<(), String> {
+        match self.db.get(FORMAT_KEY) {
+            Ok(Some(_)) => self.health(),
+            Ok(None) => Err("format marker missing".into()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    fn note<T>(&self, result: Result<T, StorageError>) -> Result<T, StorageError> {
+        match &result {
+            Ok(_) => {}
+            Err(e) => {
+                self.healthy.store(false, Ordering::Relaxed);
+                if let Ok(mut last) = self.last_error.lock() {
+                    *last = Some(e.to_string());
+                }
+            }
+        }
+        result
+    }
+
+    /// Stores `atom` if its id is free, then waits until it is durable.
+    ///
+    /// `create_world` lets remember add an unknown world's record in the same batch; swarm
+    /// ingest passes `true` as well so a replicated world shows up in `/worlds`.
+    pub async fn insert_new(&self, atom: &Atom) -> Result<Inserted, StorageError> {
+        let bytes = serde_json::to_vec(atom)
+            .map_err(|e| StorageError::Corrupt { key: atom.id.clone(), message: e.to_string() })?;
+        let new_world = {
+            let _guard = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
+            let key = atom_key(&atom.id);
+            if self.db.contains_key(&key).map_err(sled_err("checking id"))? {
+                return Ok(Inserted::Exists);
+            }
+            let seq = self.note(self.db.generate_id().map_err(sled_err("generating seq")))?;
+            let mut batch = sled::Batch::default();
+            batch.insert(key, bytes.as_slice());
+            batch.insert(log_key(&atom.world, seq), atom.id.as_bytes());
+            let new_world = {
+                let worlds = self.worlds.read().unwrap_or_else(|p| p.into_inner());
+                (!worlds.contains_key(&atom.world)).then(|| new_world_record(&atom.world))
+            };
+            if let Some(record) = &new_world {
+                let json = serde_json::to_vec(record).unwrap_or_default();
+                batch.insert(world_key(&atom.world), json);
+            }
+            self.note(self.db.apply_batch(batch).map_err(sled_err("writing atom")))?;
+            new_world
+        };
+        self.flush().await?;
+        {
+            let mut worlds = self.worlds.write().unwrap_or_else(|p| p.into_inner());
+            let state = worlds.entry(atom.world.clone()).or_insert_with(|| WorldState {
+                record: new_world.unwrap_or_else(|| new_world_record(&atom.world)),
+                atoms: 0,
+            });
+            state.atoms += 1;
+        }
+        self.atoms.fetch_add(1, Ordering::Relaxed);
+        self.bytes_written.fetch_add(bytes.len() as u64 + 64, Ordering::Relaxed);
+        Ok(Inserted::Stored)
+    }
+
+    /// Waits for a flush that covers every write applied before this call (group commit).
+    pub async fn flush(&self) -> Result<(), StorageError> {
+        let (tx, rx) = oneshot::channel();
+        let sender = self.flush_tx.as_ref().ok_or(StorageError::Closed)?;
+        sender.send(tx).map_err(|_| StorageError::Closed)?;
+        let result = match rx.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(StorageError::Flush(e)),
+            Err(_) => Err(StorageError::Closed),
+        };
+        self.note(result)
+    }
+
+    /// Flushes synchronously (shutdown path).
+    pub fn flush_blocking(&self) -> Result<(), StorageError> {
+        self.db.flush().map(|_| ()).map_err(sled_err("flushing"))
+    }
+
+    /// The atom with `id`, if stored.
+    pub fn get(&self, id: &str) -> Result<Option<Atom>, StorageError> {
+        let key = atom_key(id);
+        match self.db.get(&key).map_err(sled_err("reading atom"))? {
+            Some(bytes) => decode_atom(&key, &bytes).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Atoms of `world` in append order that pass `filter`, up to `filter.limit`.
+    pub fn replay(&self, world: &str, filter: &CompiledFilter) -> Result<Vec<Atom>, StorageError> {
+        let limit = filter.limit.unwrap_or(usize::MAX);
+        let mut out = Vec::new();
+        if limit == 0 {
+            return Ok(out);
+        }
+        for item in self.db.scan_prefix(log_prefix(world)) {
+            let (_, id) = item.map_err(sled_err("reading log"))?;
+            let key = [ATOM_PREFIX, &id].concat();
+            let Some(bytes) = self.db.get(&key).map_err(sled_err("reading atom"))? else {
+                continue;
+            };
+            let atom = decode_atom(&key, &bytes)?;
+            if filter.matches_atom(&atom) {
+                out.push(atom);
+                if out.len() >= limit {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every stored atom, in id order, in chunks (index rebuild). `f` returns false to stop.
+    pub fn for_each_atom(
+        &self,
+        chunk: usize,
+        mut f: impl FnMut(Vec<Atom>) -> bool,
+    ) -> Result<(), StorageError> {
+        let mut buf = Vec::with_capacity(chunk);
+        for item in self.db.scan_prefix(ATOM_PREFIX) {
+            let (key, bytes) = item.map_err(sled_err("scanning atoms"))?;
+            match decode_atom(&key, &bytes) {
+                Ok(atom) => buf.push(atom),
+                Err(e) => tracing::warn!(error = %e, "skipping undecodable atom"),
+            }
+            if buf.len() >= chunk && !f(std::mem::replace(&mut buf, Vec::with_capacity(chunk))) {
+                return Ok(());
+            }
+        }
+        if !buf.is_empty() {
+            f(buf);
+        }
+        Ok(())
+    }
+
+    /// All world records with their atom counts, sorted by name.
+    pub fn worlds(&self) -> Vec<(WorldRecord, u64)> {
+        let worlds = self.worlds.read().unwrap_or_else(|p| p.into_inner());
+        worlds.values().map(|s| (s.record.clone(), s.atoms)).collect()
+    }
+
+    /// One world's record.
+    pub fn world(&self, name: &str) -> Option<WorldRecord> {
+        let worlds = self.worlds.read().unwrap_or_else(|p| p.into_inner());
+        worlds.get(name).map(|s| s.record.clone())
+    }
+
+    /// Applies `change` to the world's record (creating it when `create`), then persists it
+    /// durably. Returns the new record and whether it was created, or `None` when the world is
+    /// unknown and `create` is false.
+    pub async fn update_world(
+        &self,
+        name: &str,
+        create: bool,
+        change: impl FnOnce(&mut WorldRecord),
+    ) -> Result<Option<(WorldRecord, bool)>, StorageError> {
+        let (record, created) = {
+            let _guard = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
+            let mut worlds = self.worlds.write().unwrap_or_else(|p| p.into_inner());
+            let created = !worlds.contains_key(name);
+            if created && !create {
+                return Ok(None);
+            }
+            let mut record =
+                worlds.get(name).map_or_else(|| new_world_record(name), |s| s.record.clone());
+            change(&mut record);
+            let json = serde_json::to_vec(&record).unwrap_or_default();
+            self.note(self.db.insert(world_key(name), json).map_err(sled_err("writing world")))?;
+            worlds
+                .entry(name.to_owned())
+                .or_insert_with(|| WorldState { record: record.clone(), atoms: 0 })
+                .record = record.clone();
+            (record, created)
+        };
+        self.flush().await?;
+        Ok(Some((record, created)))
+    }
+
+    /// Stores a world policy (creating the world record if needed).
+    pub async fn set_policy(&self, policy: WorldPolicy) -> Result<WorldRecord, StorageError> {
+        let name = policy.world.clone();
+        let (record, _) = self
+            .update_world(&name, true, |r| r.policy = Some(policy))
+            .await?
+            .expect("create=true always yields a record");
+        Ok(record)
+    }
+
+    /// Size sled reports for its files.
+    pub fn size_on_disk(&self) -> u64 {
+        self.db.size_on_disk().unwrap_or(0)
+    }
+}
+
+impl Drop for Store {
+    /// Stops the flusher thread and waits for it, so that the sled lock is released when the
+    /// store is gone (a reopen in the same process then succeeds).
+    fn drop(&mut self) {
+        drop(self.flush_tx.take());
+        if let Some(handle) = self.flusher.take() {
+            let _ = handle.join();
+        }
+        let _ = self.db.flush();
+    }
+}
+
+fn new_world_record(world: &str) -> WorldRecord {
+    WorldRecord {
+        world: world.to_owned(),
+        description: None,
+        labels: Vec::new(),
+        archived: false,
+        created_at: now_rfc3339(),
+        policy: None,
+    }
+}
+
+/// The group-commit loop: take every queued flush request, do one flush, answer them all.
+fn group_commit(db: sled::Db, mut rx: mpsc::UnboundedReceiver<FlushReply>, count: Arc<AtomicU64>) {
+    let mut waiting = Vec::new();
+    while let Some(first) = rx.blocking_recv() {
+        waiting.push(first);
+        while let Ok(more) = rx.try_recv() {
+            waiting.push(more);
+        }
+        let started = Instant::now();
+        let result = db.flush().map(|_| ()).map_err(|e| e.to_string());
+        count.fetch_add(1, Ordering::Relaxed);
+        tracing::trace!(writers = waiting.len(), elapsed = ?started.elapsed(), "group commit");
+        for reply in waiting.drain(..) {
+            let _ = reply.send(result.clone());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{AtomFilter, AtomKind};
+
+    fn opts(dir: &Path) -> StoreOptions {
+        StoreOptions { dir: dir.to_path_buf(), cache_bytes: 8 << 20 }
+    }
+
+    fn atom(id: &str, world: &str, text: &str) -> Atom {
+        Atom {
+            id: id.into(),
+            world: world.into(),
+            worker: "w".into(),
+            kind: AtomKind::Observation,
+            timestamp: now_rfc3339(),
+            importance: 0.5,
+            payload_json: text.into(),
+            vector: None,
+            flags: vec![],
+            labels: vec![],
+            links: vec![],
+        }
+    }
+
+    fn all() -> CompiledFilter {
+        AtomFilter::default().compile().unwrap()
+    }
+
+    #[tokio::test]
+    async fn insert_get_replay_and_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(&opts(dir.path())).unwrap();
+            for (i, id) in ["c", "a", "b"].iter().enumerate() {
+                let r = store.insert_new(&atom(id, "w1", &format!("t{i}"))).await.unwrap();
+                assert!(matches!(r, Inserted::Stored));
+            }
+            store.insert_new(&atom("z", "w2", "other")).await.unwrap();
+            // Same id again: nothing written.
+            let again = store.insert_new(&atom("a", "w1", "dup")).await.unwrap();
+            assert!(matches!(again, Inserted::Exists));
+            assert_eq!(store.get("a").unwrap().unwrap().payload_json, "t1");
+            assert!(store.get("nope").unwrap().is_none());
+        }
+        let store = Store::open(&opts(dir.path())).unwrap();
+        assert_eq!(store.atom_count(), 4);
+        let ids: Vec<_> = store.replay("w1", &all()).unwrap().into_iter().map(|a| a.id).collect();
+        assert_eq!(ids, ["c", "a", "b"], "append order, not id order");
+        let worlds: Vec<_> = store.worlds().into_iter().map(|(r, n)| (r.world, n)).collect();
+        assert_eq!(worlds, [("w1".to_owned(), 3), ("w2".to_owned(), 1)]);
+        let mut limited = all();
+        limited.limit = Some(2);
+        assert_eq!(store.replay("w1", &limited).unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn world_prefixes_do_not_collide() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&opts(dir.path())).unwrap();
+        store.insert_new(&atom("1", "ab", "x")).await.unwrap();
+        store.insert_new(&atom("2", "abc", "y")).await.unwrap();
+        assert_eq!(store.replay("ab", &all()).unwrap().len(), 1);
+        assert_eq!(store.replay("abc", &all()).unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn second_open_fails_with_the_dir_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let _store = Store::open(&opts(dir.path())).unwrap();
+        let started = Instant::now();
+        let err = Store::open(&opts(dir.path())).err().expect("second open must fail");
+        assert!(started.elapsed().as_secs() < 5, "must not hang");
+        let msg = err.to_string();
+        assert!(msg.contains(&dir.path().display().to_string()), "{msg}");
+        assert!(matches!(err, StorageError::Locked { .. }), "{msg}");
+    }
+
+    #[tokio::test]
+    async fn concurrent_writers_share_flushes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(&opts(dir.path())).unwrap());
+        let mut tasks = Vec::new();
+        for i in 0..64 {
+            let store = store.clone();
+            tasks.push(tokio::spawn(async move {
+                store.insert_new(&atom(&format!("id{i}"), "w", "x")).await.unwrap();
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        assert_eq!(store.atom_count(), 64);
+        assert!(store.flush_count() <= 64);
+    }
+
+    #[tokio::test]
+    async fn world_updates_persist() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(&opts(dir.path())).unwrap();
+            assert!(store.update_world("w", false, |_| {}).await.unwrap().is_none());
+            let (rec, created) = store
+                .update_world("w", true, |r| r.description = Some("d".into()))
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(created && rec.description.as_deref() == Some("d"));
+            store.update_world("w", false, |r| r.archived = true).await.unwrap().unwrap();
+        }
+        let store = Store::open(&opts(dir.path())).unwrap();
+        assert!(store.world("w").unwrap().archived);
+    }
+}

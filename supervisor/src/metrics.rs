@@ -1,0 +1,296 @@
+//! The supervisor's own Prometheus metrics, served on an optional loopback address
+//! (`--metrics-addr 127.0.0.1:PORT`) at `GET /metrics`, with `GET /healthz` beside it.
+//!
+//! Families (OpenMetrics text, as prometheus-client encodes it):
+//!
+//! | name | type | labels | meaning |
+//! |---|---|---|---|
+//! | `dwbase_supervisor_node_up` | gauge | node | 1 while the node's process runs |
+//! | `dwbase_supervisor_node_ready` | gauge | node | 1 while its `/readyz` answers 200 |
+//! | `dwbase_supervisor_node_last_exit_code` | gauge | node | exit code of its last exit; a signal `s` is `128 + s` (shell convention: SIGKILL → 137, SIGTERM → 143); absent while it never exited or the exit is unknown (adopted nodes) |
+//! | `dwbase_supervisor_node_crash_loop` | gauge | node | 1 while in crash-loop |
+//! | `dwbase_supervisor_node_uptime_seconds` | gauge | node | time since its process started; 0 when down |
+//! | `dwbase_supervisor_node_restarts_total` | counter | node | restarts performed by this supervisor |
+//! | `dwbase_supervisor_uptime_seconds` | gauge | | time since this supervisor started |
+//! | `dwbase_supervisor_connected_clients` | gauge | | open control-socket connections |
+//! | `dwbase_supervisor_requests_total` | counter | kind | requests received, by kind |
+//!
+//! The runner updates node values on every change ([`SupervisorMetrics::set_node`]) and the
+//! server counts requests and connections; nothing here polls.
+
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::State;
+use axum::http::header::CONTENT_TYPE;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use dwbase_proto::ExitKind;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::{Registry, Unit};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// Content type of `GET /metrics`: OpenMetrics text (what prometheus-client encodes; it ends
+/// with `# EOF`). Prometheus scrapes it natively.
+pub const CONTENT_TYPE_OPENMETRICS: &str =
+    "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NodeLabel {
+    node: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabel {
+    kind: String,
+}
+
+type FloatGauge = Gauge<f64, AtomicU64>;
+
+/// A node's values at one moment, as the runner knows them.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct NodeSnapshot {
+    /// Its process runs.
+    pub up: bool,
+    /// Its `/readyz` answered 200 at the last probe.
+    pub ready: bool,
+    /// How it last exited; `None` if it never did or the status is unknown (adopted nodes).
+    pub last_exit: Option<ExitKind>,
+    /// It is in crash-loop.
+    pub crash_loop: bool,
+    /// Seconds since its current process started (0 when down).
+    pub uptime_secs: f64,
+}
+
+/// The supervisor's registry and metric families. Share it as `Arc<SupervisorMetrics>`;
+/// every method takes `&self`.
+#[derive(Debug)]
+pub struct SupervisorMetrics {
+    registry: Registry,
+    started: Instant,
+    node_up: Family<NodeLabel, Gauge>,
+    node_ready: Family<NodeLabel, Gauge>,
+    node_last_exit_code: Family<NodeLabel, Gauge>,
+    node_crash_loop: Family<NodeLabel, Gauge>,
+    node_uptime: Family<NodeLabel, FloatGauge>,
+    node_restarts: Family<NodeLabel, Counter>,
+    uptime: FloatGauge,
+    connected_clients: Gauge,
+    requests: Family<KindLabel, Counter>,
+}
+
+impl Default for SupervisorMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl SupervisorMetrics {
+    /// A registry with every family registered (and no node yet). Supervisor uptime counts
+    /// from here.
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let node_up = Family::<NodeLabel, Gauge>::default();
+        let node_ready = Family::<NodeLabel, Gauge>::default();
+        let node_last_exit_code = Family::<NodeLabel, Gauge>::default();
+        let node_crash_loop = Family::<NodeLabel, Gauge>::default();
+        let node_uptime = Family::<NodeLabel, FloatGauge>::default();
+        let node_restarts = Family::<NodeLabel, Counter>::default();
+        let uptime = FloatGauge::default();
+        let connected_clients = Gauge::default();
+        let requests = Family::<KindLabel, Counter>::default();
+
+        registry.register(
+            "dwbase_supervisor_node_up",
+            "1 while the node's process runs",
+            node_up.clone(),
+        );
+        registry.register(
+            "dwbase_supervisor_node_ready",
+            "1 while the node's /readyz answers 200",
+            node_ready.clone(),
+        );
+        registry.register(
+            "dwbase_supervisor_node_last_exit_code",
+            "Exit code of the node's last exit; killed by signal s = 128+s",
+            node_last_exit_code.clone(),
+        );
+        registry.register(
+            "dwbase_supervisor_node_crash_loop",
+            "1 while the node is in crash-loop (restarts slowed to the backoff cap)",
+            node_crash_loop.clone(),
+        );
+        // The encoder appends the unit to the name: dwbase_supervisor_node_uptime_seconds.
+        registry.register_with_unit(
+            "dwbase_supervisor_node_uptime",
+            "Time since the node's current process started",
+            Unit::Seconds,
+            node_uptime.clone(),
+        );
+        // Counters get `_total` from the encoder: dwbase_supervisor_node_restarts_total.
+        registry.register(
+            "dwbase_supervisor_node_restarts",
+            "Restarts of the node performed by this supervisor",
+            node_restarts.clone(),
+        );
+        registry.register_with_unit(
+            "dwbase_supervisor_uptime",
+            "Time since this supervisor started",
+            Unit::Seconds,
+            uptime.clone(),
+        );
+        registry.register(
+            "dwbase_supervisor_connected_clients",
+            "Open control-socket connections",
+            connected_clients.clone(),
+        );
+        registry.register(
+            "dwbase_supervisor_requests",
+            "Control-socket requests received, by kind",
+            requests.clone(),
+        );
+
+        Self {
+            registry,
+            started: Instant::now(),
+            node_up,
+            node_ready,
+            node_last_exit_code,
+            node_crash_loop,
+            node_uptime,
+            node_restarts,
+            uptime,
+            connected_clients,
+            requests,
+        }
+    }
+
+    /// Records a node's current values (creating its series on first use). Call it on every
+    /// change of state, readiness or exit; uptime is taken as given.
+    pub fn set_node(&self, name: &str, snap: NodeSnapshot) {
+        let l = label(name);
+        self.node_up.get_or_create(&l).set(i64::from(snap.up));
+        self.node_ready.get_or_create(&l).set(i64::from(snap.ready));
+        self.node_crash_loop.get_or_create(&l).set(i64::from(snap.crash_loop));
+        self.node_uptime.get_or_create(&l).set(if snap.uptime_secs.is_finite() {
+            snap.uptime_secs.max(0.0)
+        } else {
+            0.0
+        });
+        match snap.last_exit {
+            Some(kind) => {
+                self.node_last_exit_code.get_or_create(&l).set(i64::from(exit_code(kind)));
+            }
+            None => {
+                self.node_last_exit_code.remove(&l);
+            }
+        }
+        // Make the restart series exist from the start (0), as Prometheus `increase()` wants.
+        let _ = self.node_restarts.get_or_create(&l);
+    }
+
+    /// Counts one restart of a node.
+    pub fn inc_restart(&self, name: &str) {
+        self.node_restarts.get_or_create(&label(name)).inc();
+    }
+
+    /// Forgets every series of a node that is gone for good (stopped and removed from the
+    /// state), so it stops showing up in scrapes.
+    pub fn remove_node(&self, name: &str) {
+        let l = label(name);
+        self.node_up.remove(&l);
+        self.node_ready.remove(&l);
+        self.node_last_exit_code.remove(&l);
+        self.node_crash_loop.remove(&l);
+        self.node_uptime.remove(&l);
+        self.node_restarts.remove(&l);
+    }
+
+    /// A control-socket client connected; pair with [`SupervisorMetrics::client_disconnected`],
+    /// or use [`SupervisorMetrics::client_guard`].
+    pub fn client_connected(&self) {
+        self.connected_clients.inc();
+    }
+
+    /// A control-socket client went away.
+    pub fn client_disconnected(&self) {
+        self.connected_clients.dec();
+    }
+
+    /// Counts a client as connected until the guard is dropped (hold it in the connection
+    /// task, so every exit path decrements).
+    pub fn client_guard(&self) -> ClientGuard {
+        self.connected_clients.inc();
+        ClientGuard { gauge: self.connected_clients.clone() }
+    }
+
+    /// Counts one request of `kind` (e.g. "status", "deploy-devnet", "logs").
+    pub fn inc_request(&self, kind: &str) {
+        self.requests.get_or_create(&KindLabel { kind: kind.to_owned() }).inc();
+    }
+
+    /// The OpenMetrics text of every family, ending with `# EOF`.
+    pub fn encode(&self) -> String {
+        self.uptime.set(self.started.elapsed().as_secs_f64());
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// Decrements `dwbase_supervisor_connected_clients` when dropped. From
+/// [`SupervisorMetrics::client_guard`].
+#[derive(Debug)]
+pub struct ClientGuard {
+    gauge: Gauge,
+}
+
+impl Drop for ClientGuard {
+    fn drop(&mut self) {
+        self.gauge.dec();
+    }
+}
+
+/// The value of `dwbase_supervisor_node_last_exit_code`: the code, or 128 + the signal number.
+pub fn exit_code(kind: ExitKind) -> i32 {
+    match kind {
+        ExitKind::Code(c) => c,
+        ExitKind::Signal(s) => 128 + s,
+    }
+}
+
+fn label(name: &str) -> NodeLabel {
+    NodeLabel { node: name.to_owned() }
+}
+
+/// Serves `GET /metrics` (OpenMetrics text) and `GET /healthz` ("ok") on `listener` until
+/// `shutdown` is cancelled, then finishes in-flight requests and returns. Binds nothing
+/// itself: the caller binds (loopback) and can pass port 0 in tests.
+pub async fn serve(
+    listener: TcpListener,
+    metrics: Arc<SupervisorMetrics>,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(metrics))
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+}
+
+/// The metrics HTTP routes, for callers that mount them elsewhere.
+pub fn router(metrics: Arc<SupervisorMetrics>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics_handler))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .with_state(metrics)
+}
+
+async fn metrics_handler(State(metrics): State<Arc<SupervisorMetrics>>) -> impl IntoResponse {
+    ([(CONTENT_TYPE, CONTENT_TYPE_OPENMETRICS)], metrics.encode())
+}

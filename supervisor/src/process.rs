@@ -1,0 +1,374 @@
+//! Node processes: spawn (own process group, output through the log pipe), signal, and wait
+//! for the exit — of our own children via `Child::wait`, of adopted ones via a pidfd.
+
+use std::ffi::OsString;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use dwbase_proto::ExitKind;
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use tokio::process::{Child, Command};
+
+/// Node environment variables the supervisor never passes through from its own environment:
+/// each node's config file is authoritative (one inherited `DWBASE_LISTEN` would make every
+/// devnet node bind the same port). The deploy spec's env may still set them.
+pub const SCRUBBED_ENV: &[&str] = &[
+    "DWBASE_DATA_DIR",
+    "DWBASE_LISTEN",
+    "DWBASE_NODE_ID",
+    "DWBASE_SWARM_PEERS",
+    "DWBASE_SWARM_ENABLED",
+];
+
+/// A program plus the arguments that come before ours (e.g. `dwbase node run`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invocation {
+    /// The executable.
+    pub program: PathBuf,
+    /// Leading arguments.
+    pub args: Vec<OsString>,
+}
+
+impl Invocation {
+    /// A program without leading arguments.
+    pub fn new(program: impl Into<PathBuf>) -> Self {
+        Self { program: program.into(), args: vec![] }
+    }
+
+    /// A program with leading arguments.
+    pub fn with_args<I, S>(program: impl Into<PathBuf>, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<OsString>,
+    {
+        Self { program: program.into(), args: args.into_iter().map(Into::into).collect() }
+    }
+
+    fn command(&self) -> Command {
+        let mut c = Command::new(&self.program);
+        c.args(&self.args);
+        c
+    }
+}
+
+/// How node output reaches its log file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LogSink {
+    /// Through `<logpipe> --file F --max-bytes N --keep K` (timestamped, rotated).
+    Pipe {
+        /// The log-pipe program (`dwbase-supervisor logpipe`).
+        logpipe: Invocation,
+        /// Rotate at this size.
+        max_bytes: u64,
+        /// Keep this many rotated files.
+        keep: u32,
+    },
+    /// Append raw output to the file (no timestamps, no rotation): tests and fallback.
+    Append,
+}
+
+/// Everything needed to start one node.
+#[derive(Debug, Clone)]
+pub struct SpawnSpec<'a> {
+    /// The node program.
+    pub node: &'a Invocation,
+    /// Where output goes.
+    pub sink: &'a LogSink,
+    /// `--config` argument.
+    pub config_path: &'a Path,
+    /// The node's stdout/stderr log.
+    pub log_path: &'a Path,
+    /// SIGTERM → SIGKILL grace; the log pipe drains at most this long after SIGTERM.
+    pub stop_timeout_ms: u64,
+    /// The node's data dir (DWBASE_DATA_DIR for the node).
+    pub data_dir: &'a Path,
+    /// The node id (DWBASE_NODE_ID).
+    pub node_id: &'a str,
+    /// Extra environment from the deploy spec.
+    pub env: &'a [(String, String)],
+}
+
+/// A freshly spawned node.
+#[derive(Debug)]
+pub struct SpawnedNode {
+    /// Its pid (= its process group id).
+    pub pid: u32,
+    /// Its start time (clock ticks since boot), to recognise it later.
+    pub start_time: Option<u64>,
+    /// The child handle, for `wait`.
+    pub child: Child,
+}
+
+/// Spawning failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnError {
+    /// The node program could not be started.
+    #[error("starting {program}: {source}")]
+    Node {
+        /// The program.
+        program: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// The log file or pipe could not be set up.
+    #[error("setting up the log {path}: {source}")]
+    Log {
+        /// The log file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+}
+
+#[cfg(target_os = "linux")]
+fn cloexec_pipe() -> io::Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(io::Error::from)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn cloexec_pipe() -> io::Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
+    use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+    let (r, w) = nix::unistd::pipe().map_err(io::Error::from)?;
+    for fd in [&r, &w] {
+        fcntl(fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC)).map_err(io::Error::from)?;
+    }
+    Ok((r, w))
+}
+
+/// Spawns a node in its own process group with stdin null and stdout+stderr into its log.
+///
+/// With [`LogSink::Pipe`], the node writes into an OS pipe whose read end belongs to a log-pipe
+/// process that joins the node's process group; the supervisor keeps neither end, so the node
+/// and its log outlive the supervisor, and stopping the group ends both.
+pub fn spawn_node(spec: &SpawnSpec<'_>) -> Result<SpawnedNode, SpawnError> {
+    let log_err = |source| SpawnError::Log { path: spec.log_path.to_owned(), source };
+    if let Some(dir) = spec.log_path.parent() {
+        std::fs::create_dir_all(dir).map_err(log_err)?;
+    }
+    let mut cmd = spec.node.command();
+    cmd.arg("--config").arg(spec.config_path);
+    for var in SCRUBBED_ENV {
+        cmd.env_remove(var);
+    }
+    cmd.envs(spec.env.iter().map(|(k, v)| (k, v)))
+        .env("DWBASE_DATA_DIR", spec.data_dir)
+        .env("DWBASE_NODE_ID", spec.node_id)
+        .stdin(Stdio::null())
+        .process_group(0)
+        .kill_on_drop(false);
+
+    match spec.sink {
+        LogSink::Append => {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(spec.log_path)
+                .map_err(log_err)?;
+            cmd.stdout(file.try_clone().map_err(log_err)?).stderr(file);
+            let child = cmd.spawn().map_err(|source| SpawnError::Node {
+                program: spec.node.program.clone(),
+                source,
+            })?;
+            Ok(finish(child))
+        }
+        LogSink::Pipe { logpipe, max_bytes, keep } => {
+            let (read, write) = cloexec_pipe().map_err(log_err)?;
+            cmd.stdout(write.try_clone().map_err(log_err)?).stderr(write);
+            let child = cmd.spawn().map_err(|source| SpawnError::Node {
+                program: spec.node.program.clone(),
+                source,
+            })?;
+            // `cmd` still holds the write end: drop it so the log pipe sees EOF once the
+            // node (and anything it started) is gone.
+            drop(cmd);
+            let node = finish(child);
+            let mut lp = logpipe.command();
+            lp.arg("--file")
+                .arg(spec.log_path)
+                .arg("--max-bytes")
+                .arg(max_bytes.to_string())
+                .arg("--keep")
+                .arg(keep.to_string())
+                .arg("--drain-timeout-ms")
+                .arg(spec.stop_timeout_ms.to_string())
+                .stdin(read)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .process_group(node.pid as i32)
+                .kill_on_drop(false);
+            match lp.spawn() {
+                Ok(mut pipe_child) => {
+                    // Reap it whenever it ends; it does not report to anyone.
+                    tokio::spawn(async move {
+                        let _ = pipe_child.wait().await;
+                    });
+                }
+                Err(e) => {
+                    // The node runs, but its output goes nowhere (SIGPIPE on first write).
+                    tracing::error!(
+                        pid = node.pid, log = %spec.log_path.display(), program = %logpipe.program.display(),
+                        "starting the log pipe failed: {e}"
+                    );
+                }
+            }
+            Ok(node)
+        }
+    }
+}
+
+fn finish(child: Child) -> SpawnedNode {
+    let pid = child.id().unwrap_or(0);
+    SpawnedNode { pid, start_time: dwbase_proto::procinfo::start_time(pid), child }
+}
+
+/// Code or signal of an exit status.
+pub fn exit_kind(status: std::process::ExitStatus) -> Option<ExitKind> {
+    use std::os::unix::process::ExitStatusExt;
+    status.code().map(ExitKind::Code).or_else(|| status.signal().map(ExitKind::Signal))
+}
+
+/// Waits for one of our children to exit.
+pub async fn wait_child(mut child: Child) -> Option<ExitKind> {
+    match child.wait().await {
+        Ok(status) => exit_kind(status),
+        Err(e) => {
+            tracing::warn!("waiting for a node: {e}");
+            None
+        }
+    }
+}
+
+/// Waits for a process that is not our child (an adopted node) to exit. Uses a pidfd, which
+/// becomes readable when the process exits; where that is unavailable, polls /proc slowly.
+pub async fn wait_adopted(pid: u32, start_time: Option<u64>) {
+    #[cfg(target_os = "linux")]
+    {
+        match pidfd_wait(pid).await {
+            Ok(()) => return,
+            Err(e) => tracing::debug!(pid, "pidfd unavailable ({e}); polling /proc"),
+        }
+    }
+    while dwbase_proto::procinfo::liveness(pid, start_time)
+        == dwbase_proto::procinfo::Liveness::Alive
+    {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+#[cfg(target_os = "linux")]
+async fn pidfd_wait(pid: u32) -> io::Result<()> {
+    use rustix::process::{pidfd_open, PidfdFlags};
+    use tokio::io::unix::AsyncFd;
+    use tokio::io::Interest;
+    let raw = i32::try_from(pid).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let pid = rustix::process::Pid::from_raw(raw)
+        .ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let fd = pidfd_open(pid, PidfdFlags::NONBLOCK).map_err(io::Error::from)?;
+    // tokio deprecated the safe constructor because a registered fd could be closed or
+    // replaced behind its back; here the AsyncFd owns the OwnedFd outright and drops it only
+    // after deregistering, which is exactly the condition the unsafe replacement asks for.
+    #[allow(deprecated)]
+    let afd = AsyncFd::with_interest(fd, Interest::READABLE)?;
+    let _guard = afd.readable().await?;
+    Ok(())
+}
+
+/// Sends `signal` to the process group `pgid`. A group that no longer exists is success.
+pub fn signal_group(pgid: u32, signal: Signal) -> io::Result<()> {
+    let raw = i32::try_from(pgid).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    if raw <= 1 {
+        // Never signal "every process" or init by accident.
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("refusing pgid {raw}")));
+    }
+    match killpg(Pid::from_raw(raw), signal) {
+        Ok(()) | Err(nix::errno::Errno::ESRCH) => Ok(()),
+        Err(e) => Err(io::Error::from(e)),
+    }
+}
+
+/// Reads the last `n` lines of a log file (at most the last 64 KiB), for status messages.
+pub fn tail_lines(path: &Path, n: usize) -> Vec<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    const WINDOW: u64 = 64 * 1024;
+    let Ok(mut f) = std::fs::File::open(path) else { return vec![] };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let start = len.saturating_sub(WINDOW);
+    if f.seek(SeekFrom::Start(start)).is_err() {
+        return vec![];
+    }
+    let mut buf = Vec::new();
+    if f.read_to_end(&mut buf).is_err() {
+        return vec![];
+    }
+    let text = String::from_utf8_lossy(&buf);
+    let mut lines: Vec<&str> = text.lines().collect();
+    if start > 0 && !lines.is_empty() {
+        lines.remove(0); // probably cut in the middle
+    }
+    let from = lines.len().saturating_sub(n);
+    lines[from..].iter().map(|l| (*l).to_owned()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tail_lines_takes_the_last_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("node.log");
+        let body: String = (0..100).map(|i| format!("line {i}\n")).collect();
+        std::fs::write(&p, body).unwrap();
+        assert_eq!(tail_lines(&p, 3), vec!["line 97", "line 98", "line 99"]);
+        assert!(tail_lines(&dir.path().join("missing"), 3).is_empty());
+    }
+
+    #[test]
+    fn signalling_a_gone_group_is_success_and_pid_1_is_refused() {
+        assert!(signal_group(u32::MAX / 2 - 7, Signal::SIGTERM).is_ok());
+        assert!(signal_group(1, Signal::SIGTERM).is_err());
+        assert!(signal_group(0, Signal::SIGTERM).is_err());
+    }
+
+    #[tokio::test]
+    async fn spawn_append_and_wait() {
+        let dir = tempfile::tempdir().unwrap();
+        let script = dir.path().join("node.sh");
+        std::fs::write(&script, "#!/bin/sh\necho \"hello $DWBASE_NODE_ID $1 $2\"\nexit 3\n")
+            .unwrap();
+        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let log = dir.path().join("logs/node.log");
+        let inv = Invocation::new(&script);
+        let spawned = spawn_node(&SpawnSpec {
+            node: &inv,
+            sink: &LogSink::Append,
+            config_path: Path::new("/x/config.toml"),
+            log_path: &log,
+            stop_timeout_ms: 1000,
+            data_dir: dir.path(),
+            node_id: "node-a",
+            env: &[],
+        })
+        .unwrap();
+        assert!(spawned.pid > 1);
+        assert_eq!(wait_child(spawned.child).await, Some(ExitKind::Code(3)));
+        let text = std::fs::read_to_string(&log).unwrap();
+        assert_eq!(text, "hello node-a --config /x/config.toml\n");
+    }
+
+    #[tokio::test]
+    async fn adopted_wait_wakes_on_exit() {
+        let mut child = std::process::Command::new("sleep").arg("0.2").spawn().unwrap();
+        let pid = child.id();
+        let st = dwbase_proto::procinfo::start_time(pid);
+        let reaper = std::thread::spawn(move || child.wait());
+        tokio::time::timeout(Duration::from_secs(5), wait_adopted(pid, st)).await.unwrap();
+        reaper.join().unwrap().unwrap();
+    }
+}

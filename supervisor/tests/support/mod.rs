@@ -1,0 +1,216 @@
+//! In-process fixture: a supervisor from `dwbase_supervisor::run` on a tempdir root, fake
+//! node programs (tiny shell scripts), a connected client, polling with a deadline, and a
+//! guard that kills every node process it saw (by process group) and stops the supervisor.
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::time::{Duration, Instant};
+
+use dwbase_proto::state::{Loaded, StateFile};
+use dwbase_proto::{
+    Client, DevnetSpec, Group, NodeStatus, Paths, Request, Response, RestartPolicy, StatusReport,
+};
+use dwbase_supervisor::{Invocation, RestartRules, RunOptions};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// Polls `f` every 20 ms until it returns `Some`, or panics naming `what` after `deadline`.
+pub async fn poll_until<T, F, Fut>(what: &str, deadline: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let until = Instant::now() + deadline;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < until, "timed out after {deadline:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The first of `n` consecutive ports that are all free now.
+pub fn free_ports(n: u16) -> u16 {
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let _ = NEXT.compare_exchange(
+        0,
+        30_000 + (std::process::id() % 250) as u16 * 100,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    loop {
+        let base = NEXT.fetch_add(n + 1, Ordering::SeqCst);
+        if base > 60_000 {
+            NEXT.store(30_000, Ordering::SeqCst);
+            continue;
+        }
+        if (base..base + n).all(|p| TcpListener::bind(("127.0.0.1", p)).is_ok()) {
+            return base;
+        }
+    }
+}
+
+/// Writes an executable shell script.
+pub fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let p = dir.join(name);
+    std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    p
+}
+
+/// A fake node that runs until killed (never ready: it serves no HTTP).
+pub const SLEEPER: &str = "echo \"node $DWBASE_NODE_ID up\"\nexec sleep 1000";
+
+/// A fake node that fails at once.
+pub const CRASHER: &str = "echo \"fatal: boom on $DWBASE_NODE_ID\" >&2\nexit 3";
+
+/// A fake node that ignores SIGTERM.
+pub const STUBBORN: &str = "trap '' TERM\necho stubborn\nwhile true; do sleep 0.05; done";
+
+/// Shrunk rules so tests do not wait for real backoffs.
+pub fn quick_rules() -> RestartRules {
+    RestartRules {
+        first_backoff: Duration::from_millis(10),
+        max_backoff: Duration::from_millis(50),
+        crash_max_exits: 10_000,
+        ..RestartRules::default()
+    }
+}
+
+/// A supervisor running in this process.
+pub struct Fixture {
+    pub dir: tempfile::TempDir,
+    pub paths: Paths,
+    pub shutdown: CancellationToken,
+    pub leave_running: CancellationToken,
+    pub task: Option<JoinHandle<anyhow::Result<()>>>,
+    pub opts: RunOptions,
+}
+
+impl Fixture {
+    /// A root in a fresh tempdir with `node_body` as the node program.
+    pub async fn start(node_body: &str, rules: RestartRules) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let node = script(dir.path(), "fake-node.sh", node_body);
+        let root = dir.path().join("root");
+        let mut opts = RunOptions::new(&root, Invocation::new(node));
+        opts.rules = rules;
+        let paths = Paths::new(&root).unwrap();
+        let mut f = Self {
+            dir,
+            paths,
+            shutdown: CancellationToken::new(),
+            leave_running: CancellationToken::new(),
+            task: None,
+            opts,
+        };
+        f.launch().await;
+        f
+    }
+
+    /// Starts (again) a supervisor on the same root.
+    pub async fn launch(&mut self) {
+        self.shutdown = CancellationToken::new();
+        self.leave_running = CancellationToken::new();
+        let mut opts = self.opts.clone();
+        opts.leave_running = self.leave_running.clone();
+        self.task = Some(tokio::spawn(dwbase_supervisor::run(opts, self.shutdown.clone())));
+        let socket = self.paths.socket();
+        poll_until("the supervisor socket", Duration::from_secs(10), || {
+            let socket = socket.clone();
+            async move { Client::connect(&socket).await.ok().map(|_| ()) }
+        })
+        .await;
+    }
+
+    /// Waits for the supervisor task to end.
+    pub async fn join(&mut self) -> anyhow::Result<()> {
+        let t = self.task.take().expect("running");
+        tokio::time::timeout(Duration::from_secs(60), t).await.expect("supervisor exits").unwrap()
+    }
+
+    pub async fn client(&self) -> Client {
+        Client::connect(&self.paths.socket()).await.unwrap()
+    }
+
+    pub async fn request(&self, req: Request) -> Response {
+        self.client().await.request(&req).await.unwrap()
+    }
+
+    pub async fn status(&self) -> StatusReport {
+        match self.request(Request::Status).await {
+            Response::Status(s) => s,
+            other => panic!("expected status, got {other:?}"),
+        }
+    }
+
+    pub async fn node(&self, name: &str) -> NodeStatus {
+        self.status().await.nodes.into_iter().find(|n| n.name == name).expect(name)
+    }
+
+    pub async fn deploy(&self, nodes: u32, policy: RestartPolicy) -> Response {
+        self.request(Request::DeployDevnet(devnet(nodes, free_ports(nodes as u16), policy))).await
+    }
+
+    pub fn state(&self, group: Group) -> Option<StateFile> {
+        match StateFile::load(&self.paths.state_file(group)).unwrap() {
+            Loaded::Ok(s) => Some(s),
+            _ => None,
+        }
+    }
+}
+
+/// A devnet spec with a short stop timeout and no swarm.
+pub fn devnet(nodes: u32, base_port: u16, policy: RestartPolicy) -> DevnetSpec {
+    DevnetSpec {
+        nodes,
+        base_port,
+        swarm: false,
+        template: None,
+        restart_policy: policy,
+        env: vec![("FAKE_NODE_EXTRA".into(), "1".into())],
+        stop_timeout_ms: 500,
+    }
+}
+
+/// Whether a process with this pid exists and is not a zombie.
+pub fn pid_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat.rfind(')').is_some_and(|i| !stat[i + 1..].trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+pub fn kill9(pid: u32) {
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+        // Kill every recorded node's process group; the supervisor may already be gone.
+        for group in [Group::Devnet, Group::Local] {
+            if let Some(state) = self.state(group) {
+                for n in state.nodes {
+                    if let (Some(pid), true) = (n.pid, n.pid.is_some_and(|p| p > 1)) {
+                        if dwbase_proto::procinfo::liveness(pid, n.start_time)
+                            == dwbase_proto::procinfo::Liveness::Alive
+                        {
+                            let _ = nix::sys::signal::killpg(
+                                nix::unistd::Pid::from_raw(pid as i32),
+                                nix::sys::signal::Signal::SIGKILL,
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
