@@ -138,3 +138,20 @@ fn a_supervisor_of_another_protocol_gets_restart_advice() {
     assert!(dep.stderr.contains("dwbase supervisor restart"), "{dep}");
     assert!(d.state(Group::Devnet).is_none(), "nothing may be deployed\n{dep}");
 }
+
+#[test]
+fn a_corrupt_state_file_is_reported_loudly_and_moved_aside() {
+    let d = Deployment::new();
+    let state = d.paths().state_file(Group::Devnet);
+    std::fs::create_dir_all(state.parent().unwrap()).unwrap();
+    std::fs::write(&state, "{\"nodes\": [ this is not json").unwrap();
+    let st = d.run(&["deploy", "status"]).ok();
+    assert!(st.stderr.contains("WARNING") && st.stderr.contains("moved to"), "{st}");
+    assert!(!state.exists(), "moved aside\n{st}");
+    let moved: Vec<_> = std::fs::read_dir(state.parent().unwrap())
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().starts_with("state.json.corrupt-"))
+        .collect();
+    assert_eq!(moved.len(), 1, "{st}");
+}

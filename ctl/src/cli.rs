@@ -36,6 +36,9 @@ pub enum Command {
     /// Deploy, inspect and stop nodes.
     #[command(subcommand)]
     Deploy(DeployCommand),
+    /// Back up and restore a node's data (`.tzst`).
+    #[command(subcommand)]
+    Backup(crate::backup::BackupCommand),
     /// Run or manage the supervisor daemon.
     #[command(subcommand)]
     Supervisor(SupervisorCommand),
@@ -82,7 +85,9 @@ pub struct CommonDeployArgs {
     /// Ctrl+C (SIGINT) or SIGTERM.
     #[arg(long)]
     pub foreground: bool,
-    /// Print the result as one JSON object on stdout.
+    /// Print the result as one JSON object on stdout: {group, state_file, supervisor, nodes,
+    /// timings: {supervisor_ms, spawned_ms, ready_ms}} (supervisor and nodes as in
+    /// `deploy status --json`).
     #[arg(long)]
     pub json: bool,
 }
@@ -120,11 +125,27 @@ pub struct LocalArgs {
 
 /// `dwbase deploy status`
 #[derive(Debug, Clone, Args)]
+#[command(after_long_help = STATUS_JSON_HELP)]
 pub struct StatusArgs {
-    /// One JSON object on stdout (keys documented in `dwbase_ctl::status`).
+    /// One JSON object on stdout (keys: see --help).
     #[arg(long)]
     pub json: bool,
 }
+
+/// The `--json` keys of `deploy status`, for `--help`.
+const STATUS_JSON_HELP: &str = "\
+--json prints one object; keys are stable (new ones may be added, none renamed):
+  root                      the state root
+  supervisor.running        false when read from state.json (no supervisor answered)
+  supervisor.pid, version, socket, metrics_url, started_unix_ms, uptime_ms
+  supervisor.state_files    the state files read (when not running)
+  nodes[].name, id, group (devnet|local), pid, port, ready, restarts, uptime_ms,
+          restart_policy (always|on-failure|never), dir, data_dir, log_path, config_path,
+          message, last_exit {code, signal, at_unix_ms} or null
+  nodes[].state             starting|ready|degraded|unready|backoff|crash-loop|stopping|stopped
+                            when supervised; alive|dead|pid-reused|stopped from state.json
+
+Exit status: 0 when the state could be read (nothing deployed included), 1 otherwise.";
 
 /// `dwbase deploy logs`
 #[derive(Debug, Clone, Args)]

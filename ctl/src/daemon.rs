@@ -189,17 +189,8 @@ pub async fn wait_gone(pid: u32, start: Option<u64>, deadline: Duration) -> bool
     }
 }
 
-/// The supervisor as recorded on disk (from the state files), if it is alive.
+/// The supervisor as recorded in the state files, if that process is still alive.
 pub fn recorded_supervisor(paths: &Paths) -> Option<(u32, Option<u64>)> {
-    use dwbase_proto::state::{Loaded, StateFile};
-    for group in [dwbase_proto::Group::Devnet, dwbase_proto::Group::Local] {
-        if let Ok(Loaded::Ok(state)) = StateFile::load(&paths.state_file(group)) {
-            if let Some(s) = state.supervisor {
-                if procinfo::liveness(s.pid, s.start_time) == Liveness::Alive {
-                    return Some((s.pid, s.start_time));
-                }
-            }
-        }
-    }
-    None
+    let groups = crate::fallback::load_all(paths).ok()?;
+    crate::fallback::live_supervisor(&groups)
 }

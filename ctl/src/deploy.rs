@@ -390,11 +390,14 @@ async fn cleanup_after_failure(
 }
 
 fn recorded_names(paths: &Paths, group: Group) -> Vec<String> {
-    use dwbase_proto::state::{Loaded, StateFile};
-    match StateFile::load(&paths.state_file(group)) {
-        Ok(Loaded::Ok(s)) => s.nodes.into_iter().map(|n| n.name).collect(),
-        _ => Vec::new(),
-    }
+    crate::fallback::load_all(paths)
+        .map(|gs| {
+            gs.into_iter()
+                .filter(|g| g.group == group)
+                .flat_map(|g| g.state.nodes.into_iter().map(|n| n.name))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// The letter column of the devnet table: "node-b" → "B".

@@ -49,6 +49,16 @@ pub fn load_all(paths: &Paths) -> Result<Vec<GroupState>> {
     Ok(out)
 }
 
+/// The supervisor recorded in these state files, if that process (pid and start time) is
+/// still alive.
+pub fn live_supervisor(groups: &[GroupState]) -> Option<(u32, Option<u64>)> {
+    groups
+        .iter()
+        .filter_map(|g| g.state.supervisor.as_ref())
+        .find(|s| procinfo::liveness(s.pid, s.start_time) == Liveness::Alive)
+        .map(|s| (s.pid, s.start_time))
+}
+
 /// What became of a recorded node.
 pub fn node_liveness(n: &NodeRecord) -> Option<Liveness> {
     n.pid.map(|pid| procinfo::liveness(pid, n.start_time))
@@ -114,7 +124,7 @@ pub async fn stop_by_signal(
     let groups = load_all(paths)?;
 
     if include_supervisor {
-        if let Some((pid, start)) = crate::daemon::recorded_supervisor(paths) {
+        if let Some((pid, start)) = live_supervisor(&groups) {
             // Its SIGTERM handling stops its nodes first, then it exits.
             let grace = timeout.unwrap_or(Duration::from_millis(DEFAULT_STOP_TIMEOUT_MS))
                 + Duration::from_secs(5);
@@ -198,8 +208,9 @@ async fn terminate(targets: &[Target], report: &mut StopReport) {
     let mut pending: Vec<&Target> = targets.iter().collect();
     loop {
         pending.retain(|t| procinfo::liveness(t.pid, t.start) == Liveness::Alive);
-        let overdue: Vec<&Target> =
-            pending.iter().copied().filter(|t| start.elapsed() >= t.grace).collect();
+        let (overdue, waiting): (Vec<&Target>, Vec<&Target>) =
+            pending.iter().partition(|t| start.elapsed() >= t.grace);
+        pending = waiting;
         for t in &overdue {
             tracing::warn!(pid = t.pid, "still running after {:?}: SIGKILL", t.grace);
             t.signal(Sig::Kill);
@@ -207,7 +218,7 @@ async fn terminate(targets: &[Target], report: &mut StopReport) {
                 report.killed.push(name.clone());
             }
         }
-        if pending.is_empty() || pending.iter().all(|t| start.elapsed() >= t.grace) {
+        if pending.is_empty() {
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;

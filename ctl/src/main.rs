@@ -4,6 +4,7 @@
 //! background when a command needs one. Logs go to stderr, data to stdout, `--json` gives
 //! machine output. Exit codes: 0 success, 1 failure, 2 usage.
 
+mod backup;
 mod cli;
 mod daemon;
 mod deploy;
@@ -93,6 +94,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             DeployCommand::Stop(a) => stop::run(&paths, &a).await,
             DeployCommand::Clean(a) => stop::clean(&paths, &a).await,
         },
+        Command::Backup(cmd) => backup::run(&paths, cmd).await,
         Command::Supervisor(SupervisorCommand::Restart(a)) => {
             supervisor_cmd::restart(&paths, a.metrics_addr).await
         }
@@ -140,6 +142,7 @@ fn init_tracing(verbose: u8) {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .init();
 }

@@ -197,14 +197,15 @@ pub async fn run(paths: &Paths, json: bool) -> Result<()> {
         }
         None => from_state_files(paths)?,
     };
-    let stdout = std::io::stdout();
-    let mut out = stdout.lock();
+    // One write for the whole table, not one per line.
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     if json {
         serde_json::to_writer_pretty(&mut out, &doc)?;
         writeln!(out)?;
     } else {
         write_human(&mut out, &doc)?;
     }
+    out.flush()?;
     Ok(())
 }
 

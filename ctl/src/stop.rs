@@ -55,10 +55,10 @@ pub async fn run(paths: &Paths, args: &StopArgs) -> Result<()> {
             Ok(())
         }
         Ok(None) => {
+            check_names_recorded(paths, &args.nodes)?;
             let r =
                 fallback::stop_by_signal(paths, &args.nodes, args.timeout, args.nodes.is_empty())
                     .await?;
-            check_names_recorded(paths, &args.nodes)?;
             print_signal_report(&r);
             if r.failed.is_empty() {
                 Ok(())

@@ -297,10 +297,11 @@ fn main() {
             client.get(format!("{base}/health")).send().await.unwrap().json().await.unwrap();
         println!();
         println!(
-            "node RSS {:.1} MiB (peak {:.1} MiB); atoms stored {}; index {} docs, {} terms, ~{:.1} MiB; data dir {:.1} MiB",
+            "node RSS {:.1} MiB (peak {:.1} MiB); atoms stored {} with {} group-commit flushes; index {} docs, {} terms, ~{:.1} MiB; data dir {:.1} MiB",
             rss_kb(pid, "VmRSS:") as f64 / 1024.0,
             rss_kb(pid, "VmHWM:") as f64 / 1024.0,
             health["checks"]["storage"]["atoms"],
+            health["checks"]["storage"]["group_commit_flushes"],
             health["checks"]["index"]["docs"],
             health["checks"]["index"]["terms"],
             health["checks"]["index"]["approx_bytes"].as_f64().unwrap_or(0.0) / 1048576.0,

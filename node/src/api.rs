@@ -128,6 +128,7 @@ pub fn router(node: Node) -> Router {
         .route("/worlds/manage", post(manage_world))
         .route("/worlds/policy", post(world_policy))
         .route("/index/status", get(index_status))
+        .route("/admin/snapshot", post(crate::snapshot::snapshot_route))
         .route("/swarm/ingest", post(swarm_ingest))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))

@@ -22,6 +22,7 @@ pub mod metrics;
 pub mod model;
 pub mod node;
 pub mod server;
+pub mod snapshot;
 pub mod storage;
 pub mod swarm;
 

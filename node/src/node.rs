@@ -509,7 +509,12 @@ impl Node {
                 Check::unhealthy(msg)
             }
         };
-        checks.insert("storage", storage.with("atoms", self.inner.store.atom_count()));
+        checks.insert(
+            "storage",
+            storage
+                .with("atoms", self.inner.store.atom_count())
+                .with("group_commit_flushes", self.inner.store.flush_count()),
+        );
 
         // Index.
         let stats = self.inner.index.stats();

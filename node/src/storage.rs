@@ -22,7 +22,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
-use tokio::sync::{mpsc, oneshot};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use tokio::sync::oneshot;
 
 use crate::model::{now_rfc3339, Atom, CompiledFilter, WorldPolicy, WorldRecord};
 
@@ -103,7 +106,9 @@ pub struct Store {
     /// Serializes "check id is free, apply batch" so ids and log order stay consistent.
     write_lock: Mutex<()>,
     /// `None` only while dropping.
-    flush_tx: Option<mpsc::UnboundedSender<FlushReply>>,
+    flush_tx: Option<mpsc::Sender<FlushReply>>,
+    /// Writers that have started a write but not yet asked for its flush (group-commit hint).
+    pending: Arc<AtomicU64>,
     flusher: Option<std::thread::JoinHandle<()>>,
     worlds: RwLock<BTreeMap<String, WorldState>>,
     atoms: AtomicU64,
@@ -209,13 +214,14 @@ impl Store {
             }
         }
 
-        let (flush_tx, flush_rx) = mpsc::unbounded_channel();
+        let (flush_tx, flush_rx) = mpsc::channel();
         let flusher_db = db.clone();
         let flushes = Arc::new(AtomicU64::new(0));
-        let flusher_count = flushes.clone();
+        let pending = Arc::new(AtomicU64::new(0));
+        let (flusher_count, flusher_pending) = (flushes.clone(), pending.clone());
         let flusher = std::thread::Builder::new()
             .name("dwbase-flush".into())
-            .spawn(move || group_commit(flusher_db, flush_rx, flusher_count))
+            .spawn(move || group_commit(flusher_db, flush_rx, flusher_count, flusher_pending))
             .map_err(|e| StorageError::Open { dir: dir.clone(), source: sled::Error::Io(e) })?;
 
         Ok(Store {
@@ -223,6 +229,7 @@ impl Store {
             dir,
             write_lock: Mutex::new(()),
             flush_tx: Some(flush_tx),
+            pending,
             flusher: Some(flusher),
             worlds: RwLock::new(worlds),
             atoms: AtomicU64::new(total),
@@ -294,6 +301,7 @@ impl Store {
     pub async fn insert_new(&self, atom: &Atom) -> Result<Inserted, StorageError> {
         let bytes = serde_json::to_vec(atom)
             .map_err(|e| StorageError::Corrupt { key: atom.id.clone(), message: e.to_string() })?;
+        let pending = PendingWrite::start(&self.pending);
         let new_world = {
             let _guard = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
             let key = atom_key(&atom.id);
@@ -315,6 +323,8 @@ impl Store {
             self.note(self.db.apply_batch(batch).map_err(sled_err("writing atom")))?;
             new_world
         };
+        // Stop counting as pending first, then ask: a flusher lingering for us sees the request.
+        drop(pending);
         self.flush().await?;
         {
             let mut worlds = self.worlds.write().unwrap_or_else(|p| p.into_inner());
@@ -331,15 +341,25 @@ impl Store {
 
     /// Waits for a flush that covers every write applied before this call (group commit).
     pub async fn flush(&self) -> Result<(), StorageError> {
+        self.request_flush()?.await
+    }
+
+    /// Queues a flush request now; the returned future resolves when it is done.
+    fn request_flush(
+        &self,
+    ) -> Result<impl std::future::Future<Output = Result<(), StorageError>> + '_, StorageError>
+    {
         let (tx, rx) = oneshot::channel();
         let sender = self.flush_tx.as_ref().ok_or(StorageError::Closed)?;
         sender.send(tx).map_err(|_| StorageError::Closed)?;
-        let result = match rx.await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(StorageError::Flush(e)),
-            Err(_) => Err(StorageError::Closed),
-        };
-        self.note(result)
+        Ok(async move {
+            let result = match rx.await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(StorageError::Flush(e)),
+                Err(_) => Err(StorageError::Closed),
+            };
+            self.note(result)
+        })
     }
 
     /// Flushes synchronously (shutdown path).
@@ -460,6 +480,15 @@ impl Store {
     pub fn size_on_disk(&self) -> u64 {
         self.db.size_on_disk().unwrap_or(0)
     }
+
+    /// Runs `f` on the sled database with every writer paused (the lock each write holds to
+    /// apply its batch), for consistent snapshots ([`crate::snapshot`]): `f` sees exactly the
+    /// writes applied before it started — every acknowledged one — and none half applied.
+    /// Writers wait (they are not refused) until `f` returns; reads go on. Blocking.
+    pub fn with_writes_paused<T>(&self, f: impl FnOnce(&sled::Db) -> T) -> T {
+        let _guard = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
+        f(&self.db)
+    }
 }
 
 impl Drop for Store {
@@ -485,13 +514,52 @@ fn new_world_record(world: &str) -> WorldRecord {
     }
 }
 
+/// Counts a write between its start and its flush request (see [`group_commit`]).
+struct PendingWrite<'a>(&'a AtomicU64);
+
+impl<'a> PendingWrite<'a> {
+    fn start(counter: &'a AtomicU64) -> Self {
+        counter.fetch_add(1, Ordering::SeqCst);
+        PendingWrite(counter)
+    }
+}
+
+impl Drop for PendingWrite<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Longest a flush waits for writers that are about to ask for one.
+const LINGER_MAX: Duration = Duration::from_micros(300);
+
 /// The group-commit loop: take every queued flush request, do one flush, answer them all.
-fn group_commit(db: sled::Db, mut rx: mpsc::UnboundedReceiver<FlushReply>, count: Arc<AtomicU64>) {
+///
+/// When other writers are mid-write (they will ask for a flush within microseconds) the
+/// flusher lingers up to [`LINGER_MAX`] for them, so one `fsync` serves the whole group. A lone
+/// writer never waits: with nothing pending the flush starts at once.
+fn group_commit(
+    db: sled::Db,
+    rx: mpsc::Receiver<FlushReply>,
+    count: Arc<AtomicU64>,
+    pending: Arc<AtomicU64>,
+) {
     let mut waiting = Vec::new();
-    while let Some(first) = rx.blocking_recv() {
+    while let Ok(first) = rx.recv() {
         waiting.push(first);
-        while let Ok(more) = rx.try_recv() {
-            waiting.push(more);
+        let linger_until = Instant::now() + LINGER_MAX;
+        loop {
+            while let Ok(more) = rx.try_recv() {
+                waiting.push(more);
+            }
+            let now = Instant::now();
+            if pending.load(Ordering::SeqCst) == 0 || now >= linger_until {
+                break;
+            }
+            match rx.recv_timeout(linger_until - now) {
+                Ok(more) => waiting.push(more),
+                Err(_) => break,
+            }
         }
         let started = Instant::now();
         let result = db.flush().map(|_| ()).map_err(|e| e.to_string());

@@ -199,7 +199,8 @@ fn follower_survives_rotation() {
     let cur = dir.path().join("logs/node.log");
     // Opened before the file exists: it waits for it and reads it from the start.
     let mut follower = Follower::open(&cur).unwrap();
-    let cfg = PipeConfig { file: cur.clone(), max_bytes: 2048, keep: 1000 };
+    // ~175 rotations, several between two polls, never more than `keep` behind.
+    let cfg = PipeConfig { file: cur.clone(), max_bytes: 4096, keep: 100 };
     let (mut w, pumper) = start_pump(cfg);
     let n = 20_000;
     let writer = std::thread::spawn(move || {
@@ -215,7 +216,7 @@ fn follower_survives_rotation() {
     assert_eq!(got.len(), n, "got {} lines; gaps {:?}", got.len(), gaps(&got));
     writer.join().unwrap();
     let stats = pumper.join().unwrap();
-    assert!(stats.rotations > 100, "{stats:?}");
+    assert!(stats.rotations > 150, "{stats:?}");
     assert_eq!(texts(&got), (0..n).map(|i| format!("line {i}")).collect::<Vec<_>>());
     assert!(got.windows(2).all(|w| w[0].0 <= w[1].0), "times go forward");
 }
@@ -224,7 +225,7 @@ fn follower_survives_rotation() {
 fn tail_then_follow_loses_and_repeats_nothing_while_the_pipe_writes() {
     let dir = tempfile::tempdir().unwrap();
     let cur = dir.path().join("node.log");
-    let cfg = PipeConfig { file: cur.clone(), max_bytes: 4096, keep: 1000 };
+    let cfg = PipeConfig { file: cur.clone(), max_bytes: 16 * 1024, keep: 300 };
     let (mut w, pumper) = start_pump(cfg);
     let n = 30_000;
     let writer = std::thread::spawn(move || {

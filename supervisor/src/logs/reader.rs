@@ -44,7 +44,7 @@
 //! the file (a `stat` and a `pread`, every [`DEFAULT_POLL_INTERVAL`]) only inside
 //! `next_batch`. So the supervisor never wakes for logs when nobody follows.
 
-use std::collections::{BinaryHeap, VecDeque};
+use std::collections::{BinaryHeap, HashSet, VecDeque};
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::{FileExt, MetadataExt};
@@ -59,6 +59,8 @@ use super::timestamp::{parse_timestamp, PREFIX_LEN};
 /// How often a follower looks at its file while awaited: a line shows up within this.
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_millis(100);
 
+/// File ids a follower remembers before it forgets those no longer on disk.
+const MAX_KNOWN: usize = 1024;
 /// Bytes read backwards at a time by [`tail`].
 const BLOCK: u64 = 64 * 1024;
 /// Bytes a follower reads per [`Follower::poll`] at most, so a follower far behind hands out
@@ -264,16 +266,19 @@ impl<'a> RevLines<'a> {
     }
 }
 
-/// Identity of a file: device and inode. A rotation or a re-creation changes it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Identity of a file: device, inode and (where the filesystem records it) creation time,
+/// so an inode number reused by a later log file is not mistaken for an earlier one. A
+/// rotation (rename) keeps it; a re-creation changes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 struct FileId {
     dev: u64,
     ino: u64,
+    born: Option<std::time::SystemTime>,
 }
 
 impl FileId {
     fn of(meta: &std::fs::Metadata) -> Self {
-        Self { dev: meta.dev(), ino: meta.ino() }
+        Self { dev: meta.dev(), ino: meta.ino(), born: meta.created().ok() }
     }
 }
 
@@ -339,8 +344,9 @@ pub struct Follower {
     cur: Option<Source>,
     /// Rotated files that came between the one just finished and the current one.
     queue: VecDeque<Source>,
-    /// The file finished last, to find the files rotated after it.
-    last_done: Option<FileId>,
+    /// Files already read, or older than where the follower started. A rotated file not in
+    /// here was written while the follower looked elsewhere and must still be read.
+    known: HashSet<FileId>,
     /// Bytes of a line whose newline has not been read yet.
     pending: Vec<u8>,
     /// Time of the last line handed out (lent to lines without a prefix).
@@ -361,7 +367,18 @@ impl Follower {
             }
             None => None,
         };
-        Ok(Self::with_source(current, cur))
+        // Everything rotated before the starting file is history, not news. (If the starting
+        // file was itself rotated meanwhile, the files after it are news.)
+        let cur_id = cur.as_ref().map(|s| s.id);
+        let mut known: HashSet<FileId> = rotated_snapshot(current)?
+            .iter()
+            .map(|s| s.id)
+            .take_while(|id| Some(*id) != cur_id)
+            .collect();
+        known.extend(cur_id);
+        let mut follower = Self::with_source(current, cur);
+        follower.known = known;
+        Ok(follower)
     }
 
     /// [`tail`] and a follower that starts exactly where the tail ends, for
@@ -388,7 +405,7 @@ impl Follower {
             path: current.to_path_buf(),
             cur,
             queue: VecDeque::new(),
-            last_done: None,
+            known: HashSet::new(),
             pending: Vec::new(),
             last_ts: 0,
             interval: DEFAULT_POLL_INTERVAL,
@@ -432,17 +449,16 @@ impl Follower {
                     let Some(src) = Source::open(&self.path, 0)? else {
                         return Ok(out); // not (re)created yet
                     };
-                    // Rotations since the last file was finished (faster than our polls, or
-                    // between finishing it and opening this one): read those files first.
-                    if let Some(done) = self.last_done.take() {
-                        let between = rotated_between(&self.path, done, src.id)?;
-                        if !between.is_empty() {
-                            self.queue = between;
-                            self.queue.push_back(src);
-                            continue;
-                        }
+                    // Files rotated while we were not looking (faster than our polls, or
+                    // before this one was opened): read those first, oldest first.
+                    let unseen = self.unseen_rotated(src.id)?;
+                    self.known.insert(src.id);
+                    if unseen.is_empty() {
+                        self.cur = Some(src);
+                    } else {
+                        self.queue = unseen;
+                        self.queue.push_back(src);
                     }
-                    self.cur = Some(src);
                 }
             }
             let read = self.read_some(budget, &mut out)?;
@@ -476,8 +492,39 @@ impl Follower {
             // reading it to the end once more gets all of it.
             while self.read_some(BLOCK as usize, &mut out)? > 0 {}
             self.finish_file(&mut out);
-            self.last_done = Some(id);
         }
+    }
+
+    /// The rotated files older than `until` that this follower has not read yet, oldest
+    /// first, opened from their start. Forgets the files that no longer exist.
+    fn unseen_rotated(&mut self, until: FileId) -> io::Result<VecDeque<Source>> {
+        // Newest first, down to the first file already read: the unread ones are the newest.
+        let known = &self.known;
+        let scanned = scan_rotated(&self.path, |s| known.contains(&s.id))?;
+        // If `until` was itself rotated meanwhile, the files newer than it come after it.
+        let older_than_until = match scanned.iter().position(|s| s.id == until) {
+            Some(i) => &scanned[..i],
+            None => &scanned[..],
+        };
+        let unseen_ids: Vec<FileId> = older_than_until
+            .iter()
+            .map(|s| s.id)
+            .filter(|id| !self.known.contains(id))
+            .collect();
+        if self.known.len() > MAX_KNOWN {
+            // One id per rotation adds up over weeks; keep the newest ones.
+            let keep: HashSet<FileId> = scanned.iter().map(|s| s.id).collect();
+            self.known.retain(|id| keep.contains(id));
+        }
+        self.known.extend(unseen_ids.iter().copied());
+        Ok(scanned
+            .into_iter()
+            .filter(|s| unseen_ids.contains(&s.id))
+            .map(|mut s| {
+                s.pos = 0;
+                s
+            })
+            .collect())
     }
 
     /// Reads up to `budget` bytes (at most one chunk) from the current source, turning complete
@@ -546,56 +593,47 @@ fn decode(raw: &[u8], last_ts: &mut i64) -> (i64, String) {
 
 /// The rotated files of `current`, oldest first, opened (with `pos` = their length).
 ///
-/// Opening by name races with a log pipe that rotates meanwhile (every rotation renames every
-/// file), so the listing is taken again after opening and accepted only if each name still
-/// names the file opened; otherwise it is retried a few times, then taken as it is.
+/// Opening by name races with a log pipe that rotates meanwhile (a rotation renames every
+/// file one number up). Names are opened newest first, in the direction files move, so a
+/// rotation in the middle can make a file show up twice (dropped by id) but never skips one;
+/// and the result is accepted only if a second look finds every name still naming the file
+/// opened, else retried a few times and then taken as it is (only a log pipe rotating every
+/// few hundred microseconds gets there).
 fn rotated_snapshot(current: &Path) -> io::Result<Vec<Source>> {
-    let rotated_paths = || -> Vec<PathBuf> {
-        let mut files = log_files(current);
-        files.retain(|p| p != current);
-        files
-    };
-    let mut snapshot = Vec::new();
-    for _ in 0..8 {
-        let paths = rotated_paths();
-        snapshot.clear();
-        let mut names = Vec::with_capacity(paths.len());
-        for path in paths {
-            if let Some(file) = open_if_exists(&path)? {
-                let meta = file.metadata()?;
-                snapshot.push(Source { file, id: FileId::of(&meta), pos: meta.len() });
+    scan_rotated(current, |_| false)
+}
+
+/// [`rotated_snapshot`], newest first, stopping after the first file for which `stop` is true
+/// (that file included).
+fn scan_rotated(current: &Path, stop: impl Fn(&Source) -> bool) -> io::Result<Vec<Source>> {
+    let mut newest_first: Vec<Source> = Vec::new();
+    for _ in 0..16 {
+        newest_first.clear();
+        let mut names = Vec::new();
+        for n in rotated_numbers(current).into_iter().rev() {
+            let path = rotated_path(current, n);
+            let Some(src) = Source::open(&path, 0)? else { continue };
+            let done = stop(&src);
+            if !newest_first.iter().any(|s| s.id == src.id) {
+                newest_first.push(src);
                 names.push(path);
             }
+            if done {
+                break;
+            }
         }
-        let unchanged = rotated_paths() == names
-            && names
-                .iter()
-                .zip(&snapshot)
-                .all(|(path, src)| std::fs::metadata(path).is_ok_and(|m| FileId::of(&m) == src.id));
+        let unchanged = names.iter().zip(&newest_first).all(|(path, src)| {
+            std::fs::metadata(path).is_ok_and(|m| FileId::of(&m) == src.id)
+        });
         if unchanged {
             break;
         }
     }
-    Ok(snapshot)
-}
-
-/// The rotated files written after the file `after` and before the file `until`, oldest
-/// first, opened from their start: what a follower must read when rotations came faster than
-/// its polls. Empty if `after` is no longer among them (deleted: nothing to recover).
-fn rotated_between(current: &Path, after: FileId, until: FileId) -> io::Result<VecDeque<Source>> {
-    let snapshot = rotated_snapshot(current)?;
-    let Some(start) = snapshot.iter().position(|s| s.id == after) else {
-        return Ok(VecDeque::new());
-    };
-    Ok(snapshot
-        .into_iter()
-        .skip(start + 1)
-        .take_while(|s| s.id != until)
-        .map(|mut s| {
-            s.pos = 0;
-            s
-        })
-        .collect())
+    newest_first.reverse();
+    for src in &mut newest_first {
+        src.pos = src.file.metadata()?.len();
+    }
+    Ok(newest_first)
 }
 
 /// Follows several nodes' logs at once (`logs -f` without a node), handing out each batch

@@ -1,0 +1,698 @@
+//! `dwbase backup create|restore|verify`: `.tzst` backups that restore.
+//!
+//! - `create` of a running node goes through the node's `POST /admin/snapshot` (a consistent
+//!   snapshot taken under a write barrier: every write acknowledged before the backup began is
+//!   in it), found by `--api URL` or by `--node NAME` through the supervisor (state.json when no
+//!   supervisor runs). Of a stopped node, `--data-dir DIR` opens the store directly; a data dir
+//!   whose node runs (sled's lock) is refused with a pointer to `--api`/`--node`. The archive is
+//!   written to `<out>.partial`, verified, then renamed to `<out>`.
+//! - `restore` refuses a non-empty target without `--force` and a target whose node runs (sled's
+//!   lock, a live pid or a supervised node in state.json); extracts into a staging folder beside
+//!   the target while checking every file's sha256 (a corrupt or truncated archive changes
+//!   nothing and names the file), writes `.snapshot_metadata.json`, then swaps the staging folder
+//!   in with one atomic rename (`RENAME_EXCHANGE` when replacing).
+//! - `verify` checks an archive without extracting it.
+//!
+//! The format is documented in `docs/backup.md` and implemented in [`dwbase_node::snapshot`].
+
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{ArgGroup, Args, Subcommand};
+use dwbase_node::snapshot::{self, Metadata, SnapshotError, AUDIT_FILE, DATA_DIR};
+use dwbase_node::storage::StorageError;
+use dwbase_proto::procinfo::{self, Liveness};
+use dwbase_proto::state::{Desired, Loaded, StateFile};
+use dwbase_proto::{Group, NodeStatus, Paths, Request, Response};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::cli::parse_duration;
+use crate::Usage;
+
+/// `dwbase backup …`
+#[derive(Debug, Subcommand)]
+pub enum BackupCommand {
+    /// Back up a node: a running one through its API (consistent snapshot, node keeps
+    /// running), a stopped one from its data dir.
+    Create(CreateArgs),
+    /// Restore a backup into a data dir: verified first, staged beside the target, swapped in
+    /// atomically.
+    Restore(RestoreArgs),
+    /// Check a backup: every file against the sha256 recorded in its metadata.json.
+    Verify(VerifyArgs),
+}
+
+/// `dwbase backup create`
+#[derive(Debug, Clone, Args)]
+#[command(group(ArgGroup::new("source").required(true).multiple(true).args(["data_dir", "api", "node"])))]
+pub struct CreateArgs {
+    /// Data dir of a stopped node (opened directly). With --api, only recorded in the metadata.
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Base URL of a running node (e.g. http://127.0.0.1:7000): a consistent snapshot through
+    /// its API.
+    #[arg(long, value_name = "URL", conflicts_with = "node")]
+    pub api: Option<String>,
+    /// A node deployed by `dwbase deploy` (node-a, …, or the local node's id): its port comes
+    /// from the supervisor (or state.json), its API key from its config.
+    #[arg(long, value_name = "NAME", conflicts_with = "data_dir")]
+    pub node: Option<String>,
+    /// Bearer token for the node's API (default: from the node's config with --node).
+    #[arg(long, env = "DWBASE_API_KEY", hide_env_values = true, value_name = "KEY")]
+    pub api_key: Option<String>,
+    /// The archive to write (.tzst).
+    #[arg(long, short = 'o', value_name = "FILE")]
+    pub out: PathBuf,
+    /// Replace --out if it exists.
+    #[arg(long)]
+    pub force: bool,
+    /// How long the node may take to snapshot and send the archive.
+    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    pub timeout: Duration,
+    /// Print the result as one JSON object on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `dwbase backup restore`
+#[derive(Debug, Clone, Args)]
+pub struct RestoreArgs {
+    /// The archive (.tzst).
+    #[arg(long, short = 'i', value_name = "FILE")]
+    pub input: PathBuf,
+    /// The data dir to restore into (created if missing).
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: PathBuf,
+    /// Replace the content of a non-empty data dir.
+    #[arg(long)]
+    pub force: bool,
+    /// Print the result as one JSON object on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `dwbase backup verify`
+#[derive(Debug, Clone, Args)]
+pub struct VerifyArgs {
+    /// The archive (.tzst).
+    #[arg(value_name = "FILE")]
+    pub archive: PathBuf,
+    /// Print the result as one JSON object on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs `dwbase backup …`.
+pub async fn run(paths: &Paths, cmd: BackupCommand) -> Result<()> {
+    match cmd {
+        BackupCommand::Create(a) => create(paths, a).await,
+        BackupCommand::Restore(a) => {
+            let paths = paths.clone();
+            tokio::task::spawn_blocking(move || restore(&paths, &a)).await?
+        }
+        BackupCommand::Verify(a) => tokio::task::spawn_blocking(move || verify(&a)).await?,
+    }
+}
+
+/// Where a backup comes from.
+#[derive(Debug)]
+enum Source {
+    Api { url: String, key: Option<String>, label: String },
+    Offline { data_dir: PathBuf, node_id: Option<String> },
+}
+
+/// The `--json` result of `create`.
+#[derive(Debug, Serialize)]
+struct CreateJson<'a> {
+    out: &'a Path,
+    bytes: u64,
+    sha256: String,
+    source: &'a str,
+    metadata: &'a Metadata,
+}
+
+async fn create(paths: &Paths, args: CreateArgs) -> Result<()> {
+    let out = std::path::absolute(&args.out)
+        .with_context(|| format!("resolving {}", args.out.display()))?;
+    if out.exists() && !args.force {
+        bail!(
+            "{} already exists; pass --force to replace it or choose another path",
+            out.display()
+        );
+    }
+    if out.is_dir() {
+        bail!("--out {} is a folder; name the archive file", out.display());
+    }
+    let source = resolve_source(paths, &args).await?;
+    let partial = partial_path(&out);
+    let _ = fs::remove_file(&partial);
+    let result = match &source {
+        Source::Api { url, key, .. } => {
+            download(url, key.as_deref(), &partial, args.timeout).await?;
+            let p = partial.clone();
+            tokio::task::spawn_blocking(move || snapshot::read_archive(&p, None))
+                .await?
+                .with_context(|| format!("the node sent an archive that does not verify ({url})"))
+        }
+        Source::Offline { data_dir, node_id } => {
+            let (d, n, p) = (data_dir.clone(), node_id.clone(), partial.clone());
+            tokio::task::spawn_blocking(move || offline_archive(&d, n, &p)).await?
+        }
+    };
+    let meta = match result {
+        Ok(m) => m,
+        Err(e) => {
+            let _ = fs::remove_file(&partial);
+            return Err(e);
+        }
+    };
+    fs::rename(&partial, &out)
+        .with_context(|| format!("renaming {} to {}", partial.display(), out.display()))?;
+    sync_parent(&out);
+    let bytes = fs::metadata(&out).map(|m| m.len()).unwrap_or(0);
+    let label = match &source {
+        Source::Api { label, .. } => label.clone(),
+        Source::Offline { data_dir, .. } => format!("data dir {} (offline)", data_dir.display()),
+    };
+    if args.json {
+        let doc = CreateJson {
+            out: &out,
+            bytes,
+            sha256: file_sha256(&out)?,
+            source: meta.source.as_deref().unwrap_or(""),
+            metadata: &meta,
+        };
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+    } else {
+        let c = &meta.counts;
+        println!(
+            "backed up {}{}: {} atoms in {} worlds, {} files ({}) → {} ({})",
+            meta.node_id.as_deref().map(|n| format!("{n} from ")).unwrap_or_default(),
+            label,
+            c.atoms,
+            c.worlds,
+            c.files,
+            human_bytes(c.bytes),
+            out.display(),
+            human_bytes(bytes)
+        );
+    }
+    Ok(())
+}
+
+/// Decides where the backup comes from, per the flags.
+async fn resolve_source(paths: &Paths, args: &CreateArgs) -> Result<Source> {
+    if let Some(api) = &args.api {
+        let url = normalize_url(api);
+        return Ok(Source::Api { label: format!("api {url}"), url, key: args.api_key.clone() });
+    }
+    if let Some(name) = &args.node {
+        let node = find_node(paths, name).await?;
+        let key = args.api_key.clone().or_else(|| config_api_key(&node.config_path));
+        if node.running {
+            let url = format!("http://127.0.0.1:{}", node.port);
+            return Ok(Source::Api { label: format!("{name} at {url}"), url, key });
+        }
+        eprintln!("{name} is not running: backing up its data dir {}", node.data_dir.display());
+        return Ok(Source::Offline { data_dir: node.data_dir, node_id: Some(node.id) });
+    }
+    let data_dir = args.data_dir.clone().expect("clap requires a source");
+    let data_dir = std::path::absolute(&data_dir)
+        .with_context(|| format!("resolving {}", data_dir.display()))?;
+    let node_id = node_id_beside(&data_dir);
+    Ok(Source::Offline { data_dir, node_id })
+}
+
+/// What `--node NAME` resolves to.
+#[derive(Debug)]
+struct FoundNode {
+    id: String,
+    port: u16,
+    running: bool,
+    data_dir: PathBuf,
+    config_path: PathBuf,
+}
+
+/// Looks `name` up through the supervisor, or in the state files when none runs.
+async fn find_node(paths: &Paths, name: &str) -> Result<FoundNode> {
+    if let Some(mut client) = crate::daemon::connect(paths).await? {
+        let report = match client.request(&Request::Status).await? {
+            Response::Status(r) => r,
+            Response::Error(e) => bail!("the supervisor refused the status request: {}", e.message),
+            other => bail!("unexpected answer to Status: {other:?}"),
+        };
+        let known: Vec<String> = report.nodes.iter().map(|n| n.name.clone()).collect();
+        let Some(n) = report.nodes.into_iter().find(|n| n.name == name) else {
+            bail!("{}", crate::logs::unknown_node(name, &known));
+        };
+        return Ok(found_from_status(n));
+    }
+    for group in [Group::Devnet, Group::Local] {
+        let file = paths.state_file(group);
+        let state = match StateFile::load(&file) {
+            Ok(Loaded::Ok(s)) => s,
+            Ok(_) => continue,
+            Err(e) => bail!("reading {}: {e}", file.display()),
+        };
+        if let Some(n) = state.nodes.into_iter().find(|n| n.name == name || n.id == name) {
+            let running =
+                n.pid.is_some_and(|p| procinfo::liveness(p, n.start_time) == Liveness::Alive);
+            return Ok(FoundNode {
+                id: n.id,
+                port: n.port,
+                running,
+                data_dir: n.data_dir,
+                config_path: n.config_path,
+            });
+        }
+    }
+    bail!(
+        "no node named {name:?} under {} (no supervisor answers and the state files do not list it)",
+        paths.root.display()
+    )
+}
+
+fn found_from_status(n: NodeStatus) -> FoundNode {
+    FoundNode {
+        running: n.pid.is_some(),
+        id: n.id,
+        port: n.port,
+        data_dir: n.data_dir,
+        config_path: n.config_path,
+    }
+}
+
+/// The effective API key of a node config, if it has one.
+fn config_api_key(config: &Path) -> Option<String> {
+    let cfg = dwbase_node::config::Config::load(config).ok()?;
+    cfg.node.security.effective_api_key().map(str::to_owned)
+}
+
+/// The node id in `<data_dir>/../config.toml` when that config's data dir is this one (the
+/// deploy layout).
+fn node_id_beside(data_dir: &Path) -> Option<String> {
+    let config = data_dir.parent()?.join("config.toml");
+    let cfg = dwbase_node::config::Config::load(&config).ok()?;
+    let same = fs::canonicalize(&cfg.node.data_dir).ok()? == fs::canonicalize(data_dir).ok()?;
+    same.then_some(cfg.node.id)
+}
+
+fn normalize_url(api: &str) -> String {
+    let trimmed = api.trim().trim_end_matches('/');
+    if trimmed.contains("://") {
+        trimmed.to_owned()
+    } else {
+        format!("http://{trimmed}")
+    }
+}
+
+/// `POST <url>/admin/snapshot` into `dest`.
+async fn download(url: &str, key: Option<&str>, dest: &Path, timeout: Duration) -> Result<()> {
+    let client = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(timeout)
+        .build()
+        .context("building the HTTP client")?;
+    let mut req = client.post(format!("{url}/admin/snapshot"));
+    if let Some(k) = key {
+        req = req.bearer_auth(k);
+    }
+    let mut resp = req
+        .send()
+        .await
+        .with_context(|| format!("asking {url} for a snapshot (is the node running?)"))?;
+    let status = resp.status();
+    if !status.is_success() {
+        let body = resp.text().await.unwrap_or_default();
+        let msg = serde_json::from_str::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v.get("message").and_then(|m| m.as_str()).map(str::to_owned))
+            .unwrap_or(body);
+        let hint = match status.as_u16() {
+            401 => " (pass --api-key or set DWBASE_API_KEY)",
+            404 => " (this node has no snapshot route: is it an older dwbase-node?)",
+            _ => "",
+        };
+        bail!("{url} refused the snapshot: {status}: {}{hint}", msg.trim());
+    }
+    let mut file = File::create(dest).with_context(|| format!("creating {}", dest.display()))?;
+    let mut received = 0u64;
+    while let Some(chunk) = resp
+        .chunk()
+        .await
+        .with_context(|| format!("receiving the snapshot from {url} ({received} bytes so far)"))?
+    {
+        file.write_all(&chunk).with_context(|| format!("writing {}", dest.display()))?;
+        received += chunk.len() as u64;
+    }
+    file.sync_all().with_context(|| format!("syncing {}", dest.display()))?;
+    Ok(())
+}
+
+/// Snapshot of a stopped node's data dir, archived to `dest`.
+fn offline_archive(data_dir: &Path, node_id: Option<String>, dest: &Path) -> Result<Metadata> {
+    if !data_dir.join("db").is_file() {
+        if !data_dir.exists() {
+            bail!("data dir {} does not exist", data_dir.display());
+        }
+        bail!("{} is not a dwbase data dir (no sled `db` file in it)", data_dir.display());
+    }
+    let parent = dest.parent().unwrap_or(Path::new("."));
+    let tmp = snapshot::TempDir::new_in(parent, "dwbase-backup")
+        .with_context(|| format!("creating a temp folder in {}", parent.display()))?;
+    let snap = tmp.path().join(DATA_DIR);
+    let mut meta = Metadata::new("offline", node_id, Some(data_dir.to_path_buf()));
+    meta.counts = match snapshot::snapshot_offline(data_dir, &snap) {
+        Ok(c) => c,
+        Err(SnapshotError::Storage(StorageError::Locked { .. })) => {
+            bail!(
+                "node at {} is running; use --api URL or --node NAME to back it up through it",
+                data_dir.display()
+            )
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let file = File::create(dest).with_context(|| format!("creating {}", dest.display()))?;
+    let mut w = std::io::BufWriter::new(file);
+    snapshot::write_archive(&snap, &mut meta, &mut w)?;
+    let file = w.into_inner().map_err(|e| e.into_error()).context("writing the archive")?;
+    file.sync_all().with_context(|| format!("syncing {}", dest.display()))?;
+    // Read back what was written: a backup that does not verify is not a backup.
+    snapshot::read_archive(dest, None).context("verifying the archive just written")
+}
+
+/// `<out>.partial` beside `<out>`.
+fn partial_path(out: &Path) -> PathBuf {
+    let mut name = out.file_name().unwrap_or_default().to_os_string();
+    name.push(".partial");
+    out.with_file_name(name)
+}
+
+fn sync_parent(path: &Path) {
+    if let Some(dir) = path.parent() {
+        if let Ok(d) = File::open(dir) {
+            let _ = d.sync_all();
+        }
+    }
+}
+
+fn file_sha256(path: &Path) -> Result<String> {
+    let mut f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut h = Sha256::new();
+    std::io::copy(&mut f, &mut h).with_context(|| format!("reading {}", path.display()))?;
+    Ok(hex::encode(h.finalize()))
+}
+
+/// "1.2 MiB", "830 B".
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+/// The `--json` result of `verify`.
+#[derive(Debug, Serialize)]
+struct VerifyJson<'a> {
+    archive: &'a Path,
+    ok: bool,
+    sha256: String,
+    metadata: &'a Metadata,
+}
+
+fn verify(args: &VerifyArgs) -> Result<()> {
+    if !args.archive.is_file() {
+        bail!("{} does not exist or is not a file", args.archive.display());
+    }
+    let meta = snapshot::read_archive(&args.archive, None)?;
+    if args.json {
+        let doc = VerifyJson {
+            archive: &args.archive,
+            ok: true,
+            sha256: file_sha256(&args.archive)?,
+            metadata: &meta,
+        };
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+    } else {
+        println!("{}: OK", args.archive.display());
+        print_meta(&meta);
+    }
+    Ok(())
+}
+
+fn print_meta(meta: &Metadata) {
+    let c = &meta.counts;
+    println!(
+        "  format {}, created {}, node {}, dwbase {}, source {}",
+        meta.format_version,
+        meta.created_at,
+        meta.node_id.as_deref().unwrap_or("?"),
+        meta.dwbase_version.as_deref().unwrap_or("?"),
+        meta.source.as_deref().unwrap_or("?")
+    );
+    println!(
+        "  {} atoms in {} worlds; {} files ({}), every sha256 checked; index metadata for {} worlds",
+        c.atoms,
+        c.worlds,
+        c.files,
+        human_bytes(c.bytes),
+        meta.index_metadata.len()
+    );
+}
+
+/// The audit record written into a restored data dir.
+#[derive(Debug, Serialize)]
+struct Audit<'a> {
+    restored_at: String,
+    restored_from: &'a Path,
+    archive_sha256: String,
+    replaced_previous_content: bool,
+    dwbase_version: &'a str,
+    metadata: &'a Metadata,
+}
+
+/// The `--json` result of `restore`.
+#[derive(Debug, Serialize)]
+struct RestoreJson<'a> {
+    data_dir: &'a Path,
+    replaced_previous_content: bool,
+    metadata: &'a Metadata,
+}
+
+fn restore(paths: &Paths, args: &RestoreArgs) -> Result<()> {
+    let input = std::path::absolute(&args.input)
+        .with_context(|| format!("resolving {}", args.input.display()))?;
+    if !input.is_file() {
+        bail!("{} does not exist or is not a file", input.display());
+    }
+    let target = std::path::absolute(&args.data_dir)
+        .with_context(|| format!("resolving {}", args.data_dir.display()))?;
+    let (parent, name) = match (target.parent(), target.file_name()) {
+        (Some(p), Some(n)) => (p.to_path_buf(), n.to_string_lossy().into_owned()),
+        _ => {
+            return Err(
+                Usage(format!("--data-dir {} has no parent folder", target.display())).into()
+            )
+        }
+    };
+    if target.exists() && !target.is_dir() {
+        bail!("{} exists and is not a folder", target.display());
+    }
+    refuse_if_running(paths, &target)?;
+    let non_empty = target.is_dir()
+        && fs::read_dir(&target)
+            .with_context(|| format!("listing {}", target.display()))?
+            .next()
+            .is_some();
+    if non_empty && !args.force {
+        bail!(
+            "{} is not empty; pass --force to replace its content (nothing was changed)",
+            target.display()
+        );
+    }
+
+    fs::create_dir_all(&parent).with_context(|| format!("creating {}", parent.display()))?;
+    let staging = snapshot::TempDir::new_in(&parent, &format!("{name}.restore"))
+        .with_context(|| format!("creating a staging folder in {}", parent.display()))?;
+    let meta = snapshot::read_archive(&input, Some(staging.path())).with_context(|| {
+        format!("{} was not restored; {} is unchanged", input.display(), target.display())
+    })?;
+    let audit = Audit {
+        restored_at: dwbase_node::model::now_rfc3339(),
+        restored_from: &input,
+        archive_sha256: file_sha256(&input)?,
+        replaced_previous_content: non_empty,
+        dwbase_version: env!("CARGO_PKG_VERSION"),
+        metadata: &meta,
+    };
+    let audit_path = staging.path().join(AUDIT_FILE);
+    let mut f =
+        File::create(&audit_path).with_context(|| format!("creating {}", audit_path.display()))?;
+    f.write_all(serde_json::to_string_pretty(&audit)?.as_bytes())
+        .and_then(|()| f.sync_all())
+        .with_context(|| format!("writing {}", audit_path.display()))?;
+    if let Ok(d) = File::open(staging.path()) {
+        let _ = d.sync_all();
+    }
+
+    // A node may have started on the target meanwhile: check again just before the swap.
+    refuse_if_running(paths, &target)?;
+    swap_in(staging.path(), &target)?;
+    // After the swap, the staging path holds the previous content (or nothing): the guard
+    // removes it.
+    drop(staging);
+    sync_parent(&target);
+
+    if args.json {
+        let doc = RestoreJson {
+            data_dir: &target,
+            replaced_previous_content: non_empty,
+            metadata: &meta,
+        };
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+    } else {
+        println!(
+            "restored {} into {}{}",
+            input.display(),
+            target.display(),
+            if non_empty { " (previous content replaced)" } else { "" }
+        );
+        print_meta(&meta);
+        println!("  audit record: {}", target.join(AUDIT_FILE).display());
+    }
+    Ok(())
+}
+
+/// Puts `staging` at `target` in one atomic step. With an existing `target`, the two are
+/// exchanged (Linux `renameat2(RENAME_EXCHANGE)`; elsewhere two renames), so `staging` then
+/// holds the old content.
+fn swap_in(staging: &Path, target: &Path) -> Result<()> {
+    if !target.exists() {
+        return fs::rename(staging, target)
+            .with_context(|| format!("renaming {} to {}", staging.display(), target.display()));
+    }
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        use nix::fcntl::{renameat2, RenameFlags, AT_FDCWD};
+        match renameat2(AT_FDCWD, staging, AT_FDCWD, target, RenameFlags::RENAME_EXCHANGE) {
+            Ok(()) => return Ok(()),
+            Err(e) => tracing::debug!("renameat2(RENAME_EXCHANGE) failed ({e}); using two renames"),
+        }
+    }
+    let aside = staging.with_extension("previous");
+    fs::rename(target, &aside)
+        .with_context(|| format!("moving {} aside to {}", target.display(), aside.display()))?;
+    if let Err(e) = fs::rename(staging, target) {
+        let _ = fs::rename(&aside, target);
+        return Err(e)
+            .with_context(|| format!("renaming {} to {}", staging.display(), target.display()));
+    }
+    fs::rename(&aside, staging).with_context(|| format!("renaming {}", aside.display()))
+}
+
+/// Refuses a data dir a node is using: sled's lock held, or a state file listing a node on it
+/// that is alive or that a live supervisor keeps running.
+fn refuse_if_running(paths: &Paths, target: &Path) -> Result<()> {
+    let db = target.join("db");
+    if db.is_file() && sled_locked(&db)? {
+        bail!(
+            "a node is running on {} (sled's lock on {} is held); stop it first \
+             (dwbase deploy stop NODE), then restore",
+            target.display(),
+            db.display()
+        );
+    }
+    let canon = |p: &Path| fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    let want = canon(target);
+    for group in [Group::Devnet, Group::Local] {
+        let Ok(Loaded::Ok(state)) = StateFile::load(&paths.state_file(group)) else { continue };
+        let supervisor_alive = state
+            .supervisor
+            .as_ref()
+            .is_some_and(|s| procinfo::liveness(s.pid, s.start_time) == Liveness::Alive);
+        for n in state.nodes.iter().filter(|n| canon(&n.data_dir) == want) {
+            if let Some(pid) = n.pid {
+                if procinfo::liveness(pid, n.start_time) == Liveness::Alive {
+                    bail!(
+                        "{} (pid {pid}) is running on {}; stop it first: dwbase deploy stop {}",
+                        n.name,
+                        target.display(),
+                        n.name
+                    );
+                }
+            }
+            if supervisor_alive && n.desired == Desired::Running {
+                bail!(
+                    "{} uses {} and the supervisor keeps it running (it would restart it during \
+                     the restore); stop it first: dwbase deploy stop {}",
+                    n.name,
+                    target.display(),
+                    n.name
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Whether someone holds sled's lock (an exclusive `flock` on `<dir>/db`).
+#[cfg(unix)]
+fn sled_locked(db: &Path) -> Result<bool> {
+    use nix::errno::Errno;
+    use nix::fcntl::{Flock, FlockArg};
+    let file = File::open(db).with_context(|| format!("opening {}", db.display()))?;
+    match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(lock) => {
+            drop(lock);
+            Ok(false)
+        }
+        Err((_, Errno::EWOULDBLOCK)) => Ok(true),
+        Err((_, e)) => Err(e).with_context(|| format!("checking the lock on {}", db.display())),
+    }
+}
+
+/// Whether someone holds sled's lock (not checked on this platform).
+#[cfg(not(unix))]
+fn sled_locked(_db: &Path) -> Result<bool> {
+    Ok(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_and_names() {
+        assert_eq!(normalize_url("127.0.0.1:7000/"), "http://127.0.0.1:7000");
+        assert_eq!(normalize_url("https://x:1"), "https://x:1");
+        assert_eq!(partial_path(Path::new("/a/b.tzst")), PathBuf::from("/a/b.tzst.partial"));
+        assert_eq!(human_bytes(830), "830 B");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+    }
+
+    #[test]
+    fn swap_exchanges_folders() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+        fs::create_dir(&a).unwrap();
+        fs::write(a.join("new"), "n").unwrap();
+        swap_in(&a, &b).unwrap();
+        assert!(b.join("new").is_file() && !a.exists());
+        fs::create_dir(&a).unwrap();
+        fs::write(a.join("newer"), "n").unwrap();
+        swap_in(&a, &b).unwrap();
+        assert!(b.join("newer").is_file() && a.join("new").is_file());
+    }
+}

@@ -1,0 +1,897 @@
+//! Consistent snapshots of a node's store, and the `.tzst` backup format.
+//!
+//! # What a snapshot guarantees
+//!
+//! [`snapshot_store`] copies the store into a fresh sled database while every writer is paused
+//! ([`Store::with_writes_paused`] holds the lock each remember, swarm ingest and world update
+//! holds while it applies its batch). A write is acknowledged only after its batch was applied
+//! (and flushed), so **every write acknowledged before the snapshot began is in it**, and as
+//! batches are atomic and none runs during the copy, **nothing is half written**: an atom is in
+//! the snapshot with its log entry and world record, or not at all. A write that was applied
+//! but not yet acknowledged when the snapshot began (its flush still running) may be in it; its
+//! client may still see a failure if that flush fails — the usual "unknown outcome" of a write
+//! interrupted by a crash. Writers wait (they are not refused) while the copy runs; reads go
+//! on. The copy is a logical one (keys and values), so sled's own files, which its background
+//! threads may rewrite at any time, are never copied while in use.
+//!
+//! The copy renumbers the per-world log sequence numbers (`l/<world>/<seq>` keys, see
+//! [`crate::storage`]) densely from 0 in the same order: a fresh sled database starts its id
+//! generator at 0, and the store takes `seq` from that generator, so keeping the source's
+//! numbers (which jump by millions at every restart) would let a restored node reuse a `seq`
+//! and overwrite a log entry. Renumbered, the restored generator is always past every `seq`.
+//!
+//! # The archive (`.tzst`, `format_version` 1)
+//!
+//! A zstd stream (with zstd's content checksum) of a tar holding, in this order:
+//! - `metadata.json` — a [`Metadata`]: format version, creation time, node id, dwbase version,
+//!   source, counts, the index metadata (the node's `GET /index/status`; empty offline) and the
+//!   sha256 and size of every file under `data/`;
+//! - `data/` — the snapshot's sled database (`conf`, `db`, `snap.*`, `blobs/`), which is a
+//!   node data dir as is: restoring means putting this folder in place.
+//!
+//! [`read_archive`] checks every file against `metadata.json` (and rejects unlisted, missing,
+//! unsafe or truncated entries) while it extracts into a staging folder, or only verifies.
+//! The original DWBase wrote `{format_version, created_at, index_metadata}` with no checksums;
+//! such archives cannot be verified and are refused.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::{self, File};
+use std::io::{self, Read, Write};
+use std::path::{Component, Path, PathBuf};
+
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::error::ApiError;
+use crate::model::now_rfc3339;
+use crate::node::{Node, VERSION};
+use crate::storage::{StorageError, Store, StoreOptions};
+
+/// The archive format this build writes and reads.
+pub const FORMAT_VERSION: u32 = 1;
+/// Name of the metadata entry in the archive.
+pub const METADATA_FILE: &str = "metadata.json";
+/// Name of the data folder in the archive.
+pub const DATA_DIR: &str = "data";
+/// The audit record a restore writes into the restored data dir.
+pub const AUDIT_FILE: &str = ".snapshot_metadata.json";
+/// zstd level of new archives (fast; sled files compress well at any level).
+pub const ZSTD_LEVEL: i32 = 3;
+/// Largest `metadata.json` accepted (it lists one line per file).
+const MAX_METADATA_BYTES: u64 = 64 << 20;
+/// sled cache when a store is opened just to back it up.
+const OFFLINE_CACHE_BYTES: u64 = 16 << 20;
+
+/// The store's log key prefix (`l/<world len u16 BE><world><seq u64 BE>`, see
+/// [`crate::storage`]); the copy renumbers the trailing `seq`.
+const LOG_PREFIX: &[u8] = b"l/";
+const ATOM_PREFIX: &[u8] = b"a/";
+const WORLD_PREFIX: &[u8] = b"w/";
+
+/// Snapshot and archive failures. Each names the file or folder involved.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    /// A file operation failed.
+    #[error("{action} {}: {source}", path.display())]
+    Io {
+        /// What we were doing.
+        action: &'static str,
+        /// On what.
+        path: PathBuf,
+        /// The cause.
+        source: io::Error,
+    },
+    /// Opening or reading the source store failed.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// Writing the copy failed.
+    #[error("writing the snapshot database in {}: {source}", dir.display())]
+    Copy {
+        /// The snapshot's folder.
+        dir: PathBuf,
+        /// The cause.
+        source: sled::Error,
+    },
+    /// A file's content does not match its checksum.
+    #[error(
+        "{file}: checksum mismatch (metadata.json says sha256 {expected}, the archive holds \
+         {actual}): the archive is corrupt"
+    )]
+    Checksum {
+        /// The file (`data/...`).
+        file: String,
+        /// The recorded sha256.
+        expected: String,
+        /// The computed sha256.
+        actual: String,
+    },
+    /// A file's size does not match.
+    #[error(
+        "{file}: size mismatch (metadata.json says {expected} bytes, the archive holds {actual})"
+    )]
+    Size {
+        /// The file.
+        file: String,
+        /// The recorded size.
+        expected: u64,
+        /// The size found.
+        actual: u64,
+    },
+    /// The archive could not be decoded (corrupt or truncated).
+    #[error("{}: corrupt or truncated archive, while reading {file}: {message}", archive.display())]
+    Corrupt {
+        /// The archive.
+        archive: PathBuf,
+        /// The entry being read (or where reading stopped).
+        file: String,
+        /// The decoder's message.
+        message: String,
+    },
+    /// A listed file is not in the archive.
+    #[error("{file}: listed in metadata.json but missing from the archive (truncated?)")]
+    Missing {
+        /// The file.
+        file: String,
+    },
+    /// The archive holds a file metadata.json does not list.
+    #[error("{file}: in the archive but not listed in metadata.json")]
+    Unlisted {
+        /// The file.
+        file: String,
+    },
+    /// An entry with an absolute or `..` path, or of a type other than file or folder.
+    #[error("{file}: refusing an unsafe archive entry ({why})")]
+    Unsafe {
+        /// The entry's path.
+        file: String,
+        /// Why.
+        why: String,
+    },
+    /// The archive has no metadata.json.
+    #[error("{}: no metadata.json: not a dwbase backup (or truncated)", archive.display())]
+    NoMetadata {
+        /// The archive.
+        archive: PathBuf,
+    },
+    /// metadata.json is unreadable or unusable.
+    #[error("{}: metadata.json: {message}", archive.display())]
+    BadMetadata {
+        /// The archive.
+        archive: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+fn io_err<'a>(
+    action: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(io::Error) -> SnapshotError + 'a {
+    move |source| SnapshotError::Io { action, path: path.to_path_buf(), source }
+}
+
+/// Checksum and size of one archived file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileEntry {
+    /// Lowercase hex sha256 of the content.
+    pub sha256: String,
+    /// Size in bytes.
+    pub bytes: u64,
+}
+
+/// What a snapshot holds.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Counts {
+    /// Atoms (`a/` keys).
+    pub atoms: u64,
+    /// Log entries (`l/` keys; one per atom normally).
+    pub log_entries: u64,
+    /// World records (`w/` keys).
+    pub worlds: u64,
+    /// Every key copied.
+    pub keys: u64,
+    /// Files under `data/`.
+    pub files: u64,
+    /// Their total size.
+    pub bytes: u64,
+}
+
+/// `metadata.json`. Keys of the original format first (`format_version`, `created_at`,
+/// `index_metadata`); everything else was added by this build and is optional when reading.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Metadata {
+    /// [`FORMAT_VERSION`].
+    pub format_version: u32,
+    /// RFC 3339 UTC time the snapshot was taken.
+    pub created_at: String,
+    /// The node's `GET /index/status` at snapshot time; empty for an offline backup.
+    #[serde(default)]
+    pub index_metadata: Vec<serde_json::Value>,
+    /// The node's id, when known.
+    #[serde(default)]
+    pub node_id: Option<String>,
+    /// The dwbase version that wrote the snapshot.
+    #[serde(default)]
+    pub dwbase_version: Option<String>,
+    /// `api` (taken by a running node) or `offline` (from a stopped node's data dir).
+    #[serde(default)]
+    pub source: Option<String>,
+    /// The data dir the snapshot was taken from.
+    #[serde(default)]
+    pub source_data_dir: Option<PathBuf>,
+    /// What the snapshot holds.
+    #[serde(default)]
+    pub counts: Counts,
+    /// sha256 and size of every file, keyed by archive path (`data/db`, …).
+    #[serde(default)]
+    pub files: BTreeMap<String, FileEntry>,
+}
+
+impl Metadata {
+    /// Metadata for a snapshot being taken now.
+    pub fn new(source: &str, node_id: Option<String>, source_data_dir: Option<PathBuf>) -> Self {
+        Self {
+            format_version: FORMAT_VERSION,
+            created_at: now_rfc3339(),
+            index_metadata: Vec::new(),
+            node_id,
+            dwbase_version: Some(VERSION.to_owned()),
+            source: Some(source.to_owned()),
+            source_data_dir,
+            counts: Counts::default(),
+            files: BTreeMap::new(),
+        }
+    }
+}
+
+/// Copies `src` into a new sled database at `target` (which must not exist), renumbering log
+/// sequence numbers densely (see the module docs). The caller makes sure nothing writes to
+/// `src` meanwhile. The new database is flushed and closed on return.
+pub fn copy_db(src: &sled::Db, target: &Path) -> Result<Counts, SnapshotError> {
+    if target.exists() {
+        return Err(SnapshotError::Io {
+            action: "creating the snapshot folder",
+            path: target.to_path_buf(),
+            source: io::Error::new(io::ErrorKind::AlreadyExists, "already exists"),
+        });
+    }
+    let copy_err = |source| SnapshotError::Copy { dir: target.to_path_buf(), source };
+    let fresh = sled::Config::new()
+        .path(target)
+        .mode(sled::Mode::LowSpace)
+        .cache_capacity(OFFLINE_CACHE_BYTES)
+        .open()
+        .map_err(copy_err)?;
+    let mut counts = Counts::default();
+    for item in src.iter() {
+        let (key, value) =
+            item.map_err(|source| StorageError::Sled { action: "reading", source })?;
+        counts.keys += 1;
+        let new_key = match renumber_log_key(&key, || fresh.generate_id()) {
+            Some(k) => {
+                counts.log_entries += 1;
+                k.map_err(copy_err)?
+            }
+            None => {
+                if key.starts_with(ATOM_PREFIX) {
+                    counts.atoms += 1;
+                } else if key.starts_with(WORLD_PREFIX) {
+                    counts.worlds += 1;
+                }
+                key.to_vec()
+            }
+        };
+        fresh.insert(new_key, value).map_err(copy_err)?;
+    }
+    // The store keeps everything in the default tree; copy any other tree verbatim anyway.
+    let default_name = fresh.name();
+    for name in src.tree_names() {
+        if name == default_name {
+            continue;
+        }
+        let from = src
+            .open_tree(&name)
+            .map_err(|source| StorageError::Sled { action: "opening a tree", source })?;
+        let to = fresh.open_tree(&name).map_err(copy_err)?;
+        for item in from.iter() {
+            let (k, v) = item.map_err(|source| StorageError::Sled { action: "reading", source })?;
+            counts.keys += 1;
+            to.insert(k, v).map_err(copy_err)?;
+        }
+    }
+    fresh.flush().map_err(copy_err)?;
+    drop(fresh);
+    Ok(counts)
+}
+
+/// For a log key, `Some(new key with the next seq)`; `None` for any other key.
+fn renumber_log_key(
+    key: &[u8],
+    next: impl FnOnce() -> sled::Result<u64>,
+) -> Option<sled::Result<Vec<u8>>> {
+    let rest = key.strip_prefix(LOG_PREFIX)?;
+    let len = u16::from_be_bytes([*rest.first()?, *rest.get(1)?]) as usize;
+    if rest.len() != 2 + len + 8 {
+        return None;
+    }
+    let head = &key[..LOG_PREFIX.len() + 2 + len];
+    Some(next().map(|seq| [head, &seq.to_be_bytes()].concat()))
+}
+
+/// A consistent snapshot of a live store into `target` (a new folder): see the module docs
+/// for the guarantee. Blocking; writers wait while the copy runs.
+pub fn snapshot_store(store: &Store, target: &Path) -> Result<Counts, SnapshotError> {
+    store.with_writes_paused(|db| copy_db(db, target))
+}
+
+/// A snapshot of a stopped node's data dir into `target`. Opening the store takes sled's
+/// lock, so this fails (with [`StorageError::Locked`]) when a node runs on `data_dir`.
+pub fn snapshot_offline(data_dir: &Path, target: &Path) -> Result<Counts, SnapshotError> {
+    let store = Store::open(&StoreOptions {
+        dir: data_dir.to_path_buf(),
+        cache_bytes: OFFLINE_CACHE_BYTES,
+    })?;
+    let counts = snapshot_store(&store, target)?;
+    drop(store);
+    Ok(counts)
+}
+
+/// Every file and folder under `dir`, as (relative path with `/`, absolute path, is_dir),
+/// sorted, folders before their content.
+fn walk(dir: &Path) -> Result<Vec<(String, PathBuf, bool)>, SnapshotError> {
+    let mut out = Vec::new();
+    let mut stack = vec![(String::new(), dir.to_path_buf())];
+    while let Some((rel, abs)) = stack.pop() {
+        let mut children: Vec<_> = fs::read_dir(&abs)
+            .map_err(io_err("listing", &abs))?
+            .collect::<Result<_, _>>()
+            .map_err(io_err("listing", &abs))?;
+        children.sort_by_key(|e| e.file_name());
+        for child in children.into_iter().rev() {
+            let name = child.file_name().to_string_lossy().into_owned();
+            let child_rel = if rel.is_empty() { name } else { format!("{rel}/{name}") };
+            let path = child.path();
+            let ty = child.file_type().map_err(io_err("reading the type of", &path))?;
+            if ty.is_dir() {
+                stack.push((child_rel.clone(), path.clone()));
+                out.push((child_rel, path, true));
+            } else if ty.is_file() {
+                out.push((child_rel, path, false));
+            }
+        }
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(out)
+}
+
+fn sha256_file(path: &Path) -> Result<FileEntry, SnapshotError> {
+    let mut file = File::open(path).map_err(io_err("opening", path))?;
+    let mut hasher = Sha256::new();
+    let bytes = io::copy(&mut file, &mut hasher).map_err(io_err("reading", path))?;
+    Ok(FileEntry { sha256: hex::encode(hasher.finalize()), bytes })
+}
+
+/// Writes the archive of the snapshot database in `snapshot_dir` to `out`, filling in
+/// `meta.files` and the file counts first (metadata.json comes first in the archive).
+pub fn write_archive(
+    snapshot_dir: &Path,
+    meta: &mut Metadata,
+    out: impl Write,
+) -> Result<(), SnapshotError> {
+    let entries = walk(snapshot_dir)?;
+    meta.files.clear();
+    for (rel, abs, is_dir) in &entries {
+        if !is_dir {
+            meta.files.insert(format!("{DATA_DIR}/{rel}"), sha256_file(abs)?);
+        }
+    }
+    meta.counts.files = meta.files.len() as u64;
+    meta.counts.bytes = meta.files.values().map(|f| f.bytes).sum();
+    let meta_json = serde_json::to_vec_pretty(meta).map_err(|e| SnapshotError::Io {
+        action: "encoding metadata.json for",
+        path: snapshot_dir.to_path_buf(),
+        source: io::Error::other(e),
+    })?;
+
+    let ctx = snapshot_dir;
+    let mut encoder = zstd::stream::write::Encoder::new(out, ZSTD_LEVEL)
+        .map_err(io_err("starting zstd for", ctx))?;
+    encoder.include_checksum(true).map_err(io_err("configuring zstd for", ctx))?;
+    let mut tar = tar::Builder::new(encoder);
+    tar.mode(tar::HeaderMode::Deterministic);
+    let mut header = file_header(meta_json.len() as u64);
+    tar.append_data(&mut header, METADATA_FILE, meta_json.as_slice())
+        .map_err(io_err("archiving metadata.json of", ctx))?;
+    let mut dir_header = tar::Header::new_gnu();
+    dir_header.set_entry_type(tar::EntryType::Directory);
+    dir_header.set_mode(0o755);
+    dir_header.set_size(0);
+    tar.append_data(&mut dir_header.clone(), format!("{DATA_DIR}/"), io::empty())
+        .map_err(io_err("archiving", ctx))?;
+    for (rel, abs, is_dir) in &entries {
+        let name = format!("{DATA_DIR}/{rel}");
+        if *is_dir {
+            tar.append_data(&mut dir_header.clone(), format!("{name}/"), io::empty())
+                .map_err(io_err("archiving", abs))?;
+            continue;
+        }
+        let expected = &meta.files[&name];
+        let file = File::open(abs).map_err(io_err("opening", abs))?;
+        let mut header = file_header(expected.bytes);
+        // `take` guards against a file that grew after hashing (it cannot: the snapshot
+        // database is closed), so the tar stays well-formed whatever happens.
+        tar.append_data(&mut header, &name, file.take(expected.bytes))
+            .map_err(io_err("archiving", abs))?;
+    }
+    let encoder = tar.into_inner().map_err(io_err("finishing the tar of", ctx))?;
+    let mut out = encoder.finish().map_err(io_err("finishing zstd for", ctx))?;
+    out.flush().map_err(io_err("flushing the archive of", ctx))?;
+    Ok(())
+}
+
+fn file_header(size: u64) -> tar::Header {
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_mode(0o644);
+    h.set_size(size);
+    h
+}
+
+/// The `/`-joined relative path of an archive entry, or why it is unsafe.
+fn safe_name(path: &Path) -> Result<String, String> {
+    let mut parts = Vec::new();
+    for c in path.components() {
+        match c {
+            Component::Normal(p) => parts.push(p.to_string_lossy().into_owned()),
+            Component::CurDir => {}
+            _ => return Err("absolute path or `..`".into()),
+        }
+    }
+    if parts.is_empty() {
+        return Err("empty path".into());
+    }
+    Ok(parts.join("/"))
+}
+
+/// A writer that hashes what passes through.
+struct Hashing<W> {
+    inner: W,
+    hasher: Sha256,
+    bytes: u64,
+}
+
+impl<W: Write> Write for Hashing<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.bytes += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Reads the archive at `path`, checking every file against `metadata.json`, and returns the
+/// metadata. With `extract_to` (an existing, empty folder), the archive's `data/` content is
+/// written there (files fsynced); on error the caller removes that folder. Every mismatch,
+/// missing, unlisted, unsafe or undecodable entry is an error naming the file.
+pub fn read_archive(path: &Path, extract_to: Option<&Path>) -> Result<Metadata, SnapshotError> {
+    let file = File::open(path).map_err(io_err("opening", path))?;
+    let corrupt = |file: &str, e: &dyn std::fmt::Display| SnapshotError::Corrupt {
+        archive: path.to_path_buf(),
+        file: file.to_owned(),
+        message: e.to_string(),
+    };
+    let decoder = zstd::stream::read::Decoder::new(io::BufReader::new(file))
+        .map_err(|e| corrupt("the zstd header", &e))?;
+    let mut archive = tar::Archive::new(decoder);
+    let mut meta_bytes: Option<Vec<u8>> = None;
+    let mut seen: BTreeMap<String, FileEntry> = BTreeMap::new();
+    let mut last = String::from("the first entry");
+    {
+        let entries = archive.entries().map_err(|e| corrupt(&last, &e))?;
+        for entry in entries {
+            let mut entry = entry.map_err(|e| corrupt(&format!("the entry after {last}"), &e))?;
+            let raw = entry.path().map_err(|e| corrupt(&format!("the entry after {last}"), &e))?;
+            let name = safe_name(&raw)
+                .map_err(|why| SnapshotError::Unsafe { file: raw.display().to_string(), why })?;
+            last = name.clone();
+            let kind = entry.header().entry_type();
+            if name == METADATA_FILE {
+                if entry.size() > MAX_METADATA_BYTES {
+                    return Err(SnapshotError::BadMetadata {
+                        archive: path.to_path_buf(),
+                        message: format!("{} bytes is too large", entry.size()),
+                    });
+                }
+                let mut buf = Vec::new();
+                entry.read_to_end(&mut buf).map_err(|e| corrupt(&name, &e))?;
+                meta_bytes = Some(buf);
+                continue;
+            }
+            let Some(rel) = name.strip_prefix(&format!("{DATA_DIR}/")).map(str::to_owned) else {
+                if name == DATA_DIR && kind.is_dir() {
+                    continue;
+                }
+                return Err(SnapshotError::Unlisted { file: name });
+            };
+            if kind.is_dir() {
+                if let Some(dir) = extract_to {
+                    let d = dir.join(&rel);
+                    fs::create_dir_all(&d).map_err(io_err("creating", &d))?;
+                }
+                continue;
+            }
+            if !kind.is_file() {
+                return Err(SnapshotError::Unsafe {
+                    file: name,
+                    why: format!("entry type {kind:?} (only files and folders are restored)"),
+                });
+            }
+            let entry_info = match extract_to {
+                Some(dir) => {
+                    let dest = dir.join(&rel);
+                    if let Some(parent) = dest.parent() {
+                        fs::create_dir_all(parent).map_err(io_err("creating", parent))?;
+                    }
+                    let out = fs::OpenOptions::new()
+                        .write(true)
+                        .create_new(true)
+                        .open(&dest)
+                        .map_err(io_err("creating", &dest))?;
+                    let mut w = Hashing { inner: out, hasher: Sha256::new(), bytes: 0 };
+                    copy_entry(&mut entry, &mut w, &name, &dest, &corrupt)?;
+                    w.inner.sync_all().map_err(io_err("syncing", &dest))?;
+                    FileEntry { sha256: hex::encode(w.hasher.finalize()), bytes: w.bytes }
+                }
+                None => {
+                    let mut w = Hashing { inner: io::sink(), hasher: Sha256::new(), bytes: 0 };
+                    copy_entry(&mut entry, &mut w, &name, path, &corrupt)?;
+                    FileEntry { sha256: hex::encode(w.hasher.finalize()), bytes: w.bytes }
+                }
+            };
+            if seen.insert(name.clone(), entry_info).is_some() {
+                return Err(SnapshotError::Unsafe { file: name, why: "appears twice".into() });
+            }
+        }
+    }
+    // Read to the end of the zstd stream so its own checksum and truncation are checked.
+    let mut rest = archive.into_inner();
+    io::copy(&mut rest, &mut io::sink())
+        .map_err(|e| corrupt(&format!("the end (after {last})"), &e))?;
+
+    let meta_bytes =
+        meta_bytes.ok_or_else(|| SnapshotError::NoMetadata { archive: path.to_path_buf() })?;
+    let bad = |message: String| SnapshotError::BadMetadata { archive: path.to_path_buf(), message };
+    let meta: Metadata = serde_json::from_slice(&meta_bytes).map_err(|e| bad(e.to_string()))?;
+    if meta.format_version != FORMAT_VERSION {
+        return Err(bad(format!(
+            "format_version {} is not supported (this build reads {FORMAT_VERSION})",
+            meta.format_version
+        )));
+    }
+    if meta.files.is_empty() {
+        return Err(bad(
+            "no per-file checksums (\"files\"): written by the original DWBase or damaged; \
+             it cannot be verified, so it is not restored"
+                .into(),
+        ));
+    }
+    for (name, want) in &meta.files {
+        let Some(got) = seen.get(name) else {
+            return Err(SnapshotError::Missing { file: name.clone() });
+        };
+        if got.sha256 != want.sha256 {
+            return Err(SnapshotError::Checksum {
+                file: name.clone(),
+                expected: want.sha256.clone(),
+                actual: got.sha256.clone(),
+            });
+        }
+        if got.bytes != want.bytes {
+            return Err(SnapshotError::Size {
+                file: name.clone(),
+                expected: want.bytes,
+                actual: got.bytes,
+            });
+        }
+    }
+    let listed: BTreeSet<&String> = meta.files.keys().collect();
+    if let Some(extra) = seen.keys().find(|k| !listed.contains(k)) {
+        return Err(SnapshotError::Unlisted { file: extra.clone() });
+    }
+    Ok(meta)
+}
+
+fn copy_entry(
+    entry: &mut impl Read,
+    w: &mut impl Write,
+    name: &str,
+    dest: &Path,
+    corrupt: &impl Fn(&str, &dyn std::fmt::Display) -> SnapshotError,
+) -> Result<(), SnapshotError> {
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        let n = match entry.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(corrupt(name, &e)),
+        };
+        w.write_all(&buf[..n]).map_err(io_err("writing", dest))?;
+    }
+}
+
+/// A folder removed (recursively) when dropped.
+#[derive(Debug)]
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    /// Creates `parent/.{prefix}-<ulid>`.
+    pub fn new_in(parent: &Path, prefix: &str) -> io::Result<Self> {
+        let path = parent.join(format!(".{prefix}-{}", ulid::Ulid::new()));
+        fs::create_dir_all(parent)?;
+        fs::create_dir(&path)?;
+        Ok(Self(path))
+    }
+
+    /// The folder.
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if let Err(e) = fs::remove_dir_all(&self.0) {
+            if e.kind() != io::ErrorKind::NotFound {
+                tracing::warn!(dir = %self.0.display(), error = %e, "cannot remove a snapshot folder");
+            }
+        }
+    }
+}
+
+/// A finished archive of a live node, in a temp folder beside its data dir.
+#[derive(Debug)]
+pub struct NodeArchive {
+    /// Holds the folder; dropping it deletes the archive.
+    pub dir: TempDir,
+    /// The archive file.
+    pub path: PathBuf,
+    /// Its size.
+    pub len: u64,
+    /// What it holds.
+    pub meta: Metadata,
+}
+
+/// Takes a consistent snapshot of `node` and archives it into a temp folder beside the data
+/// dir (same filesystem, outside the data dir so it does not count against `max_disk_mb`).
+/// Blocking.
+pub fn archive_node(node: &Node) -> Result<NodeArchive, SnapshotError> {
+    let data_dir = node.store().dir().to_path_buf();
+    let parent = data_dir.parent().map_or_else(std::env::temp_dir, Path::to_path_buf);
+    let dir = TempDir::new_in(&parent, "dwbase-snapshot")
+        .map_err(io_err("creating a snapshot folder in", &parent))?;
+    let cfg = &node.config().node;
+    let mut meta = Metadata::new("api", Some(cfg.id.clone()), Some(data_dir));
+    let snap = dir.path().join(DATA_DIR);
+    meta.counts = snapshot_store(node.store(), &snap)?;
+    meta.index_metadata =
+        node.index_status().iter().filter_map(|s| serde_json::to_value(s).ok()).collect();
+    let path = dir.path().join("snapshot.tzst");
+    let file = File::create(&path).map_err(io_err("creating", &path))?;
+    let mut writer = io::BufWriter::new(file);
+    write_archive(&snap, &mut meta, &mut writer)?;
+    let file = writer.into_inner().map_err(|e| SnapshotError::Io {
+        action: "writing",
+        path: path.clone(),
+        source: e.into_error(),
+    })?;
+    file.sync_all().map_err(io_err("syncing", &path))?;
+    let len = file.metadata().map_err(io_err("reading the size of", &path))?.len();
+    // The copy is archived; free its space before the archive is streamed.
+    let _ = fs::remove_dir_all(&snap);
+    Ok(NodeArchive { dir, path, len, meta })
+}
+
+/// One snapshot at a time per process: each holds the write lock while it copies.
+static SNAPSHOT_GATE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Header carrying the snapshot's atom count.
+pub const ATOMS_HEADER: &str = "x-dwbase-snapshot-atoms";
+
+/// `POST /admin/snapshot`: a consistent snapshot of this node as a `.tzst` archive (the body;
+/// `Content-Length` set). Needs the API key when one is configured, like every route but the
+/// probes. Writers wait while the store is copied (not while the archive is compressed or
+/// sent).
+pub async fn snapshot_route(State(node): State<Node>) -> Result<Response, ApiError> {
+    let _one = SNAPSHOT_GATE.lock().await;
+    let started = std::time::Instant::now();
+    let n = node.clone();
+    let archive = tokio::task::spawn_blocking(move || archive_node(&n))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
+        .map_err(|e| {
+            tracing::error!(error = %e, "snapshot failed");
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "snapshot_failed", e.to_string())
+        })?;
+    tracing::info!(
+        atoms = archive.meta.counts.atoms,
+        bytes = archive.len,
+        elapsed = ?started.elapsed(),
+        "snapshot taken"
+    );
+    let file = tokio::fs::File::open(&archive.path).await.map_err(|e| {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "snapshot_failed", e.to_string())
+    })?;
+    let len = archive.len;
+    let atoms = archive.meta.counts.atoms;
+    let filename = format!(
+        "{}-{}.tzst",
+        node.config().node.id,
+        archive.meta.created_at.replace([':', '.'], "-")
+    );
+    // The stream owns the temp folder: it is deleted once the body is sent or dropped.
+    let stream = futures::stream::unfold((file, Some(archive)), |(mut file, guard)| async move {
+        use tokio::io::AsyncReadExt as _;
+        guard.as_ref()?;
+        let mut buf = vec![0u8; 64 << 10];
+        match file.read(&mut buf).await {
+            Ok(0) => None,
+            Ok(n) => {
+                buf.truncate(n);
+                Some((Ok::<_, io::Error>(Bytes::from(buf)), (file, guard)))
+            }
+            Err(e) => Some((Err(e), (file, None))),
+        }
+    });
+    let mut response = Body::from_stream(stream).into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/zstd"));
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"{filename}\"")) {
+        headers.insert(header::CONTENT_DISPOSITION, v);
+    }
+    headers.insert(ATOMS_HEADER, HeaderValue::from(atoms));
+    Ok(response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{AtomFilter, AtomKind};
+    use crate::storage::Inserted;
+
+    fn opts(dir: &Path) -> StoreOptions {
+        StoreOptions { dir: dir.to_path_buf(), cache_bytes: 8 << 20 }
+    }
+
+    fn atom(id: &str, world: &str) -> crate::model::Atom {
+        crate::model::Atom {
+            id: id.into(),
+            world: world.into(),
+            worker: "w".into(),
+            kind: AtomKind::Observation,
+            timestamp: now_rfc3339(),
+            importance: 0.5,
+            payload_json: format!("payload of {id}"),
+            vector: None,
+            flags: vec![],
+            labels: vec![],
+            links: vec![],
+        }
+    }
+
+    fn ids(store: &Store, world: &str) -> Vec<String> {
+        let all = AtomFilter::default().compile().unwrap();
+        store.replay(world, &all).unwrap().into_iter().map(|a| a.id).collect()
+    }
+
+    #[tokio::test]
+    async fn snapshot_round_trip_keeps_order_and_never_reuses_a_seq() {
+        let tmp = tempfile::tempdir().unwrap();
+        let src_dir = tmp.path().join("src");
+        // Several restarts make sled's id generator jump by millions.
+        for round in 0..3 {
+            let store = Store::open(&opts(&src_dir)).unwrap();
+            for i in 0..5 {
+                let id = format!("r{round}-{i}");
+                store
+                    .insert_new(&atom(&id, if i % 2 == 0 { "even" } else { "odd" }))
+                    .await
+                    .unwrap();
+            }
+        }
+        let snap_dir = tmp.path().join("snap");
+        let counts = snapshot_offline(&src_dir, &snap_dir).unwrap();
+        assert_eq!((counts.atoms, counts.log_entries, counts.worlds), (15, 15, 2));
+
+        let src = Store::open(&opts(&src_dir)).unwrap();
+        let (even, odd) = (ids(&src, "even"), ids(&src, "odd"));
+        drop(src);
+        for round in 0..2 {
+            let restored = Store::open(&opts(&snap_dir)).unwrap();
+            assert_eq!(ids(&restored, "even")[..9], even[..], "round {round}");
+            assert_eq!(ids(&restored, "odd")[..6], odd[..]);
+            // New atoms land after the old ones and overwrite nothing, before and after a
+            // reopen of the restored store.
+            let id = format!("new{round}");
+            assert!(matches!(
+                restored.insert_new(&atom(&id, "even")).await.unwrap(),
+                Inserted::Stored
+            ));
+            let now = ids(&restored, "even");
+            assert_eq!(now.len(), 9 + round + 1);
+            assert_eq!(now.last().unwrap(), &id);
+            assert_eq!(restored.atom_count(), 15 + round as u64 + 1);
+        }
+    }
+
+    #[tokio::test]
+    async fn archive_verifies_extracts_and_names_a_corrupt_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        let src_dir = tmp.path().join("src");
+        {
+            let store = Store::open(&opts(&src_dir)).unwrap();
+            for i in 0..50 {
+                store.insert_new(&atom(&format!("id{i:03}"), "w")).await.unwrap();
+            }
+        }
+        let snap = tmp.path().join("snap");
+        let mut meta = Metadata::new("offline", Some("n1".into()), None);
+        meta.counts = snapshot_offline(&src_dir, &snap).unwrap();
+        let archive = tmp.path().join("b.tzst");
+        write_archive(&snap, &mut meta, File::create(&archive).unwrap()).unwrap();
+        assert!(meta.files.contains_key("data/db"), "{:?}", meta.files.keys());
+
+        let verified = read_archive(&archive, None).unwrap();
+        assert_eq!(verified, meta);
+        let out = tmp.path().join("out");
+        fs::create_dir(&out).unwrap();
+        read_archive(&archive, Some(&out)).unwrap();
+        let restored = Store::open(&opts(&out)).unwrap();
+        assert_eq!(ids(&restored, "w").len(), 50);
+        drop(restored);
+
+        // Flip one byte in the middle: detected, with a file named.
+        let mut bytes = fs::read(&archive).unwrap();
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 0x5a;
+        let bad = tmp.path().join("bad.tzst");
+        fs::write(&bad, &bytes).unwrap();
+        let err = read_archive(&bad, None).unwrap_err().to_string();
+        assert!(err.contains("data/") || err.contains("metadata.json"), "{err}");
+
+        // Truncated.
+        let cut = tmp.path().join("cut.tzst");
+        fs::write(&cut, &fs::read(&archive).unwrap()[..mid]).unwrap();
+        let err = read_archive(&cut, None).unwrap_err().to_string();
+        assert!(err.contains("truncated") || err.contains("missing"), "{err}");
+    }
+
+    #[test]
+    fn unsafe_names_are_refused() {
+        assert_eq!(safe_name(Path::new("data/./db")).unwrap(), "data/db");
+        assert!(safe_name(Path::new("../etc/passwd")).is_err());
+        assert!(safe_name(Path::new("/etc/passwd")).is_err());
+    }
+
+    #[test]
+    fn only_log_keys_are_renumbered() {
+        let mut key = b"l/".to_vec();
+        key.extend_from_slice(&3u16.to_be_bytes());
+        key.extend_from_slice(b"abc");
+        key.extend_from_slice(&9_000_000u64.to_be_bytes());
+        let new = renumber_log_key(&key, || Ok(7)).unwrap().unwrap();
+        assert_eq!(&new[..key.len() - 8], &key[..key.len() - 8]);
+        assert_eq!(&new[key.len() - 8..], &7u64.to_be_bytes());
+        assert!(renumber_log_key(b"a/l/xyz", || Ok(0)).is_none());
+        assert!(renumber_log_key(b"l/\x00\x09short", || Ok(0)).is_none());
+    }
+}
