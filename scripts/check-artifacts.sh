@@ -366,6 +366,25 @@ patches:
 EOF
 }
 
+# The real `dwbase deploy k8s` (once built): its stdout render, and with kustomize its --out
+# folder, validated and checked like the shipped overlays.
+check_cli_render() {
+  local out="$1" with_kustomize="$2"
+  if [[ ! -x "$BIN/dwbase" ]] || ! "$BIN/dwbase" deploy k8s --help >/dev/null 2>&1; then
+    say "  NOTE: $BIN/dwbase is not built (or has no 'deploy k8s'): its render is not checked"
+    return 0
+  fi
+  "$BIN/dwbase" deploy k8s --nodes 4 --namespace ci >"$out/cli.yaml" 2>"$out/cli.err"
+  kubeval "$out/cli.yaml"
+  "$PY" "$CHECKS" k8s "$out/cli.yaml" --label "dwbase deploy k8s (N=4)" --replicas 4 --namespace ci --secret external
+  if ((with_kustomize)); then
+    "$BIN/dwbase" deploy k8s --nodes 4 --namespace ci --out "$out/cli-dir" >/dev/null 2>>"$out/cli.err"
+    kustomize_build "$out/cli-dir" >"$out/cli-dir.yaml"
+    kubeval "$out/cli-dir.yaml"
+    "$PY" "$CHECKS" k8s "$out/cli-dir.yaml" --label "dwbase deploy k8s --out (N=4)" --replicas 4 --namespace ci --secret external
+  fi
+}
+
 check_k8s() {
   local k="$ROOT/deploy/k8s" out="$WORK/k8s"
   mkdir -p "$out"
@@ -376,6 +395,7 @@ check_k8s() {
     local files=()
     mapfile -t files < <(find "$k" -name '*.yaml' ! -name 'kustomization.yaml' ! -name '*-patch.yaml' | sort)
     kubeval "${files[@]}"
+    check_cli_render "$out" 0
     return 78
   fi
   kustomize_build "$k/base" >"$out/base.yaml"
@@ -388,6 +408,7 @@ check_k8s() {
   "$PY" "$CHECKS" k8s "$out/dev.yaml" --label overlays/dev --replicas 3 --namespace dwbase-dev --secret generated
   "$PY" "$CHECKS" k8s "$out/prod.yaml" --label overlays/prod --replicas 5 --namespace dwbase --secret external
   "$PY" "$CHECKS" k8s "$out/render.yaml" --label "render(N=4)" --replicas 4 --namespace dwbase-render --secret external
+  check_cli_render "$out" 1
 }
 
 check_docs() {

@@ -50,7 +50,8 @@ pub enum BackupCommand {
 #[derive(Debug, Clone, Args)]
 #[command(group(ArgGroup::new("source").required(true).multiple(true).args(["data_dir", "api", "node"])))]
 pub struct CreateArgs {
-    /// Data dir of a stopped node (opened directly). With --api, only recorded in the metadata.
+    /// Data dir of a stopped node (opened directly). With --api, a cross-check: a warning if the
+    /// node reports another data dir.
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
     /// Base URL of a running node (e.g. http://127.0.0.1:7000): a consistent snapshot through
@@ -170,6 +171,19 @@ async fn create(paths: &Paths, args: CreateArgs) -> Result<()> {
             return Err(e);
         }
     };
+    if let (Source::Api { url, .. }, Some(given)) = (&source, &args.data_dir) {
+        let canon = |p: &Path| fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+        if let Some(reported) = &meta.source_data_dir {
+            if canon(reported) != canon(given) {
+                eprintln!(
+                    "warning: {url} serves data dir {}, not {} (--data-dir); the backup is of {}",
+                    reported.display(),
+                    given.display(),
+                    reported.display()
+                );
+            }
+        }
+    }
     fs::rename(&partial, &out)
         .with_context(|| format!("renaming {} to {}", partial.display(), out.display()))?;
     sync_parent(&out);
@@ -190,12 +204,12 @@ async fn create(paths: &Paths, args: CreateArgs) -> Result<()> {
     } else {
         let c = &meta.counts;
         println!(
-            "backed up {}{}: {} atoms in {} worlds, {} files ({}) → {} ({})",
+            "backed up {}{}: {} in {}, {} ({}) → {} ({})",
             meta.node_id.as_deref().map(|n| format!("{n} from ")).unwrap_or_default(),
             label,
-            c.atoms,
-            c.worlds,
-            c.files,
+            plural(c.atoms, "atom"),
+            plural(c.worlds, "world"),
+            plural(c.files, "file"),
             human_bytes(c.bytes),
             out.display(),
             human_bytes(bytes)
@@ -463,13 +477,22 @@ fn print_meta(meta: &Metadata) {
         meta.source.as_deref().unwrap_or("?")
     );
     println!(
-        "  {} atoms in {} worlds; {} files ({}), every sha256 checked; index metadata for {} worlds",
-        c.atoms,
-        c.worlds,
-        c.files,
+        "  {} in {}; {} ({}), every sha256 checked; index metadata for {}",
+        plural(c.atoms, "atom"),
+        plural(c.worlds, "world"),
+        plural(c.files, "file"),
         human_bytes(c.bytes),
-        meta.index_metadata.len()
+        plural(meta.index_metadata.len() as u64, "world")
     );
+}
+
+/// "1 atom", "3 atoms".
+fn plural(n: u64, word: &str) -> String {
+    if n == 1 {
+        format!("1 {word}")
+    } else {
+        format!("{n} {word}s")
+    }
 }
 
 /// The audit record written into a restored data dir.

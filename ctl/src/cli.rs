@@ -39,6 +39,9 @@ pub enum Command {
     /// Back up and restore a node's data (`.tzst`).
     #[command(subcommand)]
     Backup(crate::backup::BackupCommand),
+    /// Test harnesses: `test soak` (workload + chaos against a devnet it deploys).
+    #[command(subcommand)]
+    Test(crate::soak::TestCommand),
     /// Run or manage the supervisor daemon.
     #[command(subcommand)]
     Supervisor(SupervisorCommand),
@@ -64,6 +67,10 @@ pub enum DeployCommand {
     Stop(StopArgs),
     /// Stop everything and delete the devnet and local folders and the supervisor's files.
     Clean(CleanArgs),
+    /// Render the Kubernetes manifests for N nodes (stdout, or a kustomization folder).
+    K8s(crate::k8s::K8sArgs),
+    /// Install the supervisor as a systemd or launchd service for this machine.
+    InstallService(crate::service::InstallServiceArgs),
 }
 
 /// Flags shared by `deploy devnet` and `deploy local`.

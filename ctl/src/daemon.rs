@@ -78,8 +78,8 @@ fn supervisor_command() -> Result<Command> {
     })
 }
 
-/// Spawns `dwbase-supervisor run --root <root>`, stdio null, in its own process group (unless
-/// foreground), without waiting for it.
+/// Spawns `dwbase-supervisor run --root <root>` with stdio null, without waiting for it; the
+/// daemon detaches itself into its own session.
 pub fn spawn_supervisor(paths: &Paths, opts: &StartOptions) -> Result<Child> {
     let mut cmd = supervisor_command()?;
     cmd.arg("run").arg("--root").arg(&paths.root);
@@ -90,12 +90,9 @@ pub fn spawn_supervisor(paths: &Paths, opts: &StartOptions) -> Result<Child> {
         cmd.arg("--foreground");
     }
     cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
-    #[cfg(unix)]
-    if !opts.foreground {
-        use std::os::unix::process::CommandExt;
-        // Its own process group: a Ctrl+C meant for this CLI must not reach the daemon.
-        cmd.process_group(0);
-    }
+    // No process_group(0) here: the daemon calls setsid() first thing, which only succeeds for
+    // a process that is not already a group leader. setsid gives it its own session and group,
+    // so a Ctrl+C or hang-up meant for this CLI never reaches it.
     cmd.spawn().with_context(|| format!("starting the supervisor ({:?})", cmd.get_program()))
 }
 

@@ -10,10 +10,13 @@ mod daemon;
 mod deploy;
 mod fallback;
 mod filelogs;
+mod k8s;
 mod logs;
 mod output;
 mod passthrough;
+mod service;
 mod signals;
+mod soak;
 mod status;
 mod stop;
 mod supervisor_cmd;
@@ -93,8 +96,11 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             DeployCommand::Restart(a) => stop::restart(&paths, &a.node).await,
             DeployCommand::Stop(a) => stop::run(&paths, &a).await,
             DeployCommand::Clean(a) => stop::clean(&paths, &a).await,
+            DeployCommand::K8s(a) => k8s::run(a),
+            DeployCommand::InstallService(a) => service::run(a),
         },
         Command::Backup(cmd) => backup::run(&paths, cmd).await,
+        Command::Test(cmd) => soak::run(cmd).await,
         Command::Supervisor(SupervisorCommand::Restart(a)) => {
             supervisor_cmd::restart(&paths, a.metrics_addr).await
         }

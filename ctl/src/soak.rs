@@ -475,11 +475,9 @@ async fn worker(shared: Arc<Shared>, task: u32, seed: u64, deadline: Instant) {
                 );
                 ("/ask", serde_json::json!({"world": world, "text": text}), None)
             }
-            Op::Replay => (
-                "/replay",
-                serde_json::json!({"world": world, "filter": {"limit": 20}}),
-                None,
-            ),
+            Op::Replay => {
+                ("/replay", serde_json::json!({"world": world, "filter": {"limit": 20}}), None)
+            }
         };
         let mut tried = Vec::with_capacity(ATTEMPTS);
         let mut done = false;
@@ -491,7 +489,8 @@ async fn worker(shared: Arc<Shared>, task: u32, seed: u64, deadline: Instant) {
             tried.push(i);
             let target = &shared.targets[i];
             let started = Instant::now();
-            let outcome = classify(post(&shared.client, target.port, path, &body, &worker_name).await);
+            let outcome =
+                classify(post(&shared.client, target.port, path, &body, &worker_name).await);
             let ms = started.elapsed().as_secs_f64() * 1000.0;
             let context = format!("{} on {}", &path[1..], target.name);
             match outcome {
@@ -639,7 +638,13 @@ impl Devnet {
     fn stop_blocking(&mut self) -> Result<()> {
         self.stopped = true;
         let mut cmd = self.std_command(&["deploy", "stop", "--timeout", "5s"]);
-        cmd.stdout(Stdio::null()).stderr(Stdio::piped());
+        cmd.stdout(Stdio::null()).stderr(Stdio::null());
+        #[cfg(unix)]
+        {
+            // Its own process group: a second Ctrl+C at the terminal must not cut the cleanup.
+            use std::os::unix::process::CommandExt;
+            cmd.process_group(0);
+        }
         let result = match cmd.spawn() {
             Ok(mut child) => {
                 let until = Instant::now() + Duration::from_secs(120);
@@ -764,7 +769,8 @@ async fn soak(args: SoakArgs) -> Result<()> {
     let exe = std::env::current_exe().context("finding the dwbase executable")?;
     let (root, temp) = match &args.data_dir {
         Some(d) => {
-            let abs = std::path::absolute(d).with_context(|| format!("resolving {}", d.display()))?;
+            let abs =
+                std::path::absolute(d).with_context(|| format!("resolving {}", d.display()))?;
             (abs, None)
         }
         None => {
@@ -903,7 +909,16 @@ async fn soak_body(devnet: &Devnet, args: &SoakArgs, report: &mut Report) -> Res
         let config = config.to_string_lossy().into_owned();
         devnet
             .cli_ok(
-                &["deploy", "local", "--config", &config, "--timeout", "60s", "--stop-timeout", "5s"],
+                &[
+                    "deploy",
+                    "local",
+                    "--config",
+                    &config,
+                    "--timeout",
+                    "60s",
+                    "--stop-timeout",
+                    "5s",
+                ],
                 Duration::from_secs(120),
             )
             .await
@@ -971,7 +986,8 @@ async fn soak_body(devnet: &Devnet, args: &SoakArgs, report: &mut Report) -> Res
     let lost = verify_acks(&shared.client, &acks).await;
     report.acknowledged_writes = acks.len() as u64;
     report.acknowledged_writes_lost = lost.len() as u64;
-    report.acknowledged_writes_verified = report.acknowledged_writes - report.acknowledged_writes_lost;
+    report.acknowledged_writes_verified =
+        report.acknowledged_writes - report.acknowledged_writes_lost;
     report.lost_writes = lost.into_iter().take(100).collect();
     report.disk_bytes_end = final_status.nodes.iter().map(|n| dir_bytes(&n.data_dir)).sum();
 
@@ -990,8 +1006,7 @@ async fn soak_body(devnet: &Devnet, args: &SoakArgs, report: &mut Report) -> Res
     report.replay_p99_ms = percentile(&s.replay_ms, 99.0);
     report.ops = s.ops.clone();
     report.ops_total = s.ops.values().sum();
-    report.ops_per_sec =
-        (report.ops_total as f64 / workload_secs.max(0.001) * 10.0).round() / 10.0;
+    report.ops_per_sec = (report.ops_total as f64 / workload_secs.max(0.001) * 10.0).round() / 10.0;
     report.errors_by_kind = s.errors_by_kind.clone();
     report.errors_total = s.errors_by_kind.values().sum();
     report.refused_by_kind = s.refused_by_kind.clone();
@@ -1081,7 +1096,10 @@ async fn verify_acks(client: &reqwest::Client, acks: &[Ack]) -> Vec<LostWrite> {
                                 reason: "missing (404)".into(),
                             })
                         }
-                        s => last = format!("unreadable: HTTP {s} {}", String::from_utf8_lossy(&body)),
+                        s => {
+                            last =
+                                format!("unreadable: HTTP {s} {}", String::from_utf8_lossy(&body))
+                        }
                     }
                 }
                 Some(LostWrite { id: ack.id, node: ack.node, reason: last })
@@ -1100,9 +1118,9 @@ async fn chaos_loop(
     capped_port: u16,
     report: &mut Report,
 ) {
-    let interval = args
-        .fault_interval
-        .unwrap_or_else(|| (args.duration / 6).clamp(Duration::from_secs(2), Duration::from_secs(30)));
+    let interval = args.fault_interval.unwrap_or_else(|| {
+        (args.duration / 6).clamp(Duration::from_secs(2), Duration::from_secs(30))
+    });
     // Leave the end of the run fault-free so the last fault's effects settle under load.
     let quiet = (args.duration * 15 / 100).max(Duration::from_secs(2));
     let last_fault = deadline.checked_sub(quiet).unwrap_or(shared.started);
@@ -1165,9 +1183,14 @@ async fn inject(
             let n = ready_node(&status, rng).ok_or_else(|| anyhow!("no ready node to restart"))?;
             let t = Instant::now();
             devnet.cli_ok(&["deploy", "restart", &n.name], Duration::from_secs(60)).await?;
-            Ok((n.name.clone(), format!("`dwbase deploy restart` took {:.2} s", t.elapsed().as_secs_f64())))
+            Ok((
+                n.name.clone(),
+                format!("`dwbase deploy restart` took {:.2} s", t.elapsed().as_secs_f64()),
+            ))
         }
-        Fault::DiskFill => disk_fill(shared, capped_port).await.map(|d| (CAPPED_NODE.to_owned(), d)),
+        Fault::DiskFill => {
+            disk_fill(shared, capped_port).await.map(|d| (CAPPED_NODE.to_owned(), d))
+        }
         Fault::KillSupervisor => {
             let status = devnet.status().await.ok_or_else(|| anyhow!("no supervisor answers"))?;
             let sup = status.supervisor.pid;
@@ -1191,7 +1214,8 @@ async fn inject(
                 let new_pid = after.nodes.iter().find(|n| &n.name == name).and_then(|n| n.pid);
                 if new_pid == Some(*old_pid) {
                     adopted += 1;
-                } else if procinfo::start_time(*old_pid).is_some() && !procinfo::is_zombie(*old_pid) {
+                } else if procinfo::start_time(*old_pid).is_some() && !procinfo::is_zombie(*old_pid)
+                {
                     report.nodes_duplicated += 1;
                     replaced.push(format!("{name} DUPLICATED (old pid {old_pid} alive)"));
                 } else {
@@ -1206,7 +1230,11 @@ async fn inject(
                     after.supervisor.pid,
                     t.elapsed().as_secs_f64(),
                     before.len(),
-                    if replaced.is_empty() { String::new() } else { format!(" ({})", replaced.join(", ")) }
+                    if replaced.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" ({})", replaced.join(", "))
+                    }
                 ),
             ))
         }
@@ -1218,7 +1246,8 @@ async fn disk_fill(shared: &Arc<Shared>, port: u16) -> Result<String> {
     let filler = "x".repeat(FILL_PAYLOAD_BYTES);
     let mut stored = 0u32;
     for n in 0..400u32 {
-        let payload = serde_json::json!({"fill": filler, "n": n, "nonce": rand::random::<u64>()}).to_string();
+        let payload =
+            serde_json::json!({"fill": filler, "n": n, "nonce": rand::random::<u64>()}).to_string();
         let body = serde_json::json!({
             "world": "soak-fill",
             "worker": "soak-filler",
@@ -1237,7 +1266,10 @@ async fn disk_fill(shared: &Arc<Shared>, port: u16) -> Result<String> {
             }
             Outcome::Refused("disk_full") => {
                 shared.refused("disk_full");
-                return Ok(format!("{stored} writes of {} KiB, then 507 disk_full", FILL_PAYLOAD_BYTES >> 10));
+                return Ok(format!(
+                    "{stored} writes of {} KiB, then 507 disk_full",
+                    FILL_PAYLOAD_BYTES >> 10
+                ));
             }
             Outcome::Refused(kind) => shared.refused(kind),
             Outcome::Transient(kind, msg) | Outcome::Failed(kind, msg) => {
@@ -1246,7 +1278,10 @@ async fn disk_fill(shared: &Arc<Shared>, port: u16) -> Result<String> {
             }
         }
     }
-    bail!("{CAPPED_NODE} accepted {stored} writes of {} KiB without a 507", FILL_PAYLOAD_BYTES >> 10)
+    bail!(
+        "{CAPPED_NODE} accepted {stored} writes of {} KiB without a 507",
+        FILL_PAYLOAD_BYTES >> 10
+    )
 }
 
 fn print_summary(r: &Report, path: &Path) {

@@ -132,6 +132,7 @@ fn last_exit_json(e: &dwbase_proto::LastExit) -> LastExitJson {
     let (code, signal) = match e.kind {
         ExitKind::Code(c) => (Some(c), None),
         ExitKind::Signal(s) => (None, Some(s)),
+        ExitKind::Unknown => (None, None),
     };
     LastExitJson { code, signal, at_unix_ms: e.at_unix_ms }
 }

@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum::body::Body;
+use axum::extract::rejection::PathRejection;
 use axum::extract::{ConnectInfo, FromRequest, MatchedPath, Path, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::middleware::{self, Next};
@@ -246,8 +247,9 @@ async fn replay(
 
 async fn get_atom(
     State(node): State<Node>,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Atom>, ApiError> {
+    let Path(id) = id.map_err(|e| ApiError::invalid_field("id", e.body_text()))?;
     node.get_atom(&id).map(Json)
 }
 

@@ -25,8 +25,8 @@ use crate::swarm::Swarm;
 pub const DEFAULT_ASK_LIMIT: usize = 10;
 /// Largest `filter.limit` an ask honours.
 pub const MAX_ASK_LIMIT: usize = 1000;
-/// sled cache when `max_ram_mb` is 0.
-pub const DEFAULT_CACHE_BYTES: u64 = 64 << 20;
+/// sled cache when `max_ram_mb` is 0 (sled only fills it as data is read or written).
+pub const DEFAULT_CACHE_BYTES: u64 = 256 << 20;
 /// The node's version (the workspace version).
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 

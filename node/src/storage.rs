@@ -161,6 +161,36 @@ fn decode_atom(key: &[u8], bytes: &[u8]) -> Result<Atom, StorageError> {
     })
 }
 
+/// How long [`Store::open`] retries a held lock. sled releases its lock file only when its
+/// background threads let go of the database, a moment after the last handle is dropped, so a
+/// reopen in the same process can briefly see the lock; another process's lock outlasts this
+/// and is reported as [`StorageError::Locked`].
+pub const LOCK_RETRY: Duration = Duration::from_secs(2);
+
+fn open_sled(dir: &Path, cache_bytes: u64) -> Result<sled::Db, StorageError> {
+    let started = Instant::now();
+    loop {
+        let result = sled::Config::new()
+            .path(dir)
+            .cache_capacity(cache_bytes)
+            .mode(sled::Mode::LowSpace)
+            .open();
+        match result {
+            Ok(db) => return Ok(db),
+            Err(sled::Error::Io(io))
+                if io.kind() == std::io::ErrorKind::WouldBlock
+                    || io.to_string().contains("could not acquire lock") =>
+            {
+                if started.elapsed() >= LOCK_RETRY {
+                    return Err(StorageError::Locked { dir: dir.to_path_buf() });
+                }
+                std::thread::sleep(Duration::from_millis(25));
+            }
+            Err(source) => return Err(StorageError::Open { dir: dir.to_path_buf(), source }),
+        }
+    }
+}
+
 fn sled_err(action: &'static str) -> impl FnOnce(sled::Error) -> StorageError {
     move |source| StorageError::Sled { action, source }
 }
@@ -172,20 +202,7 @@ impl Store {
         let dir = opts.dir.clone();
         std::fs::create_dir_all(&dir)
             .map_err(|e| StorageError::Open { dir: dir.clone(), source: sled::Error::Io(e) })?;
-        let db = sled::Config::new()
-            .path(&dir)
-            .cache_capacity(opts.cache_bytes)
-            .mode(sled::Mode::LowSpace)
-            .open()
-            .map_err(|source| match &source {
-                sled::Error::Io(io)
-                    if io.kind() == std::io::ErrorKind::WouldBlock
-                        || io.to_string().contains("could not acquire lock") =>
-                {
-                    StorageError::Locked { dir: dir.clone() }
-                }
-                _ => StorageError::Open { dir: dir.clone(), source },
-            })?;
+        let db = open_sled(&dir, opts.cache_bytes)?;
         if db.get(FORMAT_KEY).map_err(sled_err("reading format"))?.is_none() {
             db.insert(FORMAT_KEY, FORMAT_VERSION).map_err(sled_err("writing format"))?;
             db.flush().map_err(sled_err("flushing format"))?;
@@ -302,7 +319,7 @@ impl Store {
         let bytes = serde_json::to_vec(atom)
             .map_err(|e| StorageError::Corrupt { key: atom.id.clone(), message: e.to_string() })?;
         let pending = PendingWrite::start(&self.pending);
-        let new_world = {
+        {
             let _guard = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
             let key = atom_key(&atom.id);
             if self.db.contains_key(&key).map_err(sled_err("checking id"))? {
@@ -321,17 +338,20 @@ impl Store {
                 batch.insert(world_key(&atom.world), json);
             }
             self.note(self.db.apply_batch(batch).map_err(sled_err("writing atom")))?;
-            new_world
+            if let Some(record) = new_world {
+                // Known in memory at once, so the next writer does not write the record again.
+                let mut worlds = self.worlds.write().unwrap_or_else(|p| p.into_inner());
+                worlds.entry(atom.world.clone()).or_insert(WorldState { record, atoms: 0 });
+            }
         };
         // Stop counting as pending first, then ask: a flusher lingering for us sees the request.
         drop(pending);
         self.flush().await?;
         {
             let mut worlds = self.worlds.write().unwrap_or_else(|p| p.into_inner());
-            let state = worlds.entry(atom.world.clone()).or_insert_with(|| WorldState {
-                record: new_world.unwrap_or_else(|| new_world_record(&atom.world)),
-                atoms: 0,
-            });
+            let state = worlds
+                .entry(atom.world.clone())
+                .or_insert_with(|| WorldState { record: new_world_record(&atom.world), atoms: 0 });
             state.atoms += 1;
         }
         self.atoms.fetch_add(1, Ordering::Relaxed);

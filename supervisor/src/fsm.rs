@@ -102,8 +102,8 @@ pub enum Event {
         /// Its pid.
         pid: u32,
     },
-    /// Fact: the process exited; `None` when the status is unknown (adopted nodes, or a node
-    /// found dead at startup).
+    /// Fact: the process exited. An adopted node, or one found dead at startup, reports
+    /// `Some(ExitKind::Unknown)`; `None` (no status at all) is treated the same way.
     Exited {
         /// Code or signal, if known.
         kind: Option<ExitKind>,
@@ -531,6 +531,9 @@ mod tests {
         // Unknown status (adopted node) counts as a failure.
         let mut f = running(RestartPolicy::OnFailure, t0);
         let a = f.apply(Event::Exited { kind: None }, t0);
+        assert_eq!(a, vec![Action::SaveState, Action::Spawn]);
+        let mut f = running(RestartPolicy::OnFailure, t0);
+        let a = f.apply(Event::Exited { kind: Some(ExitKind::Unknown) }, t0);
         assert_eq!(a, vec![Action::SaveState, Action::Spawn]);
     }
 

@@ -59,8 +59,26 @@ fn read_pid(path: &Path) -> Option<u32> {
     s.trim().parse().ok()
 }
 
+/// Creates `dir` (0700) or, when it exists, tightens it to 0700: it holds the control
+/// socket and every node's data and config (API keys included).
 fn make_private_dir(dir: &Path) -> Result<(), InstanceError> {
-    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(io("creating", dir))
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(io("creating", dir))?;
+    let mode = std::fs::metadata(dir).map_err(io("reading the mode of", dir))?.permissions().mode();
+    if mode & 0o077 != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(io("tightening the permissions of", dir))?;
+        tracing::info!(
+            dir = %dir.display(),
+            "tightened permissions from {:04o} to 0700 (it holds the control socket and node data)",
+            mode & 0o7777
+        );
+    }
+    Ok(())
 }
 
 impl Instance {
@@ -192,6 +210,20 @@ mod tests {
         assert!(!paths.pid_file().exists());
         // Free again.
         let (_inst, _l) = Instance::acquire(&paths).unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_existing_open_root_is_tightened_and_the_socket_is_0600() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        std::fs::create_dir(&root).unwrap();
+        std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let paths = Paths::new(&root).unwrap();
+        let (_inst, _l) = Instance::acquire(&paths).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&root), 0o700);
+        assert_eq!(mode(&paths.socket()), 0o600);
     }
 
     #[tokio::test]

@@ -17,13 +17,19 @@
 //!
 //! The runner updates node values on every change ([`SupervisorMetrics::set_node`]) and the
 //! server counts requests and connections; nothing here polls.
+//!
+//! Two encodings of the same values: OpenMetrics for scrapers that ask for it (Prometheus
+//! does, in its `Accept` header), and the classic Prometheus text format (0.0.4) for everyone
+//! else — `curl … | promtool check metrics` checks the latter (promtool's parser wants a
+//! counter's `# TYPE` under its `_total` name and knows no `# EOF`).
 
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::State;
-use axum::http::header::CONTENT_TYPE;
+use axum::http::header::{ACCEPT, CONTENT_TYPE};
+use axum::http::HeaderMap;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
@@ -40,6 +46,10 @@ use tokio_util::sync::CancellationToken;
 /// with `# EOF`). Prometheus scrapes it natively.
 pub const CONTENT_TYPE_OPENMETRICS: &str =
     "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Content type of `GET /metrics` for clients that do not ask for OpenMetrics: the classic
+/// Prometheus text format.
+pub const CONTENT_TYPE_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct NodeLabel {
@@ -60,7 +70,8 @@ pub struct NodeSnapshot {
     pub up: bool,
     /// Its `/readyz` answered 200 at the last probe.
     pub ready: bool,
-    /// How it last exited; `None` if it never did or the status is unknown (adopted nodes).
+    /// How it last exited; `None` if it never did. [`ExitKind::Unknown`] (adopted nodes) is
+    /// exported like `None`: no `last_exit_code` series.
     pub last_exit: Option<ExitKind>,
     /// It is in crash-loop.
     pub crash_loop: bool,
@@ -184,10 +195,11 @@ impl SupervisorMetrics {
             0.0
         });
         match snap.last_exit {
-            Some(kind) => {
+            Some(kind) if kind != ExitKind::Unknown => {
                 self.node_last_exit_code.get_or_create(&l).set(i64::from(exit_code(kind)));
             }
-            None => {
+            // An unknown exit has no code: the series goes away rather than show a made-up one.
+            Some(_) | None => {
                 self.node_last_exit_code.remove(&l);
             }
         }
@@ -243,6 +255,12 @@ impl SupervisorMetrics {
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
     }
+
+    /// The same values in the classic Prometheus text format (0.0.4), which
+    /// `promtool check metrics` accepts.
+    pub fn encode_text(&self) -> String {
+        openmetrics_to_text(&self.encode())
+    }
 }
 
 /// Decrements `dwbase_supervisor_connected_clients` when dropped. From
@@ -258,19 +276,49 @@ impl Drop for ClientGuard {
     }
 }
 
-/// The value of `dwbase_supervisor_node_last_exit_code`: the code, or 128 + the signal number.
+/// The value of `dwbase_supervisor_node_last_exit_code`: the code, or 128 + the signal number;
+/// -1 for [`ExitKind::Unknown`] (never exported: the series is removed instead).
 pub fn exit_code(kind: ExitKind) -> i32 {
     match kind {
         ExitKind::Code(c) => c,
         ExitKind::Signal(s) => 128 + s,
+        ExitKind::Unknown => -1,
     }
+}
+
+/// OpenMetrics → classic Prometheus text, for the subset prometheus-client writes here:
+/// counters are announced under their `_total` sample name, `# UNIT` and `# EOF` go.
+fn openmetrics_to_text(om: &str) -> String {
+    let counters: Vec<&str> =
+        om.lines().filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter")).collect();
+    let mut out = String::with_capacity(om.len() + 16 * counters.len());
+    for line in om.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let meta =
+            ["# HELP ", "# TYPE "].into_iter().find_map(|p| Some((p, line.strip_prefix(p)?)));
+        match meta {
+            Some((prefix, rest)) => {
+                let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+                let tail = if prefix == "# TYPE " && tail == "unknown" { "untyped" } else { tail };
+                let suffix = if counters.contains(&name) { "_total" } else { "" };
+                out.push_str(&format!("{prefix}{name}{suffix} {tail}\n"));
+            }
+            None => {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+    }
+    out
 }
 
 fn label(name: &str) -> NodeLabel {
     NodeLabel { node: name.to_owned() }
 }
 
-/// Serves `GET /metrics` (OpenMetrics text) and `GET /healthz` ("ok") on `listener` until
+/// Serves `GET /metrics` (OpenMetrics or classic text, by the `Accept` header) and `GET /healthz` ("ok") on `listener` until
 /// `shutdown` is cancelled, then finishes in-flight requests and returns. Binds nothing
 /// itself: the caller binds (loopback) and can pass port 0 in tests.
 pub async fn serve(
@@ -291,6 +339,18 @@ pub fn router(metrics: Arc<SupervisorMetrics>) -> Router {
         .with_state(metrics)
 }
 
-async fn metrics_handler(State(metrics): State<Arc<SupervisorMetrics>>) -> impl IntoResponse {
-    ([(CONTENT_TYPE, CONTENT_TYPE_OPENMETRICS)], metrics.encode())
+async fn metrics_handler(
+    State(metrics): State<Arc<SupervisorMetrics>>,
+    headers: HeaderMap,
+) -> impl IntoResponse {
+    let wants_openmetrics = headers
+        .get_all(ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("application/openmetrics-text"));
+    if wants_openmetrics {
+        ([(CONTENT_TYPE, CONTENT_TYPE_OPENMETRICS)], metrics.encode())
+    } else {
+        ([(CONTENT_TYPE, CONTENT_TYPE_TEXT)], metrics.encode_text())
+    }
 }

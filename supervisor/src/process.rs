@@ -291,6 +291,90 @@ pub fn signal_group(pgid: u32, signal: Signal) -> io::Result<()> {
     }
 }
 
+/// How long [`sweep_group`] waits at most, after SIGTERM, for what is left of a group to go
+/// away by itself (the log pipe draining the last output) before it SIGKILLs the group.
+pub const SWEEP_GRACE: Duration = Duration::from_secs(2);
+
+/// What [`sweep_group`] found after the group leader's exit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sweep {
+    /// Nothing of the group was running any more.
+    Empty,
+    /// Processes were left; they ended after SIGTERM within the grace.
+    Terminated,
+    /// Processes were left and outlived SIGTERM; the group was SIGKILLed.
+    Killed,
+}
+
+/// Whether any process of group `pgid` still runs. Zombies do not count: they run nothing and
+/// hold no file, and where the reaper of orphans is slow (a container's PID 1) they can stay.
+pub fn group_alive(pgid: u32) -> bool {
+    let Ok(raw) = i32::try_from(pgid) else { return false };
+    if raw <= 1 {
+        return false;
+    }
+    match killpg(Pid::from_raw(raw), None) {
+        Err(nix::errno::Errno::ESRCH) => false,
+        Ok(()) | Err(_) => live_members(raw).unwrap_or(true),
+    }
+}
+
+/// On Linux: whether some non-zombie process is in group `pgid` (from /proc), or `None` when
+/// /proc cannot tell.
+fn live_members(pgid: i32) -> Option<bool> {
+    if !cfg!(target_os = "linux") {
+        return None;
+    }
+    let dir = std::fs::read_dir("/proc").ok()?;
+    for entry in dir.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().filter(|n| n.bytes().all(|b| b.is_ascii_digit())) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+        // pid (comm) state ppid pgrp …; comm may hold spaces and parentheses.
+        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else { continue };
+        let mut fields = rest.split_whitespace();
+        let (Some(state), Some(_ppid), Some(pgrp)) = (fields.next(), fields.next(), fields.next())
+        else {
+            continue;
+        };
+        if pgrp.parse() == Ok(pgid) && state != "Z" && state != "X" {
+            return Some(true);
+        }
+    }
+    Some(false)
+}
+
+/// After a node's main process has exited (stopped, crashed or killed), its process group can
+/// still hold processes: grandchildren the node started (which would keep ports, files and
+/// the log pipe open forever) and the log pipe itself. This sends SIGTERM to the group, gives
+/// it `grace` to go away — the log pipe exits once every writer is gone, after saving the last
+/// lines — then SIGKILLs whatever is left. A group that is already gone (ESRCH) is success.
+///
+/// The group id is the node's pid; it cannot name another group while any member of ours is
+/// left (a pid stays taken while it is a process group id), and an empty group is not
+/// signalled.
+pub async fn sweep_group(pgid: u32, grace: Duration) -> Sweep {
+    if !group_alive(pgid) {
+        return Sweep::Empty;
+    }
+    if let Err(e) = signal_group(pgid, Signal::SIGTERM) {
+        tracing::warn!(pgid, "sweeping the process group: SIGTERM: {e}");
+    }
+    let until = tokio::time::Instant::now() + grace;
+    while tokio::time::Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        if !group_alive(pgid) {
+            return Sweep::Terminated;
+        }
+    }
+    if let Err(e) = signal_group(pgid, Signal::SIGKILL) {
+        tracing::warn!(pgid, "sweeping the process group: SIGKILL: {e}");
+    }
+    Sweep::Killed
+}
+
 /// Reads the last `n` lines of a log file (at most the last 64 KiB), for status messages.
 pub fn tail_lines(path: &Path, n: usize) -> Vec<String> {
     use std::io::{Read, Seek, SeekFrom};

@@ -189,6 +189,14 @@ pub fn render_local(paths: &Paths, spec: &LocalSpec) -> Result<RenderedNode, Err
             ))
         }
     };
+    if listen.port() == 0 {
+        // The node would bind some free port we never learn: readiness could not be probed
+        // and the node would sit in "starting" forever.
+        return Err(err(
+            ErrorKind::BadConfig,
+            format!("deploy local needs a fixed port in {origin} [node] listen; port 0 cannot be probed"),
+        ));
+    }
     let r = rewrite_dirs(node, &dir, base_dir.as_deref(), &origin)?;
     let text = header(&origin)
         + &toml::to_string(&doc).map_err(|e| err(ErrorKind::Internal, e.to_string()))?;
@@ -408,6 +416,29 @@ mod tests {
         )
         .unwrap();
         assert_eq!(builtin.name, "local");
+    }
+
+    #[test]
+    fn local_with_port_0_is_bad_config_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("any-port.toml");
+        std::fs::write(&cfg, "[node]\nlisten = \"127.0.0.1:0\"\n").unwrap();
+        let paths = Paths::new(&dir.path().join("root")).unwrap();
+        let spec = LocalSpec {
+            config: Some(cfg.clone()),
+            restart_policy: Default::default(),
+            env: vec![],
+            stop_timeout_ms: 1,
+        };
+        let e = render_local(&paths, &spec).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::BadConfig);
+        assert_eq!(
+            e.message,
+            format!(
+                "deploy local needs a fixed port in {} [node] listen; port 0 cannot be probed",
+                cfg.display()
+            )
+        );
     }
 
     #[test]

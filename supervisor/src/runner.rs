@@ -449,9 +449,12 @@ impl Runner {
                     // unknown status.
                     node.fsm.phase = Phase::Spawning;
                     node.fsm.message = Some("exited while no supervisor was running".into());
-                    node.rec.pid = None;
+                    if node.rec.pid.take().is_some() {
+                        node.rec.last_exit =
+                            Some(LastExit { kind: ExitKind::Unknown, at_unix_ms: unix_ms_now() });
+                    }
                     self.nodes.insert(name.clone(), node);
-                    self.drive(&name, Event::Exited { kind: None });
+                    self.drive(&name, Event::Exited { kind: Some(ExitKind::Unknown) });
                     if self.nodes.get(&name).is_some_and(|n| n.fsm.phase == Phase::Stopped) {
                         debug!(node = %name, "policy says no restart; pruning");
                         self.nodes.remove(&name);
@@ -800,30 +803,22 @@ impl Runner {
             p.cancel();
         }
         let requested = matches!(node.fsm.phase, Phase::Stopping { .. });
-        match kind {
-            Some(k) => {
-                node.rec.last_exit = Some(LastExit { kind: k, at_unix_ms: unix_ms_now() });
-                if requested {
-                    info!(node = %name, ?pid, "stopped ({k})");
-                } else {
-                    warn!(node = %name, ?pid, "exited unexpectedly ({k})");
-                }
-            }
-            None => {
-                if requested {
-                    info!(node = %name, ?pid, "stopped");
-                } else {
-                    warn!(node = %name, ?pid, "exited unexpectedly (status unknown: adopted process)");
-                    node.fsm.message =
-                        Some("exited (status unknown: the process was adopted)".into());
-                }
-            }
+        // Our own children report their status; adopted processes (and a failed wait) cannot.
+        let k = kind.unwrap_or(ExitKind::Unknown);
+        node.rec.last_exit = Some(LastExit { kind: k, at_unix_ms: unix_ms_now() });
+        if requested {
+            info!(node = %name, ?pid, "stopped ({k})");
+        } else if k == ExitKind::Unknown {
+            warn!(node = %name, ?pid, "exited unexpectedly ({k}: not our child, adopted)");
+            node.fsm.message = Some("exited (status unknown: the process was adopted)".into());
+        } else {
+            warn!(node = %name, ?pid, "exited unexpectedly ({k})");
         }
         for w in node.stop_waiters.drain(..) {
             let _ = w.send(());
         }
         self.dirty = true;
-        self.drive(name, Event::Exited { kind });
+        self.drive(name, Event::Exited { kind: Some(k) });
         if let Some(node) = self.nodes.get(name) {
             if node.fsm.phase == Phase::Stopped {
                 let _ = self.notices.send(NodeNotice::Stopped(name.to_owned()));
@@ -937,9 +932,25 @@ impl Runner {
                 self.dirty = true;
                 let tx = self.tx.clone();
                 let owned = name.to_owned();
+                let (pid, grace) = (spawned.pid, sweep_grace(n.rec.stop_timeout_ms));
+                let cancel = self.cancel.clone();
                 tokio::spawn(async move {
-                    let kind = process::wait_child(spawned.child).await;
-                    let _ = tx.send(Msg::Exited { name: owned, instance, kind });
+                    tokio::select! {
+                        // The runner ended, leaving the node running (the next supervisor
+                        // adopts it); dropping the Child neither kills nor leaks it (tokio
+                        // reaps it when it exits).
+                        _ = cancel.cancelled() => {}
+                        kind = async {
+                            let kind = process::wait_child(spawned.child).await;
+                            // The exit is reported once the whole group is gone, so a restart
+                            // never races leftovers for the port and `Stop` answers when
+                            // nothing is left.
+                            sweep(&owned, pid, grace).await;
+                            kind
+                        } => {
+                            let _ = tx.send(Msg::Exited { name: owned, instance, kind });
+                        }
+                    }
                 });
                 self.start_probe(name);
                 let _ = self.notices.send(NodeNotice::Spawned(name.to_owned()));
@@ -954,14 +965,20 @@ impl Runner {
         n.instance += 1;
         let instance = n.instance;
         let start_time = n.start_time;
+        let grace = sweep_grace(n.rec.stop_timeout_ms);
         let tx = self.tx.clone();
         let owned = name.to_owned();
         let cancel = self.cancel.clone();
         tokio::spawn(async move {
             tokio::select! {
                 _ = cancel.cancelled() => {}
-                _ = process::wait_adopted(pid, start_time) => {
-                    let _ = tx.send(Msg::Exited { name: owned, instance, kind: None });
+                _ = async {
+                    process::wait_adopted(pid, start_time).await;
+                    sweep(&owned, pid, grace).await;
+                } => {
+                    // Not our child: its exit status went to whoever reaped it.
+                    let kind = Some(ExitKind::Unknown);
+                    let _ = tx.send(Msg::Exited { name: owned, instance, kind });
                 }
             }
         });
@@ -995,6 +1012,26 @@ impl Runner {
                 }
             }
         });
+    }
+}
+
+/// How long a sweep waits after SIGTERM: the node's stop timeout, capped at
+/// [`process::SWEEP_GRACE`] (the main process is gone; only leftovers and the log pipe wait).
+fn sweep_grace(stop_timeout_ms: u64) -> Duration {
+    Duration::from_millis(stop_timeout_ms).clamp(Duration::from_millis(100), process::SWEEP_GRACE)
+}
+
+/// Sweeps a node's process group after its main process exited, and says what it found.
+async fn sweep(name: &str, pgid: u32, grace: Duration) {
+    match process::sweep_group(pgid, grace).await {
+        process::Sweep::Empty => {}
+        process::Sweep::Terminated => {
+            info!(node = %name, pgid, "processes the node left in its group ended after SIGTERM")
+        }
+        process::Sweep::Killed => warn!(
+            node = %name, pgid,
+            "processes the node left in its group outlived SIGTERM for {grace:?}; SIGKILLed the group"
+        ),
     }
 }
 

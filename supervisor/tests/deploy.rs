@@ -147,3 +147,32 @@ async fn local_deploys_one_node_named_after_its_id() {
     // Idempotent.
     assert!(matches!(f.request(Request::DeployLocal(spec)).await, Response::Status(_)));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_with_port_0_is_refused_as_bad_config_instead_of_starting_forever() {
+    let f = Fixture::start(SLEEPER, quick_rules()).await;
+    let cfg = f.dir.path().join("any-port.toml");
+    std::fs::write(&cfg, "[node]\nid = \"local\"\nlisten = \"127.0.0.1:0\"\n").unwrap();
+    let r = f
+        .request(Request::DeployLocal(LocalSpec {
+            config: Some(cfg.clone()),
+            restart_policy: RestartPolicy::Always,
+            env: vec![],
+            stop_timeout_ms: 500,
+        }))
+        .await;
+    match &r {
+        Response::Error(e) => {
+            assert_eq!(e.kind, ErrorKind::BadConfig);
+            assert_eq!(
+                e.message,
+                format!(
+                    "deploy local needs a fixed port in {} [node] listen; port 0 cannot be probed",
+                    cfg.display()
+                )
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(f.status().await.nodes.is_empty(), "nothing spawned");
+}

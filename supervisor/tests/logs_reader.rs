@@ -213,6 +213,20 @@ fn follower_survives_rotation() {
         got.extend(follower.poll().unwrap());
         std::thread::sleep(Duration::from_millis(20));
     }
+    if got.len() != n {
+        use std::os::unix::fs::MetadataExt;
+        for p in log_files(&cur) {
+            let t = std::fs::read_to_string(&p).unwrap();
+            let ls: Vec<&str> = t.lines().collect();
+            eprintln!(
+                "FILE {:?} ino={} first={:?} last={:?}",
+                p.file_name().unwrap(),
+                std::fs::metadata(&p).unwrap().ino(),
+                ls.first().map(|l| &l[25..]),
+                ls.last().map(|l| &l[25..])
+            );
+        }
+    }
     assert_eq!(got.len(), n, "got {} lines; gaps {:?}", got.len(), gaps(&got));
     writer.join().unwrap();
     let stats = pumper.join().unwrap();

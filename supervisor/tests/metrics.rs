@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use dwbase_proto::ExitKind;
 use dwbase_supervisor::metrics::{
-    exit_code, serve, NodeSnapshot, SupervisorMetrics, CONTENT_TYPE_OPENMETRICS,
+    exit_code, serve, NodeSnapshot, SupervisorMetrics, CONTENT_TYPE_OPENMETRICS, CONTENT_TYPE_TEXT,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -57,6 +57,10 @@ fn populated() -> SupervisorMetrics {
 /// `name{labels} value` or `name value`.
 fn samples(text: &str) -> Vec<(String, String, f64)> {
     assert!(text.ends_with("# EOF\n"), "OpenMetrics text ends with # EOF: {text}");
+    sample_lines(text)
+}
+
+fn sample_lines(text: &str) -> Vec<(String, String, f64)> {
     text.lines()
         .filter(|l| !l.starts_with('#'))
         .map(|line| {
@@ -151,13 +155,41 @@ fn signal_exits_are_128_plus_the_signal() {
 }
 
 #[test]
+fn an_unknown_exit_has_no_exit_code_series() {
+    let m = populated();
+    let adopted = NodeSnapshot { last_exit: Some(ExitKind::Unknown), ..NodeSnapshot::default() };
+    m.set_node("node-a", adopted);
+    let text = m.encode();
+    let codes: Vec<_> = samples(&text)
+        .into_iter()
+        .filter(|(n, _, _)| n == "dwbase_supervisor_node_last_exit_code")
+        .collect();
+    assert_eq!(codes.len(), 1, "only node-b's exit is known: {codes:?}");
+    assert!(codes[0].1.contains("node-b"), "{codes:?}");
+}
+
+#[test]
+fn classic_text_has_the_same_samples_and_counter_metadata_under_total() {
+    let m = populated();
+    let (om, text) = (m.encode(), m.encode_text());
+    let strip_uptime = |s: Vec<(String, String, f64)>| -> Vec<(String, String, f64)> {
+        s.into_iter().filter(|(n, _, _)| n != "dwbase_supervisor_uptime_seconds").collect()
+    };
+    assert_eq!(strip_uptime(samples(&om)), strip_uptime(sample_lines(&text)));
+    assert!(!text.contains("# EOF") && !text.contains("# UNIT"), "{text}");
+    assert!(text.contains("# TYPE dwbase_supervisor_node_restarts_total counter\n"), "{text}");
+    assert!(text.contains("# HELP dwbase_supervisor_requests_total "), "{text}");
+    assert!(text.contains("# TYPE dwbase_supervisor_node_up gauge\n"), "{text}");
+}
+
+#[test]
 fn promtool_accepts_the_text() {
     let Ok(out) = std::process::Command::new("promtool").arg("--version").output() else {
         eprintln!("promtool not installed: skipped");
         return;
     };
     assert!(out.status.success());
-    let text = populated().encode();
+    let text = populated().encode_text();
     let mut child = std::process::Command::new("promtool")
         .args(["check", "metrics"])
         .stdin(std::process::Stdio::piped())
@@ -193,13 +225,28 @@ async fn serves_metrics_and_healthz_until_cancelled() {
     let _guard = Abort(server.abort_handle());
 
     let client = reqwest::Client::new();
-    let resp = client.get(format!("http://{addr}/metrics")).send().await.unwrap();
+    // Prometheus asks for OpenMetrics …
+    let resp = client
+        .get(format!("http://{addr}/metrics"))
+        .header("accept", "application/openmetrics-text;version=1.0.0,text/plain;q=0.5")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.headers()["content-type"], CONTENT_TYPE_OPENMETRICS);
     let body = resp.text().await.unwrap();
     for family in FAMILIES {
         assert!(body.contains(family), "{family} missing");
     }
+    assert!(body.ends_with("# EOF\n"));
+    // … curl and promtool get the classic format.
+    let resp = client.get(format!("http://{addr}/metrics")).send().await.unwrap();
+    assert_eq!(resp.headers()["content-type"], CONTENT_TYPE_TEXT);
+    let body = resp.text().await.unwrap();
+    for family in FAMILIES {
+        assert!(body.contains(family), "{family} missing");
+    }
+    assert!(!body.contains("# EOF"));
     metrics.inc_request("ping");
     let body = client.get(format!("http://{addr}/metrics")).send().await.unwrap();
     assert!(body

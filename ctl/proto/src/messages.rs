@@ -254,6 +254,10 @@ pub enum ExitKind {
     Code(i32),
     /// Killed by this signal number.
     Signal(i32),
+    /// Ended, but how is unknown: the process was not the supervisor's own child (it was
+    /// adopted from an earlier supervisor, or died while no supervisor ran), so its exit
+    /// status could not be collected.
+    Unknown,
 }
 
 impl std::fmt::Display for ExitKind {
@@ -261,6 +265,7 @@ impl std::fmt::Display for ExitKind {
         match self {
             Self::Code(c) => write!(f, "exit {c}"),
             Self::Signal(s) => write!(f, "signal {s}"),
+            Self::Unknown => f.write_str("exit status unknown"),
         }
     }
 }

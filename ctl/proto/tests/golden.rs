@@ -95,6 +95,24 @@ fn response_variant_indexes_are_pinned() {
 }
 
 #[test]
+fn exit_kind_variant_indexes_are_pinned() {
+    // ExitKind travels inside Status (NodeStatus.last_exit); Unknown was appended last.
+    let cases: Vec<(ExitKind, &str)> =
+        vec![(ExitKind::Code(3), "0006"), (ExitKind::Signal(9), "0112"), (ExitKind::Unknown, "02")];
+    for (kind, want) in cases {
+        let last = LastExit { kind, at_unix_ms: 1 };
+        let got = hex(&codec::encode("last exit", &last).unwrap());
+        assert_eq!(got, format!("{want}02"), "{kind:?}");
+        let back: LastExit =
+            codec::decode("last exit", &codec::encode("last exit", &last).unwrap()).unwrap();
+        assert_eq!(back, last);
+    }
+    assert_eq!(ExitKind::Unknown.to_string(), "exit status unknown");
+    // In state.json (serde_json) it is the string "unknown".
+    assert_eq!(serde_json::to_string(&ExitKind::Unknown).unwrap(), "\"unknown\"");
+}
+
+#[test]
 fn garbage_and_trailing_bytes_are_errors_not_panics() {
     assert!(codec::decode::<Request>("request", &[0xff, 0xff, 0xff]).is_err());
     assert!(codec::decode::<Request>("request", &[]).is_err());

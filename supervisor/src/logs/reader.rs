@@ -335,6 +335,9 @@ impl Source {
 /// (starts over at 0) and node restarts (a new log pipe appends to the same file). A last line
 /// left without a newline in a file that has been rotated away is handed out as a line.
 ///
+/// A follower that falls more than `--keep` rotations behind (not polled for that long)
+/// loses the files deleted meanwhile; it carries on with the oldest one still there.
+///
 /// Polling, not inotify: a `stat` plus a `pread` per [`DEFAULT_POLL_INTERVAL`] and only while
 /// [`Follower::next_batch`] is awaited — nothing runs in the background, and it behaves the
 /// same on every filesystem and OS.
@@ -496,7 +499,7 @@ impl Follower {
     }
 
     /// The rotated files older than `until` that this follower has not read yet, oldest
-    /// first, opened from their start. Forgets the files that no longer exist.
+    /// first, opened from their start (and remembered as read from now on).
     fn unseen_rotated(&mut self, until: FileId) -> io::Result<VecDeque<Source>> {
         // Newest first, down to the first file already read: the unread ones are the newest.
         let known = &self.known;
@@ -506,11 +509,8 @@ impl Follower {
             Some(i) => &scanned[..i],
             None => &scanned[..],
         };
-        let unseen_ids: Vec<FileId> = older_than_until
-            .iter()
-            .map(|s| s.id)
-            .filter(|id| !self.known.contains(id))
-            .collect();
+        let unseen_ids: Vec<FileId> =
+            older_than_until.iter().map(|s| s.id).filter(|id| !self.known.contains(id)).collect();
         if self.known.len() > MAX_KNOWN {
             // One id per rotation adds up over weeks; keep the newest ones.
             let keep: HashSet<FileId> = scanned.iter().map(|s| s.id).collect();
@@ -592,40 +592,40 @@ fn decode(raw: &[u8], last_ts: &mut i64) -> (i64, String) {
 }
 
 /// The rotated files of `current`, oldest first, opened (with `pos` = their length).
-///
-/// Opening by name races with a log pipe that rotates meanwhile (a rotation renames every
-/// file one number up). Names are opened newest first, in the direction files move, so a
-/// rotation in the middle can make a file show up twice (dropped by id) but never skips one;
-/// and the result is accepted only if a second look finds every name still naming the file
-/// opened, else retried a few times and then taken as it is (only a log pipe rotating every
-/// few hundred microseconds gets there).
 fn rotated_snapshot(current: &Path) -> io::Result<Vec<Source>> {
     scan_rotated(current, |_| false)
 }
 
-/// [`rotated_snapshot`], newest first, stopping after the first file for which `stop` is true
-/// (that file included).
+/// The rotated files of `current` — newest first, stopping after the first one for which
+/// `stop` is true (included) — returned oldest first, opened, with `pos` = their length.
+///
+/// This races with a log pipe that rotates meanwhile, and is built so the race cannot lose a
+/// file: names are opened by number (a directory listing taken during renames can miss an
+/// entry; an open by name cannot), going up from `.1`, the direction in which rotation moves
+/// files, so a rotation in the middle can make a file turn up twice (dropped by id) but not
+/// skip one. A rotation always replaces the current file, so the same current file before and
+/// after the scan proves none happened and the order is right; otherwise it is retried a few
+/// times, then taken as it is (a log pipe rotating every few microseconds).
 fn scan_rotated(current: &Path, stop: impl Fn(&Source) -> bool) -> io::Result<Vec<Source>> {
+    let current_id = || std::fs::metadata(current).ok().map(|m| FileId::of(&m));
     let mut newest_first: Vec<Source> = Vec::new();
     for _ in 0..16 {
         newest_first.clear();
-        let mut names = Vec::new();
-        for n in rotated_numbers(current).into_iter().rev() {
-            let path = rotated_path(current, n);
-            let Some(src) = Source::open(&path, 0)? else { continue };
+        let before = current_id();
+        // Numbers are probed rather than listed; the listing only bounds how far (plus room
+        // for the files to move up while we look).
+        let highest = rotated_numbers(current).first().copied().unwrap_or(0).saturating_add(16);
+        for n in 1..=highest {
+            let Some(src) = Source::open(&rotated_path(current, n), 0)? else { continue };
             let done = stop(&src);
             if !newest_first.iter().any(|s| s.id == src.id) {
                 newest_first.push(src);
-                names.push(path);
             }
             if done {
                 break;
             }
         }
-        let unchanged = names.iter().zip(&newest_first).all(|(path, src)| {
-            std::fs::metadata(path).is_ok_and(|m| FileId::of(&m) == src.id)
-        });
-        if unchanged {
+        if current_id() == before {
             break;
         }
     }

@@ -1,0 +1,243 @@
+"""The markdown report and the goal verdicts, from the results dict (the JSON written)."""
+
+PEER_ORDER = ("supervisord", "pm2")
+
+
+def _get(d, *path):
+    for key in path:
+        if not isinstance(d, dict) or key not in d:
+            return None
+        d = d[key]
+    return d
+
+
+def fmt_ms(v):
+    if v is None:
+        return "–"
+    if v < 10:
+        return f"{v:.2f} ms"
+    if v < 100:
+        return f"{v:.1f} ms"
+    return f"{v:.0f} ms"
+
+
+def fmt_mib(kib):
+    return "–" if kib is None else f"{kib / 1024:.1f} MiB"
+
+
+def fmt_pct(v):
+    return "–" if v is None else f"{v:.2f} %" if v < 10 else f"{v:.0f} %"
+
+
+def ratio(peer, ours):
+    if peer is None or not ours:
+        return "–"
+    r = peer / ours
+    return f"{r:.2f}×" if r < 10 else f"{r:.0f}×"
+
+
+def goals(res):
+    """[{goal, target, measured, met}] for the goals named in the supervision and node
+    issues, evaluated on what this run measured (at its largest N)."""
+    out = []
+    sup = _get(res, "supervision", "tools", "dwbase") or {}
+    big = max(sup, key=int) if sup else None
+    at = sup.get(big, {}) if big else {}
+    n = f"{big} nodes" if big else ""
+
+    def add(goal, target, value, text, ok):
+        if value is not None:
+            out.append({"goal": goal, "target": target, "measured": text, "met": bool(ok)})
+
+    st = _get(at, "status", "median_ms")
+    add("`deploy status` round trip (whole process, median)", "< 2 ms", st, fmt_ms(st),
+        st is not None and st < 2)
+    rss = _get(at, "mem_n", "daemon_rss_kib")
+    add(f"supervisor RSS at {n}", "< 10 MiB", rss, fmt_mib(rss), rss is not None and rss < 10240)
+    sp = _get(at, "spawn", "all_pids_ms")
+    own = _get(at, "spawn", "self_reported", "spawned_ms")
+    add(f"{n} spawned (deploy launched → last node forked)", "< 50 ms", sp,
+        f"{fmt_ms(sp)} (deploy's own spawned_ms: {own} ms)", sp is not None and sp < 50)
+    rd = _get(at, "spawn", "all_ready_ms")
+    add(f"{n} all ready (/readyz 200)", "< 5 s", rd, fmt_ms(rd), rd is not None and rd < 5000)
+    rp = _get(at, "restart", "new_pid_ms")
+    add("restart after kill -9 → new pid (median)", "< 2 ms", rp, fmt_ms(rp),
+        rp is not None and rp < 2)
+    rr = _get(at, "restart", "ready_ms")
+    add("restart after kill -9 → node ready (/readyz 200, median)", "< 200 ms", rr, fmt_ms(rr),
+        rr is not None and rr < 200)
+    rs = _get(at, "restart", "supervisor_ready_ms")
+    add("restart after kill -9 → `deploy status` shows ready (median)", "< 200 ms", rs,
+        fmt_ms(rs), rs is not None and rs < 200)
+    idle = _get(at, "idle")
+    if idle:
+        cpu = idle["daemon_cpu_pct"] + idle["helpers_cpu_pct"]
+        add(f"idle supervisor CPU, {n}, {idle['seconds']:.0f} s", "≈ 0 (< 0.1 % of a core)", cpu,
+            f"{cpu:.3f} % ({idle['daemon_wakeups_per_s']:.0f} wake-ups/s)", cpu < 0.1)
+    ours = next((r for r in res.get("logs", []) if r["tool"] == "dwbase"), None)
+    if ours:
+        add("log capture, one chatty node", "≥ 400 MB/s", ours["mb_per_s"],
+            f"{ours['mb_per_s']:.0f} MB/s", ours["mb_per_s"] >= 400)
+        add("supervisor CPU during log capture", "< 5 %", ours.get("daemon_cpu_pct"),
+            f"{fmt_pct(ours.get('daemon_cpu_pct'))} (log pipe: "
+            f"{fmt_pct(ours.get('helpers_cpu_pct'))})", (ours.get("daemon_cpu_pct") or 0) < 5)
+        add("log lines lost", "0", ours["lines_lost"], str(ours["lines_lost"]),
+            ours["lines_lost"] == 0)
+    for ph in _get(res, "node", "phases") or []:
+        if ph["clients"] == 16 and ph["op"] in ("remember", "ask"):
+            limit = 5 if ph["op"] == "remember" else 10
+            add(f"node {ph['op']} p99 at 16 clients", f"< {limit} ms", ph["p99_ms"],
+                fmt_ms(ph["p99_ms"]), ph["p99_ms"] < limit)
+    return out
+
+
+def _row(cells):
+    return "| " + " | ".join(cells) + " |"
+
+
+def _supervision(res, lines):
+    sup = res.get("supervision")
+    if not sup:
+        return
+    t = sup["tools"]
+    names = [x for x in ("dwbase",) + PEER_ORDER if x in t]
+    peers = [x for x in names if x != "dwbase"]
+    sizes = list(t["dwbase"].keys())
+    big = max(sizes, key=int)
+    lines += ["", f"### Supervision: N real `dwbase-node` processes (swarm off), a fresh daemon "
+              f"per N", "",
+              _row(["measure"] + names + [f"{p} ÷ dwbase" for p in peers]),
+              _row(["---"] + ["---:"] * (len(names) + len(peers)))]
+
+    def row(label, get, fmt):
+        vals = [get(t[x]) for x in names]
+        ours = vals[0]
+        lines.append(_row([label] + [fmt(v) for v in vals]
+                          + [ratio(v, ours) for v in vals[1:]]))
+
+    first = sizes[0]
+    row("daemon RSS, 0 nodes", lambda d: _get(d, first, "mem_0", "daemon_rss_kib"), fmt_mib)
+    for n in sizes:
+        row(f"N={n}: start command → every node forked",
+            lambda d, n=n: _get(d, n, "spawn", "all_pids_ms"), fmt_ms)
+        row(f"N={n}: start command → every node ready",
+            lambda d, n=n: _get(d, n, "spawn", "all_ready_ms"), fmt_ms)
+        row(f"N={n}: status round trip (whole process, median)",
+            lambda d, n=n: _get(d, n, "status", "median_ms"), fmt_ms)
+        row(f"N={n}: daemon RSS", lambda d, n=n: _get(d, n, "mem_n", "daemon_rss_kib"), fmt_mib)
+        row(f"N={n}: daemon + per-node log helpers, PSS",
+            lambda d, n=n: (_get(d, n, "mem_n", "daemon_pss_kib") or 0)
+            + (_get(d, n, "mem_n", "helpers_pss_kib") or 0), fmt_mib)
+        row(f"N={n}: kill -9 → new pid (median)",
+            lambda d, n=n: _get(d, n, "restart", "new_pid_ms"), fmt_ms)
+        row(f"N={n}: kill -9 → ready again (median)",
+            lambda d, n=n: _get(d, n, "restart", "ready_ms"), fmt_ms)
+    idle_secs = _get(t["dwbase"], big, "idle", "seconds")
+    if idle_secs:
+        row(f"N={big} idle {idle_secs:.0f} s: daemon + helpers CPU",
+            lambda d: (_get(d, big, "idle", "daemon_cpu_pct") or 0)
+            + (_get(d, big, "idle", "helpers_cpu_pct") or 0), lambda v: f"{v:.3f} %")
+        row(f"N={big} idle: daemon wake-ups/s (context switches)",
+            lambda d: _get(d, big, "idle", "daemon_wakeups_per_s"), lambda v: f"{v:.1f}")
+        row(f"N={big} idle: RSS at the end",
+            lambda d: _get(d, big, "idle", "end_daemon_rss_kib"), fmt_mib)
+    lines += ["", "Ratios are peer ÷ dwbase: above 1 the peer takes more time or memory."]
+    extra = []
+    for n in sizes:
+        own = _get(t["dwbase"], n, "spawn", "self_reported")
+        if own:
+            extra.append(f"N={n}: spawned {own.get('spawned_ms')} ms, ready {own.get('ready_ms')}"
+                         f" ms")
+    if extra:
+        lines += ["", "dwbase's own account (`deploy devnet --json` timings, from the deploy "
+                  "request to a running supervisor): " + "; ".join(extra) + "."]
+    rs = [f"N={n}: {fmt_ms(_get(t['dwbase'], n, 'restart', 'supervisor_ready_ms'))}"
+          for n in sizes if _get(t["dwbase"], n, "restart", "supervisor_ready_ms")]
+    if rs:
+        lines += ["", "kill -9 → `deploy status --json` shows the new pid ready (median): "
+                  + "; ".join(rs) + "."]
+    sw = sup.get("dwbase_swarm")
+    if sw:
+        lines += ["", f"dwbase with swarm on (as shipped), N={sw['n']}: every node forked "
+                  f"{fmt_ms(sw['all_pids_ms'])}, every node ready {fmt_ms(sw['all_ready_ms'])}, "
+                  f"command {fmt_ms(sw['command_ms'])}."]
+    b = sup.get("baseline", {})
+    if b:
+        lines += ["", f"Baselines: `/bin/true` {fmt_ms(_get(b, 'true', 'median_ms'))}, "
+                  f"`dwbase --version` {fmt_ms(_get(b, 'dwbase_version', 'median_ms'))} "
+                  f"(whole process, median); a bare `dwbase-node` start → ready "
+                  f"{fmt_ms(_get(b, 'bare_node', 'ready_ms'))}, RSS "
+                  f"{fmt_mib(_get(b, 'bare_node', 'rss_kib'))}."]
+
+
+def _logs(res, lines):
+    logs = res.get("logs")
+    if not logs:
+        return
+    r0 = logs[0]
+    ours = next((r["mb_per_s"] for r in logs if r["tool"] == "dwbase"), None)
+    lines += ["", f"### Log capture: one chatty child, {r0['payload_bytes'] / 1e6:.0f} MB in "
+              f"{r0['line_bytes']}-byte lines", "",
+              _row(["path", "MB/s", "÷ dwbase", "lines lost", "daemon CPU", "log helper CPU",
+                    "writer CPU", "bytes on disk", "note"]),
+              _row(["---"] + ["---:"] * 7 + ["---"])]
+    for r in logs:
+        lines.append(_row([
+            r["tool"], f"{r['mb_per_s']:.0f}", ratio(r["mb_per_s"], ours),
+            f"{r['lines_lost']}", fmt_pct(r.get("daemon_cpu_pct")),
+            fmt_pct(r.get("helpers_cpu_pct")), fmt_pct(r.get("writer_cpu_pct")),
+            f"{r['bytes_on_disk'] / 1e6:.0f} MB", r.get("note", ""),
+        ]))
+    lines += ["", "MB = 10⁶ bytes of the child's output per second, from the go signal until its "
+              "last line is in the file. CPU is % of one core over that time. Ratio: above 1 "
+              "the path is faster than dwbase."]
+
+
+def _node(res, lines):
+    nb = res.get("node")
+    if not nb:
+        return
+    lines += ["", f"### Node over HTTP on loopback (`node/examples/bench.rs`, real "
+              f"`dwbase-node`, rate limits off)", "",
+              f"Data set: {nb['atoms']} atoms remembered (the first "
+              f"{nb['single_client_requests']} by 1 client into an empty store, the rest by 16), "
+              f"then asks over all of them; stored {nb.get('atoms_stored', '?')} atoms, index "
+              f"{nb.get('index_terms', '?')} terms, data dir {nb.get('data_dir_mib', '?')} MiB, "
+              f"node RSS {nb.get('node_rss_mib', '?')} MiB (peak {nb.get('node_peak_rss_mib', '?')}"
+              f" MiB).", "",
+              _row(["operation", "clients", "requests", "req/s", "p50", "p99", "max",
+                    "node CPU/req"]),
+              _row(["---"] + ["---:"] * 7)]
+    for p in nb["phases"]:
+        lines.append(_row([p["op"], str(p["clients"]), str(p["requests"]), str(p["req_per_s"]),
+                           fmt_ms(p["p50_ms"]), fmt_ms(p["p99_ms"]), fmt_ms(p["max_ms"]),
+                           f"{p['node_cpu_us_per_req']} µs"]))
+
+
+def markdown(res):
+    m = res["meta"]
+    v = m["versions"]
+    lines = [
+        f"## dwbase bench — {m['date_utc']}",
+        "",
+        f"Machine: {m['nproc']} CPUs ({m['cpu']}), {m['mem_total_mib'] / 1024:.1f} GiB RAM, "
+        f"{m['kernel']}; load average {' '.join(map(str, m['loadavg_start']))} at the start, "
+        f"{' '.join(map(str, m.get('loadavg_end', [])))} at the end (a shared machine). "
+        f"Build {m.get('git')}.",
+        "",
+        "Versions: " + ", ".join(f"{k} {val}" for k, val in v.items() if val) + "."
+        + (" Quick mode (small N, short windows)." if res["params"].get("quick") else ""),
+    ]
+    _supervision(res, lines)
+    _logs(res, lines)
+    _node(res, lines)
+    g = res.get("goals") or []
+    if g:
+        lines += ["", "### Goals", "", _row(["goal", "target", "measured", "met"]),
+                  _row(["---", "---", "---", "---"])]
+        for x in g:
+            lines.append(_row([x["goal"], x["target"], x["measured"],
+                               "yes" if x["met"] else "**no**"]))
+    for section, err in (res.get("errors") or {}).items():
+        lines += ["", f"**{section} failed:** {err}"]
+    return "\n".join(lines) + "\n"
