@@ -66,7 +66,7 @@ fn remember_ask_replay_over_the_real_binary() {
     let a = remember(&node, "demo", "the cache eviction bug in module seven");
     let b = remember(&node, "demo", "weather is sunny today");
     let got = ask_ids(&node.addr, "demo", "which module has the eviction bug?").unwrap();
-    assert_eq!(got, [a.clone()]);
+    assert_eq!(got, std::slice::from_ref(&a));
     assert_eq!(replay_ids(&node, "demo"), [a.clone(), b]);
     let (status, body) = node.call("GET", &format!("/atoms/{a}"), None);
     assert_eq!(status, 200, "{body}");

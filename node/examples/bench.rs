@@ -168,6 +168,14 @@ where
     }
 }
 
+/// The 1-minute load average (other work on the machine skews the figures).
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_else(|| "unknown".into())
+}
+
 fn rss_kb(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
@@ -226,8 +234,12 @@ fn main() {
     std::thread::spawn(move || for _ in lines {});
     let base = format!("http://{addr}");
     println!(
-        "dwbase-node bench: node pid {pid} at {base}, {} atoms, {} asks (data in a temp dir)",
-        args.atoms, args.asks
+        "dwbase-node bench: node pid {pid} at {base}, {} atoms, {} asks (data in a temp dir); \
+         {} CPUs, load average {}",
+        args.atoms,
+        args.asks,
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        load_average()
     );
 
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
@@ -307,6 +319,7 @@ fn main() {
             health["checks"]["index"]["approx_bytes"].as_f64().unwrap_or(0.0) / 1048576.0,
             health["checks"]["disk"]["data_dir_bytes"].as_f64().unwrap_or(0.0) / 1048576.0,
         );
+        println!("load average at the end: {}", load_average());
         let goal = |ok: bool| if ok { "met" } else { "NOT met" };
         let p99 = |p: &Phase| {
             let mut l = p.lat_ms.clone();

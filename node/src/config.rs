@@ -429,8 +429,11 @@ impl Issues<'_> {
     }
 
     /// Checks keys and types of a table against the schema, recursing into sub-tables.
-    fn check_table(&mut self, prefix: &str, table: &toml::Table) {
-        for (key, value) in table {
+    /// Reports unknown keys and wrong types, and removes them from `table` so that the rest
+    /// can still be deserialized and checked (every problem is then reported in one go).
+    fn check_table(&mut self, prefix: &str, table: &mut toml::Table) {
+        let mut bad = Vec::new();
+        for (key, value) in table.iter_mut() {
             let path = join(prefix, key);
             let Some(kind) = schema_kind(&path) else {
                 let expected = children_of(prefix);
@@ -446,9 +449,10 @@ impl Issues<'_> {
                         expected.join(", ")
                     ),
                 );
+                bad.push(key.clone());
                 continue;
             };
-            let ok = match (kind, value) {
+            let ok = match (kind, &mut *value) {
                 (Kind::Str, toml::Value::String(_)) => true,
                 (Kind::Bool, toml::Value::Boolean(_)) => true,
                 (Kind::UInt, toml::Value::Integer(i)) => *i >= 0,
@@ -467,7 +471,11 @@ impl Issues<'_> {
                     &path,
                     format!("expected {}, found {}", kind.describe(), describe_value(value)),
                 );
+                bad.push(key.clone());
             }
+        }
+        for key in bad {
+            table.remove(&key);
         }
     }
 }
@@ -524,16 +532,14 @@ impl Config {
             }
         };
 
-        // 2. Schema: unknown keys and wrong types, all at once.
-        issues.check_table("", &table);
-        if !issues.issues.is_empty() {
-            return Err(ConfigError { issues: issues.issues });
-        }
+        // 2. Schema: unknown keys and wrong types, all at once. They are dropped from the table
+        //    so that the checks below still run on everything else.
+        let mut table = table;
+        issues.check_table("", &mut table);
 
         // 3. Values that need parsing (listen) are checked here; a bad one is replaced by a
         //    placeholder so that the semantic checks below still run and every problem is
         //    reported together.
-        let mut table = table;
         if let Some(node) = table.get_mut("node").and_then(toml::Value::as_table_mut) {
             if let Some(listen) = node.get("listen").and_then(toml::Value::as_str) {
                 if let Err(e) = listen.parse::<SocketAddr>() {
@@ -888,10 +894,20 @@ max_ram_mb = -1
 "#;
         let err = Config::from_toml_str(text, "bad.toml").unwrap_err();
         let keys: Vec<_> = err.issues.iter().filter_map(|i| i.key.clone()).collect();
-        // Schema problems first (unknown key and wrong types) are all reported together.
-        assert!(keys.contains(&"node.colour".to_owned()), "{err}");
-        assert!(keys.contains(&"node.security.remember_per_sec".to_owned()), "{err}");
-        assert!(keys.contains(&"node.limits.max_ram_mb".to_owned()), "{err}");
+        // Unknown keys, wrong types and bad values are all reported together, in file order.
+        assert_eq!(
+            keys,
+            [
+                "node.listen",
+                "node.colour",
+                "node.security.importance_cap",
+                "node.security.api_key_file",
+                "node.security.remember_per_sec",
+                "node.health.disk_usage_degraded",
+                "node.limits.max_ram_mb",
+            ],
+            "{err}"
+        );
         for issue in &err.issues {
             assert!(issue.to_string().starts_with("bad.toml:"), "{issue}");
             assert!(issue.position.is_some(), "{issue}");

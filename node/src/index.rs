@@ -146,27 +146,37 @@ impl LinkEffects {
     }
 }
 
+/// What ranking and filtering read for every candidate: kept small (24 bytes) and apart from
+/// the rest so a query touches few cache lines.
 #[derive(Debug)]
-struct Doc {
-    id: Box<str>,
-    kind: AtomKind,
+struct DocMeta {
     ts_ms: i64,
     importance: f32,
-    len: u32,
-    labels: Vec<String>,
-    flags: Vec<String>,
     links: LinkEffects,
+    kind: AtomKind,
 }
 
+/// What only the winners (id) and label/flag filters read.
+#[derive(Debug)]
+struct DocInfo {
+    id: Box<str>,
+    labels: Vec<String>,
+    flags: Vec<String>,
+}
+
+/// One term occurrence: the document, how often the term occurs in it, and the document's
+/// length (so BM25 never has to look the document up).
 #[derive(Debug, Clone, Copy)]
 struct Posting {
     doc: u32,
-    tf: u32,
+    tf: u16,
+    len: u16,
 }
 
 #[derive(Debug, Default)]
 struct WorldIndex {
-    docs: Vec<Doc>,
+    docs: Vec<DocMeta>,
+    info: Vec<DocInfo>,
     postings: HashMap<Box<str>, Vec<Posting>>,
     total_len: u64,
     version: u64,
@@ -327,31 +337,50 @@ impl Index {
         let Some(wi) = inner.worlds.get(world) else {
             return SearchResult { had_terms: !terms.is_empty(), ..Default::default() };
         };
-        let passes = |d: &Doc| filter.matches(d.kind, d.ts_ms, &d.labels, &d.flags);
+        let needs_sets = !filter.labels.is_empty() || !filter.flags.is_empty();
+        let passes = |i: u32| {
+            let d = &wi.docs[i as usize];
+            if needs_sets {
+                let info = &wi.info[i as usize];
+                filter.matches(d.kind, d.ts_ms, &info.labels, &info.flags)
+            } else {
+                filter.matches(d.kind, d.ts_ms, &[], &[])
+            }
+        };
 
         // (doc, relevance)
         let mut candidates: Vec<(u32, f32)> = if terms.is_empty() {
-            (0..wi.docs.len() as u32)
-                .filter(|&i| passes(&wi.docs[i as usize]))
-                .map(|i| (i, 0.0))
-                .collect()
+            (0..wi.docs.len() as u32).filter(|&i| passes(i)).map(|i| (i, 0.0)).collect()
         } else {
             let n = wi.docs.len() as f32;
             let avgdl = if wi.docs.is_empty() { 1.0 } else { wi.total_len as f32 / n };
-            let mut scores: HashMap<u32, f32> = HashMap::new();
-            for term in &terms {
-                let Some(list) = wi.postings.get(term.as_str()) else { continue };
+            let lists: Vec<&Vec<Posting>> =
+                terms.iter().filter_map(|t| wi.postings.get(t.as_str())).collect();
+            let mut pairs: Vec<(u32, f32)> =
+                Vec::with_capacity(lists.iter().map(|l| l.len()).sum());
+            for list in &lists {
                 let df = list.len() as f32;
                 let idf = (1.0 + (n - df + 0.5) / (df + 0.5)).ln();
-                for p in list {
-                    let dl = wi.docs[p.doc as usize].len as f32;
-                    let tf = p.tf as f32;
+                for p in list.iter() {
+                    let (tf, dl) = (f32::from(p.tf), f32::from(p.len));
                     let s = idf * tf * (BM25_K1 + 1.0)
                         / (tf + BM25_K1 * (1.0 - BM25_B + BM25_B * dl / avgdl.max(1.0)));
-                    *scores.entry(p.doc).or_insert(0.0) += s;
+                    pairs.push((p.doc, s));
                 }
             }
-            scores.into_iter().filter(|(d, _)| passes(&wi.docs[*d as usize])).collect()
+            // Each list is in doc order; with several terms, sort and sum per doc.
+            if lists.len() > 1 {
+                pairs.sort_unstable_by_key(|p| p.0);
+                pairs.dedup_by(|later, kept| {
+                    let same = later.0 == kept.0;
+                    if same {
+                        kept.1 += later.1;
+                    }
+                    same
+                });
+            }
+            pairs.retain(|(d, _)| passes(*d));
+            pairs
         };
         let total = candidates.len();
         if candidates.is_empty() || limit == 0 {
@@ -388,7 +417,7 @@ impl Index {
         scored.sort_unstable_by(order);
         let hits = scored
             .into_iter()
-            .map(|(score, _, d)| Hit { id: wi.docs[d as usize].id.to_string(), score })
+            .map(|(score, _, d)| Hit { id: wi.info[d as usize].id.to_string(), score })
             .collect();
         SearchResult { hits, had_terms: !terms.is_empty(), candidates: total }
     }
@@ -543,26 +572,28 @@ fn insert(inner: &mut Inner, budget: u64, atom: &Atom) -> bool {
     // Re-borrow after touching `inner.pending`.
     let wi = inner.worlds.get_mut(&atom.world).expect("world just inserted");
     if index_text {
+        let len16 = u16::try_from(len).unwrap_or(u16::MAX);
         for (term, count) in tf {
-            wi.postings
-                .entry(term.into_boxed_str())
-                .or_default()
-                .push(Posting { doc: doc_no, tf: count });
+            wi.postings.entry(term.into_boxed_str()).or_default().push(Posting {
+                doc: doc_no,
+                tf: u16::try_from(count).unwrap_or(u16::MAX),
+                len: len16,
+            });
         }
         wi.total_len += u64::from(len);
     } else {
         wi.unindexed += 1;
-        len = 0;
     }
-    wi.docs.push(Doc {
-        id: atom.id.clone().into_boxed_str(),
-        kind: atom.kind,
+    wi.docs.push(DocMeta {
         ts_ms: atom.timestamp_ms(),
         importance: atom.importance as f32,
-        len,
+        links,
+        kind: atom.kind,
+    });
+    wi.info.push(DocInfo {
+        id: atom.id.clone().into_boxed_str(),
         labels: atom.labels.clone(),
         flags: atom.flags.clone(),
-        links,
     });
     wi.version += 1;
     inner.ids.insert(atom.id.clone().into_boxed_str(), (atom.world.clone(), doc_no));

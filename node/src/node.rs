@@ -253,6 +253,8 @@ impl Node {
     /// queues the atom for peers and returns its new id.
     pub async fn remember(&self, mut new: NewAtom) -> Result<String, ApiError> {
         let started = Instant::now();
+        // Announced before the checks so a concurrent flush waits the few microseconds for us.
+        let mut announced = Some(self.inner.store.announce_write());
         let sec = &self.inner.config.node.security;
         new.validate(sec.importance_cap)?;
         self.check_write(&new.world)?;
@@ -270,7 +272,11 @@ impl Node {
         // anyway, so ids can never be reused (the original's fault).
         let mut attempts = 0;
         loop {
-            match self.inner.store.insert_new(&atom).await? {
+            let insert = match announced.take() {
+                Some(a) => self.inner.store.insert_new_announced(&atom, a).await?,
+                None => self.inner.store.insert_new(&atom).await?,
+            };
+            match insert {
                 Inserted::Stored => break,
                 Inserted::Exists if attempts < 3 => {
                     attempts += 1;

@@ -311,14 +311,28 @@ impl Store {
         result
     }
 
-    /// Stores `atom` if its id is free, then waits until it is durable.
-    ///
-    /// `create_world` lets remember add an unknown world's record in the same batch; swarm
-    /// ingest passes `true` as well so a replicated world shows up in `/worlds`.
+    /// Stores `atom` if its id is free, then waits until it is durable. A world seen for the
+    /// first time gets its record in the same batch (so replicated worlds show up too).
     pub async fn insert_new(&self, atom: &Atom) -> Result<Inserted, StorageError> {
+        self.insert_new_announced(atom, self.announce_write()).await
+    }
+
+    /// Announces a write that is about to happen: while any announced write has not yet asked
+    /// for its flush, the group-commit flusher lingers (briefly) so one `fsync` covers it too.
+    /// Take it as early as possible (the remember route takes it before validation) and hand it
+    /// to [`Store::insert_new_announced`]; dropping it withdraws the announcement.
+    pub fn announce_write(&self) -> PendingWrite<'_> {
+        PendingWrite::start(&self.pending)
+    }
+
+    /// [`Store::insert_new`] for a write announced with [`Store::announce_write`].
+    pub async fn insert_new_announced(
+        &self,
+        atom: &Atom,
+        pending: PendingWrite<'_>,
+    ) -> Result<Inserted, StorageError> {
         let bytes = serde_json::to_vec(atom)
             .map_err(|e| StorageError::Corrupt { key: atom.id.clone(), message: e.to_string() })?;
-        let pending = PendingWrite::start(&self.pending);
         {
             let _guard = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
             let key = atom_key(&atom.id);
@@ -534,8 +548,9 @@ fn new_world_record(world: &str) -> WorldRecord {
     }
 }
 
-/// Counts a write between its start and its flush request (see [`group_commit`]).
-struct PendingWrite<'a>(&'a AtomicU64);
+/// An announced write (see [`Store::announce_write`]): counted from its start until its flush
+/// request, so the group-commit flusher can wait for it.
+pub struct PendingWrite<'a>(&'a AtomicU64);
 
 impl<'a> PendingWrite<'a> {
     fn start(counter: &'a AtomicU64) -> Self {

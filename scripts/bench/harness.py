@@ -70,6 +70,8 @@ def machine(ctx):
         versions["pm2"] = json.loads(pkg.read_text(encoding="utf-8"))["version"]
         versions["node.js"] = _first_line(["node", "--version"], ctx.env)
     git = _first_line(["git", "-C", str(ctx.repo), "describe", "--always", "--dirty"], ctx.env)
+    changed = subprocess.run(["git", "-C", str(ctx.repo), "status", "--short"], env=ctx.env,
+                             capture_output=True, timeout=30, check=False).stdout.decode()
     return {
         "date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
         "nproc": os.cpu_count(),
@@ -77,6 +79,7 @@ def machine(ctx):
         "mem_total_mib": int(re.search(r"MemTotal:\s*(\d+)", meminfo).group(1)) // 1024,
         "kernel": f"{platform.system()} {platform.release()} {platform.machine()}",
         "git": git,
+        "uncommitted": changed.split("\n")[:-1],
         "versions": versions,
         "loadavg_start": procs.loadavg(),
     }

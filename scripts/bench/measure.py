@@ -77,6 +77,7 @@ def spawn(tool, n, ports, node_bin, timeout=180.0):
         procs.wait_for(lambda p=p: procs.port_free(p), 30, f"port {p} to be free")
     watch = procs.ChildWatch(tool.pid)
     out = tempfile.TemporaryFile()
+    cpu0 = procs.cpu_seconds(tool.pid)
     t0 = now()
     cmd = subprocess.Popen(tool.start_argv(n), env=tool.env, stdin=DEVNULL, stdout=out,
                            stderr=DEVNULL)
@@ -97,6 +98,7 @@ def spawn(tool, n, ports, node_bin, timeout=180.0):
                                f"{timeout:.0f} s")
         time.sleep(0.0005)
     watch.poll()
+    cpu = procs.cpu_seconds(tool.pid) - cpu0
     if t_cmd is None:
         cmd.wait(timeout=timeout)
         t_cmd = now()
@@ -113,6 +115,7 @@ def spawn(tool, n, ports, node_bin, timeout=180.0):
         "all_ready_ms": ms(max(ready_at.values()) - t0),
         "command_ms": ms(t_cmd - t0),
         "command_exit": cmd.returncode,
+        "daemon_cpu_ms": ms(cpu),
         "nodes": {cfg: pid for cfg, (pid, _) in nodes.items()},
     }
     m = re.search(r'"timings":\s*(\{[^}]*\})', output)
@@ -235,7 +238,9 @@ def log_throughput(name, start, log, total_bytes, line_len, fifo, timeout=600.0)
     cpu = {role: sum(procs.cpu_seconds(p) for p in ps) - cpu0[role] for role, ps in roles.items()}
     files = sorted(log.parent.glob(log.name + "*"))
     files = [f for f in files if re.fullmatch(re.escape(log.name) + r"(\.\d+)?", f.name)]
-    found, nl, on_disk = count_in_files(files, payload)
+    found, _, on_disk = count_in_files(files, payload)
+    for f in files:  # up to a few GB per run: do not keep them until the end
+        f.unlink()
     return {
         "tool": name,
         "payload_bytes": lines * line_len,

@@ -122,6 +122,8 @@ def _supervision(res, lines):
             lambda d, n=n: _get(d, n, "spawn", "all_pids_ms"), fmt_ms)
         row(f"N={n}: start command → every node ready",
             lambda d, n=n: _get(d, n, "spawn", "all_ready_ms"), fmt_ms)
+        row(f"N={n}: daemon CPU time, start command → every node ready",
+            lambda d, n=n: _get(d, n, "spawn", "daemon_cpu_ms"), fmt_ms)
         row(f"N={n}: status round trip (whole process, median)",
             lambda d, n=n: _get(d, n, "status", "median_ms"), fmt_ms)
         row(f"N={n}: daemon RSS", lambda d, n=n: _get(d, n, "mem_n", "daemon_rss_kib"), fmt_mib)

@@ -295,6 +295,9 @@ pub fn signal_group(pgid: u32, signal: Signal) -> io::Result<()> {
 /// away by itself (the log pipe draining the last output) before it SIGKILLs the group.
 pub const SWEEP_GRACE: Duration = Duration::from_secs(2);
 
+/// How long [`sweep_group`] lets the group empty by itself before it signals anything.
+const SWEEP_SETTLE: Duration = Duration::from_millis(200);
+
 /// What [`sweep_group`] found after the group leader's exit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Sweep {
@@ -348,14 +351,24 @@ fn live_members(pgid: i32) -> Option<bool> {
 
 /// After a node's main process has exited (stopped, crashed or killed), its process group can
 /// still hold processes: grandchildren the node started (which would keep ports, files and
-/// the log pipe open forever) and the log pipe itself. This sends SIGTERM to the group, gives
-/// it `grace` to go away — the log pipe exits once every writer is gone, after saving the last
-/// lines — then SIGKILLs whatever is left. A group that is already gone (ESRCH) is success.
+/// the log pipe open forever) and the log pipe itself. This lets the group empty by itself
+/// for a moment, then sends SIGTERM to it, gives it `grace` to go away — the log pipe exits
+/// once every writer is gone, after saving the last lines — then SIGKILLs whatever is left. A
+/// group that is already gone (ESRCH) is success.
 ///
 /// The group id is the node's pid; it cannot name another group while any member of ours is
 /// left (a pid stays taken while it is a process group id), and an empty group is not
 /// signalled.
 pub async fn sweep_group(pgid: u32, grace: Duration) -> Sweep {
+    // Without leftovers the log pipe sees EOF and exits by itself within moments: wait for
+    // that first, so a plain exit is not reported (or signalled) as leftovers.
+    let settle = tokio::time::Instant::now() + grace.min(SWEEP_SETTLE);
+    while group_alive(pgid) {
+        if tokio::time::Instant::now() >= settle {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     if !group_alive(pgid) {
         return Sweep::Empty;
     }
@@ -444,6 +457,39 @@ mod tests {
         assert_eq!(wait_child(spawned.child).await, Some(ExitKind::Code(3)));
         let text = std::fs::read_to_string(&log).unwrap();
         assert_eq!(text, "hello node-a --config /x/config.toml\n");
+    }
+
+    #[tokio::test]
+    async fn sweeping_kills_what_the_leader_left_and_an_empty_group_is_left_alone() {
+        use std::os::unix::process::CommandExt;
+        // A leader that leaves a grandchild ignoring SIGTERM, prints its pid and exits.
+        let out = std::process::Command::new("sh")
+            .args(["-c", "(trap '' TERM; exec sleep 1000) & echo $!"])
+            .process_group(0)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let pgid = out.id();
+        let out = out.wait_with_output().unwrap();
+        let grandchild: u32 = String::from_utf8(out.stdout).unwrap().trim().parse().unwrap();
+        assert!(group_alive(pgid), "the grandchild keeps the group");
+        let t = std::time::Instant::now();
+        assert_eq!(sweep_group(pgid, Duration::from_millis(300)).await, Sweep::Killed);
+        assert!(t.elapsed() < Duration::from_secs(5));
+        let gone = |pid: u32| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .map(|s| s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'))
+                .unwrap_or(true)
+        };
+        for _ in 0..100 {
+            if gone(grandchild) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(gone(grandchild), "grandchild {grandchild} survived the sweep");
+        assert!(!group_alive(pgid));
+        assert_eq!(sweep_group(pgid, Duration::from_millis(300)).await, Sweep::Empty);
     }
 
     #[tokio::test]

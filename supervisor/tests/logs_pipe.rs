@@ -209,7 +209,8 @@ fn a_line_is_visible_as_soon_as_the_writer_pauses() {
     poll_until("the line in the file", Duration::from_secs(5), || {
         std::fs::read_to_string(&file).ok().filter(|s| s.ends_with("hello\n"))
     });
-    assert!(started.elapsed() < Duration::from_millis(500), "{:?}", started.elapsed());
+    // Well under a second (the margin is for a loaded CI machine, not the log pipe).
+    assert!(started.elapsed() < Duration::from_secs(1), "{:?}", started.elapsed());
     w.write_all(b"partial").unwrap();
     poll_until("the partial line", Duration::from_secs(5), || {
         std::fs::read_to_string(&file).ok().filter(|s| s.ends_with("partial"))
@@ -351,4 +352,33 @@ fn it_exits_at_eof_without_any_signal() {
     assert!(status.success(), "{status:?}");
     let want: Vec<String> = (0..1000).map(|i| format!("line {i}")).collect();
     assert_eq!(texts(&file), want);
+}
+
+#[test]
+fn a_burst_of_full_reads_is_flushed_once_nothing_more_is_pending() {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("node.log");
+    let child = spawn_logpipe(&file, 30_000);
+    let pid = Pid::from_raw(child.0.id() as i32);
+    let mut stdin = child.0.stdin.as_ref().unwrap();
+    stdin.write_all(b"ready\n").unwrap();
+    wait_for_text(&file, "ready");
+    // The log pipe enlarged its pipe; the burst below must fit while it is stopped.
+    let burst_len = 512 * 1024;
+    let capacity = rustix::pipe::fcntl_getpipe_size(stdin).unwrap();
+    assert!(capacity >= burst_len, "pipe of {capacity} bytes");
+    // Stopped, so the burst is all there when it reads again: its reads come back full-sized
+    // (a multiple of its read buffer), and only "nothing more pending" can trigger the flush.
+    kill(pid, Signal::SIGSTOP).unwrap();
+    let burst: String = (0..burst_len / 64).map(|i| format!("{i:063}\n")).collect();
+    assert_eq!(burst.len(), burst_len);
+    stdin.write_all(burst.as_bytes()).unwrap();
+    kill(pid, Signal::SIGCONT).unwrap();
+    let last = format!("{:063}\n", burst_len / 64 - 1);
+    poll_until("the end of the burst", Duration::from_secs(10), || {
+        let content = std::fs::read(&file).ok()?;
+        content.ends_with(last.as_bytes()).then_some(())
+    });
 }

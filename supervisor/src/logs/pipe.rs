@@ -78,20 +78,6 @@ impl LogpipeArgs {
     pub fn config(&self) -> PipeConfig {
         PipeConfig { file: self.file.clone(), max_bytes: self.max_bytes, keep: self.keep }
     }
-
-    /// The arguments as they follow `logpipe` on a command line (for the supervisor's spawn).
-    pub fn to_args(&self) -> Vec<std::ffi::OsString> {
-        vec![
-            "--file".into(),
-            self.file.clone().into_os_string(),
-            "--max-bytes".into(),
-            self.max_bytes.to_string().into(),
-            "--keep".into(),
-            self.keep.to_string().into(),
-            "--drain-timeout-ms".into(),
-            self.drain_timeout_ms.to_string().into(),
-        ]
-    }
 }
 
 /// Where and how [`pump`] writes.
@@ -139,7 +125,7 @@ pub fn logpipe_main(args: LogpipeArgs) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match pump(stdin, &args.config()) {
+    match pump_with(stdin, &args.config(), Stdin::more_ready) {
         Ok(stats) => {
             if stats.bytes_dropped > 0 {
                 eprintln!(
@@ -164,10 +150,24 @@ pub fn logpipe_main(args: LogpipeArgs) -> ExitCode {
 /// line without a newline is terminated with one at EOF. Bytes pass through untouched (no
 /// UTF-8 requirement). Output is flushed whenever a read comes back short — for a pipe that
 /// means nothing more is pending — so a follower sees a line as soon as the writer pauses.
+/// (The log pipe itself also asks its stdin, after a full-sized read, whether more is
+/// pending.)
 ///
 /// Errors: only read errors are returned (after flushing what was read). Write errors are
 /// counted in [`Stats`] and retried; see the module doc.
-pub fn pump<R: Read>(mut reader: R, config: &PipeConfig) -> io::Result<Stats> {
+pub fn pump<R: Read>(reader: R, config: &PipeConfig) -> io::Result<Stats> {
+    // A generic reader cannot say whether more is pending after a full read: assume so.
+    pump_with(reader, config, |_| true)
+}
+
+/// [`pump`], flushing also after a full-sized read when `more_ready` says no more input is
+/// pending right now (a burst that happens to end on a read-buffer boundary is then visible
+/// at once, not at the next write or EOF).
+fn pump_with<R: Read>(
+    mut reader: R,
+    config: &PipeConfig,
+    more_ready: impl Fn(&R) -> bool,
+) -> io::Result<Stats> {
     let mut out = LogWriter::new(config.clone());
     let mut buf = vec![0u8; READ_BUF];
     loop {
@@ -184,7 +184,7 @@ pub fn pump<R: Read>(mut reader: R, config: &PipeConfig) -> io::Result<Stats> {
         }
         let prefix = format_prefix(unix_ms(SystemTime::now()));
         out.write_chunk(&buf[..n], &prefix);
-        if n < buf.len() {
+        if n < buf.len() || !more_ready(&reader) {
             out.flush();
         }
     }
@@ -216,6 +216,17 @@ impl Stdin {
             signal_hook::low_level::pipe::register(sig, notify.try_clone()?)?;
         }
         Ok(Self { input: File::from(owned), signals, grace, deadline: None })
+    }
+}
+
+impl Stdin {
+    /// Input is pending right now (or EOF/an error is, which the next read reports).
+    fn more_ready(&self) -> bool {
+        use rustix::event::{poll, PollFd, PollFlags};
+        let mut fds = [PollFd::new(&self.input, PollFlags::IN)];
+        let zero = rustix::event::Timespec { tv_sec: 0, tv_nsec: 0 };
+        // On a poll error, say no: the flush is cheap, a line stuck in the buffer is not.
+        matches!(poll(&mut fds, Some(&zero)), Ok(n) if n > 0)
     }
 }
 
