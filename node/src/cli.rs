@@ -66,8 +66,14 @@ pub fn main() -> ExitCode {
 pub fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ =
-        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    // No colour codes unless a person is watching: under the supervisor stderr is a pipe into
+    // the node's log file, where escape sequences are noise.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi)
+        .try_init();
 }
 
 /// Runs a node with these flags until SIGTERM or Ctrl+C; exit 0 after a clean shutdown,

@@ -979,7 +979,7 @@ mod tests {
         store.replay(world, &all).unwrap().into_iter().map(|a| a.id).collect()
     }
 
-    #[tokio::test]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn snapshot_round_trip_keeps_order_and_never_reuses_a_seq() {
         let tmp = tempfile::tempdir().unwrap();
         let src_dir = tmp.path().join("src");
@@ -995,7 +995,7 @@ mod tests {
             }
         }
         let snap_dir = tmp.path().join("snap");
-        let counts = snapshot_offline(&src_dir, &snap_dir).unwrap();
+        let counts = tokio::task::block_in_place(|| snapshot_offline(&src_dir, &snap_dir)).unwrap();
         assert_eq!((counts.atoms, counts.log_entries, counts.worlds), (15, 15, 2));
 
         let src = Store::open(&opts(&src_dir)).unwrap();
@@ -1019,7 +1019,7 @@ mod tests {
         }
     }
 
-    #[tokio::test]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn archive_verifies_extracts_and_names_a_corrupt_file() {
         let tmp = tempfile::tempdir().unwrap();
         let src_dir = tmp.path().join("src");
@@ -1031,7 +1031,7 @@ mod tests {
         }
         let snap = tmp.path().join("snap");
         let mut meta = Metadata::new("offline", Some("n1".into()), None);
-        meta.counts = snapshot_offline(&src_dir, &snap).unwrap();
+        meta.counts = tokio::task::block_in_place(|| snapshot_offline(&src_dir, &snap)).unwrap();
         let archive = tmp.path().join("b.tzst");
         write_archive(&snap, &mut meta, File::create(&archive).unwrap()).unwrap();
         assert!(meta.files.contains_key("data/db"), "{:?}", meta.files.keys());
@@ -1067,7 +1067,7 @@ mod tests {
 
     /// Flips every byte of a small archive in turn: each flip is detected, and the error names
     /// the entry whose zstd frame holds that byte.
-    #[tokio::test]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn every_flipped_byte_is_detected_and_blamed_on_its_entry() {
         let tmp = tempfile::tempdir().unwrap();
         let src_dir = tmp.path().join("src");
@@ -1079,7 +1079,7 @@ mod tests {
         }
         let snap = tmp.path().join("snap");
         let mut meta = Metadata::new("offline", None, None);
-        meta.counts = snapshot_offline(&src_dir, &snap).unwrap();
+        meta.counts = tokio::task::block_in_place(|| snapshot_offline(&src_dir, &snap)).unwrap();
         let mut bytes = Vec::new();
         let starts = write_archive_frames(&snap, &mut meta, &mut bytes).unwrap();
         let archive = tmp.path().join("a.tzst");

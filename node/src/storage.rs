@@ -103,8 +103,11 @@ pub enum Inserted {
 pub struct Store {
     db: sled::Db,
     dir: PathBuf,
-    /// Serializes "check id is free, apply batch" so ids and log order stay consistent.
-    write_lock: Mutex<()>,
+    /// Serializes "check id is free, apply batch" so ids and log order stay consistent. An
+    /// async mutex: while a snapshot holds it (from a blocking thread), waiting writers park
+    /// their tasks instead of blocking the runtime's few worker threads, so reads and probes
+    /// keep being served.
+    write_lock: tokio::sync::Mutex<()>,
     /// `None` only while dropping.
     flush_tx: Option<mpsc::Sender<FlushReply>>,
     /// Writers that have started a write but not yet asked for its flush (group-commit hint).
@@ -244,7 +247,7 @@ impl Store {
         Ok(Store {
             db,
             dir,
-            write_lock: Mutex::new(()),
+            write_lock: tokio::sync::Mutex::new(()),
             flush_tx: Some(flush_tx),
             pending,
             flusher: Some(flusher),
@@ -334,7 +337,7 @@ impl Store {
         let bytes = serde_json::to_vec(atom)
             .map_err(|e| StorageError::Corrupt { key: atom.id.clone(), message: e.to_string() })?;
         {
-            let _guard = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
+            let _guard = self.write_lock.lock().await;
             let key = atom_key(&atom.id);
             if self.db.contains_key(&key).map_err(sled_err("checking id"))? {
                 return Ok(Inserted::Exists);
@@ -479,7 +482,7 @@ impl Store {
         change: impl FnOnce(&mut WorldRecord),
     ) -> Result<Option<(WorldRecord, bool)>, StorageError> {
         let (record, created) = {
-            let _guard = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
+            let _guard = self.write_lock.lock().await;
             let mut worlds = self.worlds.write().unwrap_or_else(|p| p.into_inner());
             let created = !worlds.contains_key(name);
             if created && !create {
@@ -520,7 +523,8 @@ impl Store {
     /// writes applied before it started — every acknowledged one — and none half applied.
     /// Writers wait (they are not refused) until `f` returns; reads go on. Blocking.
     pub fn with_writes_paused<T>(&self, f: impl FnOnce(&sled::Db) -> T) -> T {
-        let _guard = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
+        // Called from a blocking thread (or outside any runtime): never from async code.
+        let _guard = self.write_lock.blocking_lock();
         f(&self.db)
     }
 }
