@@ -4,7 +4,7 @@
 
 use std::io::Write as _;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -49,6 +49,13 @@ impl NodeArgs {
         }
         if let Some(dir) = &self.data_dir {
             config.node.data_dir = dir.clone();
+        }
+        if self.config.is_none() {
+            // No file names the other folders: keep them beside the data dir (as in a node
+            // folder: data/ logs/ summaries/), not in whatever directory we were started from.
+            let parent = config.node.data_dir.parent().map(Path::to_path_buf).unwrap_or_default();
+            config.node.log_dir = parent.join("logs");
+            config.node.summaries_dir = parent.join("summaries");
         }
         if let Some(id) = &self.node_id {
             config.node.id = id.clone();

@@ -462,16 +462,34 @@ mod tests {
     #[tokio::test]
     async fn sweeping_kills_what_the_leader_left_and_an_empty_group_is_left_alone() {
         use std::os::unix::process::CommandExt;
-        // A leader that leaves a grandchild ignoring SIGTERM, prints its pid and exits.
-        let out = std::process::Command::new("sh")
-            .args(["-c", "(trap '' TERM; exec sleep 1000) & echo $!"])
+        // A leader that leaves a grandchild ignoring SIGTERM, records its pid and exits. The
+        // grandchild holds none of our pipes (its stdio is /dev/null), so waiting for the
+        // leader does not wait for it.
+        let dir = tempfile::tempdir().unwrap();
+        let pid_file = dir.path().join("grandchild");
+        let status = std::process::Command::new("sh")
+            .arg("-c")
+            .arg("(trap '' TERM; exec sleep 1000) </dev/null >/dev/null 2>&1 & echo $! > \"$1\"")
+            .arg("sh")
+            .arg(&pid_file)
             .process_group(0)
-            .stdout(Stdio::piped())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let pgid = out.id();
-        let out = out.wait_with_output().unwrap();
-        let grandchild: u32 = String::from_utf8(out.stdout).unwrap().trim().parse().unwrap();
+        let pgid = status.id();
+        let mut leader = status;
+        assert!(leader.wait().unwrap().success());
+        let grandchild: u32 = std::fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap();
+        // Whatever happens below, the grandchild does not outlive the test.
+        struct Kill(u32);
+        impl Drop for Kill {
+            fn drop(&mut self) {
+                let _ = nix::sys::signal::kill(Pid::from_raw(self.0 as i32), Signal::SIGKILL);
+            }
+        }
+        let _kill = Kill(grandchild);
         assert!(group_alive(pgid), "the grandchild keeps the group");
         let t = std::time::Instant::now();
         assert_eq!(sweep_group(pgid, Duration::from_millis(300)).await, Sweep::Killed);
