@@ -131,19 +131,34 @@ def supervision(ctx, p, names):
         out["tools"][name] = {}
         for n in p["nodes"]:
             log(f"{name}: {n} node(s) (load {procs.loadavg()[0]:.2f})")
-            out["tools"][name][str(n)] = supervision_run(ctx, name, n, p, n == biggest)
+            out["tools"][name][str(n)] = failsafe(
+                ctx, lambda name=name, n=n: supervision_run(ctx, name, n, p, n == biggest))
     # dwbase as shipped: swarm on (every node a peer of every other), spawn and ready only
     log(f"dwbase: {biggest} nodes with swarm on")
-    tool = tools.Dwbase(ctx, f"swarm-n{biggest}", swarm=True)
+    out["dwbase_swarm"] = failsafe(ctx, lambda: swarm_run(ctx, biggest))
+    return out
+
+
+def swarm_run(ctx, n):
+    tool = tools.Dwbase(ctx, f"swarm-n{n}", swarm=True)
     try:
         tool.up()
-        sp = measure.spawn(tool, biggest, [ctx.base_port + i for i in range(biggest)],
-                           ctx.node_bin)
+        sp = measure.spawn(tool, n, [ctx.base_port + i for i in range(n)], ctx.node_bin)
         sp.pop("nodes")
-        out["dwbase_swarm"] = sp
+        return sp
     finally:
         tool.down()
-    return out
+
+
+def failsafe(ctx, run_one):
+    """Runs one measurement; a failure is recorded as {"error": …} (and everything it started
+    is stopped) so that the other figures of the section are kept."""
+    try:
+        return run_one()
+    except Exception as e:  # noqa: BLE001 (reported in the output)
+        traceback.print_exc()
+        tools.cleanup(ctx)
+        return {"error": f"{type(e).__name__}: {e}"}
 
 
 def logs(ctx, p, names):
@@ -217,7 +232,8 @@ def logs(ctx, p, names):
                     30, "the chatty child")[0]
                 return {"daemon": tool.pid, "helpers": helpers, "writer": writer}
 
-            r = measure.log_throughput(tool.name, start, log_file, *args)
+            r = failsafe(ctx, lambda: measure.log_throughput(tool.name, start, log_file, *args))
+            r.setdefault("tool", tool.name)
             r["note"] = ("timestamp prefix per line (25 bytes), rotated at 64 MiB"
                          if name == "dwbase" else tool.log_note)
             results.append(r)
@@ -284,7 +300,7 @@ def main():
     ap.add_argument("--work", required=True)
     ap.add_argument("--bin-dir", required=True)
     ap.add_argument("--repo", default=".")
-    ap.add_argument("--base-port", type=int, default=42000)
+    ap.add_argument("--base-port", type=int, default=62000)
     ap.add_argument("--example", help="the node bench binary (target/release/examples/bench)")
     ap.add_argument("--json-out")
     ap.add_argument("--md-out")
