@@ -467,7 +467,7 @@ mod tests {
         // leader does not wait for it.
         let dir = tempfile::tempdir().unwrap();
         let pid_file = dir.path().join("grandchild");
-        let status = std::process::Command::new("sh")
+        let mut leader = std::process::Command::new("sh")
             .arg("-c")
             .arg("(trap '' TERM; exec sleep 1000) </dev/null >/dev/null 2>&1 & echo $! > \"$1\"")
             .arg("sh")
@@ -478,15 +478,18 @@ mod tests {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let pgid = status.id();
-        let mut leader = status;
+        let pgid = leader.id();
         assert!(leader.wait().unwrap().success());
         let grandchild: u32 = std::fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap();
         // Whatever happens below, the grandchild does not outlive the test.
         struct Kill(u32);
         impl Drop for Kill {
             fn drop(&mut self) {
-                let _ = nix::sys::signal::kill(Pid::from_raw(self.0 as i32), Signal::SIGKILL);
+                let cmdline =
+                    std::fs::read(format!("/proc/{}/cmdline", self.0)).unwrap_or_default();
+                if cmdline.starts_with(b"sleep\0") {
+                    let _ = nix::sys::signal::kill(Pid::from_raw(self.0 as i32), Signal::SIGKILL);
+                }
             }
         }
         let _kill = Kill(grandchild);
