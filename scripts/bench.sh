@@ -16,7 +16,8 @@
 # The measuring is in scripts/bench/*.py (stdlib Python 3.9+). Peers are installed into the
 # run's temporary dir (pip install --target, npm install --prefix) and are skipped, with a
 # note, when that fails. Everything runs under one temporary dir on loopback ports from
-# --base-port (default 42000; needs N consecutive free ports); every process started is
+# --base-port (default 62000: N consecutive free ports above the usual ephemeral range
+# 32768-60999, so that no outgoing connection takes a node's port); every process started is
 # stopped on exit, even on failure or Ctrl+C: each tool through its own stop command, then by
 # pid any process still naming the temporary dir.
 #
@@ -32,7 +33,7 @@ only=""
 peers=1
 build=1
 json_out="target/bench/bench.json"
-base_port="${BENCH_BASE_PORT:-42000}"
+base_port="${BENCH_BASE_PORT:-62000}"
 extra=()
 while [ $# -gt 0 ]; do
   case "$1" in

@@ -4,6 +4,7 @@ installs the peers into the work dir and cleans up; `harness.py cleanup` is that
 
     harness.py run --work DIR --bin-dir target/release --repo . [--quick] [--only LIST] ...
     harness.py cleanup --work DIR --bin-dir target/release --repo .
+    harness.py report --json-in target/bench/bench.json   # the table again, from the JSON
 """
 
 import argparse
@@ -17,12 +18,14 @@ import sys
 import traceback
 from pathlib import Path
 
-import measure
-import procs
-import report
-import tools
-from measure import ms
-from procs import now
+sys.dont_write_bytecode = True  # leave no __pycache__ in scripts/bench/
+
+import measure  # noqa: E402 (after the line above)
+import procs  # noqa: E402
+import report  # noqa: E402
+import tools  # noqa: E402
+from measure import ms  # noqa: E402
+from procs import now  # noqa: E402
 
 SECTIONS = ("supervision", "logs", "node")
 PEERS = {"supervisord": tools.Supervisord, "pm2": tools.Pm2}
@@ -106,7 +109,8 @@ def supervision_run(ctx, name, n, p, idle_here):
         sp = measure.spawn(tool, n, ports, ctx.node_bin)
         nodes = sp.pop("nodes")
         res["spawn"] = sp
-        res["status"] = measure.command_ms(tool.status_argv(), tool.env, p["status_runs"])
+        res["status"] = measure.command_ms(tool.status_argv(), tool.env, p["status_runs"],
+                                           baselines={"true": ["/bin/true"]})
         res["mem_n"] = measure.memory(tool)
         if idle_here:
             log(f"{name}: {n} nodes idle for {p['idle_secs']:.0f} s")
@@ -261,6 +265,10 @@ def run(args):
     if bad:
         raise SystemExit(f"unknown section(s) {bad}; choose from {', '.join(SECTIONS)}")
     names = ["dwbase"] + [n for n in PEERS if not args.no_peers and ctx.has(n)]
+    lo, hi = (int(x) for x in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    if ctx.base_port <= hi and ctx.base_port + max(p["nodes"]) > lo:
+        log(f"warning: ports {ctx.base_port}+ overlap the ephemeral range {lo}-{hi}: an outgoing "
+            f"connection can take a node's port before it binds (choose --base-port above {hi})")
     results = {"meta": machine(ctx), "params": {**p, "quick": args.quick, "sections": sections,
                                                  "base_port": ctx.base_port, "tools": names}}
     failed = False
@@ -281,6 +289,7 @@ def run(args):
     finally:
         tools.cleanup(ctx)
     results["meta"]["loadavg_end"] = procs.loadavg()
+    failed = failed or bool(report.errors(results))
     results["goals"] = report.goals(results)
     text = report.markdown(results)
     for path, body in ((args.json_out, json.dumps(results, indent=1) + "\n"),
@@ -296,9 +305,10 @@ def run(args):
 def main():
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("command", choices=["run", "cleanup"])
-    ap.add_argument("--work", required=True)
-    ap.add_argument("--bin-dir", required=True)
+    ap.add_argument("command", choices=["run", "cleanup", "report"])
+    ap.add_argument("--work")
+    ap.add_argument("--bin-dir")
+    ap.add_argument("--json-in", help="report: the JSON of an earlier run")
     ap.add_argument("--repo", default=".")
     ap.add_argument("--base-port", type=int, default=62000)
     ap.add_argument("--example", help="the node bench binary (target/release/examples/bench)")
@@ -315,6 +325,13 @@ def main():
     ap.add_argument("--atoms", type=int)
     ap.add_argument("--asks", type=int)
     args = ap.parse_args()
+    if args.command == "report":
+        if not args.json_in:
+            ap.error("report needs --json-in")
+        print(report.markdown(json.loads(Path(args.json_in).read_text(encoding="utf-8"))), end="")
+        return 0
+    if not (args.work and args.bin_dir):
+        ap.error(f"{args.command} needs --work and --bin-dir")
     if args.command == "cleanup":
         tools.cleanup(context(args))
         return 0

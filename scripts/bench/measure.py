@@ -31,17 +31,31 @@ def ms(seconds):
     return round(seconds * 1000, 3)
 
 
-def command_ms(argv, env, reps):
+def command_ms(argv, env, reps, baselines=None):
     """Wall time of a whole command (fork, exec, its work, exit), `reps` runs: median/p90/min
-    in ms, and the exit codes seen."""
+    in ms and the exit codes seen. `baselines` ({name: argv}) run in the same loop, one each
+    before every run of the command, so that a change of load hits both alike; their medians
+    come back under "baseline_ms"."""
     samples, codes = [], set()
-    for _ in range(reps):
+    base = {name: [] for name in baselines or {}}
+
+    def once(cmd):
         t0 = now()
-        codes.add(subprocess.run(argv, env=env, stdin=DEVNULL, stdout=DEVNULL, stderr=DEVNULL,
-                                 check=False).returncode)
-        samples.append(now() - t0)
-    return {"median_ms": ms(median(samples)), "p90_ms": ms(pctl(samples, 0.9)),
-            "min_ms": ms(min(samples)), "runs": reps, "exit_codes": sorted(codes)}
+        rc = subprocess.run(cmd, env=env, stdin=DEVNULL, stdout=DEVNULL, stderr=DEVNULL,
+                            check=False).returncode
+        return now() - t0, rc
+
+    for _ in range(reps):
+        for name, cmd in (baselines or {}).items():
+            base[name].append(once(cmd)[0])
+        t, rc = once(argv)
+        samples.append(t)
+        codes.add(rc)
+    out = {"median_ms": ms(median(samples)), "p90_ms": ms(pctl(samples, 0.9)),
+           "min_ms": ms(min(samples)), "runs": reps, "exit_codes": sorted(codes)}
+    if base:
+        out["baseline_ms"] = {name: ms(median(v)) for name, v in base.items()}
+    return out
 
 
 def memory(tool):
@@ -91,6 +105,7 @@ def spawn(tool, n, ports, node_bin, timeout=180.0):
             for p in ports:
                 if p not in ready_at and procs.http_ok(p, timeout=0.2):
                     ready_at[p] = now()
+                watch.poll()  # a sweep of 50 ports is long: keep the fork times sharp
             next_sweep = now() + 0.010
         if now() > deadline:
             cmd.kill()

@@ -402,7 +402,7 @@ def cleanup(ctx):
     while p and p > 1 and p not in mine:
         mine.add(p)
         p = procs.ppid(p) or 0
-    marker = str(ctx.work)
+    marker = str(ctx.work) + "/"
     for name in os.listdir("/proc"):
         if not name.isdigit() or int(name) in mine:
             continue
