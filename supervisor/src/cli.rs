@@ -229,7 +229,13 @@ fn init_tracing(
     foreground: bool,
 ) -> io::Result<tracing_appender::non_blocking::WorkerGuard> {
     let file = RotatingFile::open(log, SUPERVISOR_LOG_MAX_BYTES, SUPERVISOR_LOG_KEEP)?;
-    let (writer, guard) = tracing_appender::non_blocking(file);
+    // The default queue holds 128 000 lines, allocated up front: 4 MiB of a daemon that
+    // should stay under 10. 1024 lines absorb any burst we log; past that, writers wait rather
+    // than drop lines (restarts and crash loops must reach the log).
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .buffered_lines_limit(1024)
+        .lossy(false)
+        .finish(file);
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let file_layer = tracing_subscriber::fmt::layer().with_writer(writer).with_ansi(false);
     let stderr_layer = foreground.then(|| tracing_subscriber::fmt::layer().with_writer(io::stderr));

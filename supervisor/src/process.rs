@@ -362,12 +362,16 @@ fn live_members(pgid: i32) -> Option<bool> {
 pub async fn sweep_group(pgid: u32, grace: Duration) -> Sweep {
     // Without leftovers the log pipe sees EOF and exits by itself within moments: wait for
     // that first, so a plain exit is not reported (or signalled) as leftovers.
+    // Check often at first (the log pipe usually ends within a millisecond or two of the
+    // node: this sits between a crash and its restart), then back off.
     let settle = tokio::time::Instant::now() + grace.min(SWEEP_SETTLE);
+    let mut pause = Duration::from_millis(1);
     while group_alive(pgid) {
         if tokio::time::Instant::now() >= settle {
             break;
         }
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(10));
     }
     if !group_alive(pgid) {
         return Sweep::Empty;

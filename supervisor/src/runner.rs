@@ -997,12 +997,22 @@ impl Runner {
         let (http, tx) = (self.http.clone(), self.tx.clone());
         let (fast, slow) = (self.cfg.probe_fast, self.cfg.probe_slow);
         tokio::spawn(async move {
+            // A node that is starting is probed at once, then after 5 ms, 10 ms, … up to
+            // `fast`: a restarted node is seen ready within milliseconds of answering, without
+            // hammering one that takes seconds. Once ready it is probed every `slow`.
+            let mut starting_pause = STARTING_PROBE_FIRST.min(fast);
             loop {
                 let outcome = tokio::select! {
                     _ = token.cancelled() => return,
                     r = probe_once(&http, &url) => r,
                 };
-                let pause = if matches!(outcome, ProbeOutcome::Ready) { slow } else { fast };
+                let pause = if matches!(outcome, ProbeOutcome::Ready) {
+                    slow
+                } else {
+                    let p = starting_pause;
+                    starting_pause = (starting_pause * 2).min(fast);
+                    p
+                };
                 if tx.send(Msg::Probe { name: owned.clone(), instance, outcome }).is_err() {
                     return;
                 }
@@ -1014,6 +1024,10 @@ impl Runner {
         });
     }
 }
+
+/// The first pause between readiness probes of a node that is not ready yet; it doubles up
+/// to [`RunnerConfig::probe_fast`].
+const STARTING_PROBE_FIRST: Duration = Duration::from_millis(5);
 
 /// How long a sweep waits after SIGTERM: the node's stop timeout, capped at
 /// [`process::SWEEP_GRACE`] (the main process is gone; only leftovers and the log pipe wait).
