@@ -103,18 +103,9 @@ pub async fn run(cmd: TestCommand) -> Result<()> {
     }
 }
 
-/// Environment variables that would change what the deployed nodes do; the soak clears them
-/// for the CLI calls it makes (the supervisor and nodes inherit that environment).
-const CLEARED_ENV: &[&str] = &[
-    "DWBASE_MAX_RAM_MB",
-    "DWBASE_MAX_DISK_MB",
-    "DWBASE_LISTEN",
-    "DWBASE_NODE_ID",
-    "DWBASE_API_KEY",
-    "DWBASE_SWARM_ENABLED",
-    "DWBASE_SWARM_PEERS",
-    "NOTIFY_SOCKET",
-];
+/// Besides every variable the node reads ([`dwbase_node::config::ENV_VARS`]), what the soak
+/// clears for the CLI calls it makes (the supervisor and nodes inherit that environment).
+const CLEARED_ENV: &[&str] = &["NOTIFY_SOCKET"];
 
 /// Name (node id) of the disk-capped node deployed with `--chaos`.
 pub const CAPPED_NODE: &str = "soak-capped";
@@ -567,9 +558,10 @@ struct CliOutput {
 impl Devnet {
     fn std_command(&self, args: &[&str]) -> std::process::Command {
         let mut cmd = std::process::Command::new(&self.exe);
-        for k in CLEARED_ENV {
+        for k in dwbase_node::config::ENV_VARS.iter().chain(CLEARED_ENV) {
             cmd.env_remove(k);
         }
+        // Set after the removals: for the CLI this variable is the state root.
         cmd.env(dwbase_proto::paths::ROOT_ENV, &self.paths.root).args(args);
         cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
         cmd

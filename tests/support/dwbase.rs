@@ -19,18 +19,7 @@ pub fn dwbase_bin() -> PathBuf {
 
 /// Environment variables a developer's shell might carry that would change what the
 /// binaries do; cleared for every command.
-const CLEARED_ENV: &[&str] = &[
-    "DWBASE_DATA_DIR",
-    "DWBASE_MAX_RAM_MB",
-    "DWBASE_MAX_DISK_MB",
-    "DWBASE_LISTEN",
-    "DWBASE_NODE_ID",
-    "DWBASE_API_KEY",
-    "DWBASE_SWARM_ENABLED",
-    "DWBASE_SWARM_PEERS",
-    "DWBASE_NODE_BIN",
-    "NOTIFY_SOCKET",
-];
+const CLEARED_ENV: &[&str] = &["DWBASE_NODE_BIN", "NOTIFY_SOCKET"];
 
 /// One test's state root (a fresh temp dir) with a cleanup guard.
 pub struct Deployment {
@@ -62,7 +51,7 @@ impl Deployment {
     /// A `dwbase` command with DWBASE_DATA_DIR set to the root, run from the temp dir.
     pub fn cmd(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(dwbase_bin());
-        for k in CLEARED_ENV {
+        for k in dwbase_node::config::ENV_VARS.iter().chain(CLEARED_ENV) {
             cmd.env_remove(k);
         }
         cmd.env("DWBASE_DATA_DIR", &self.root).current_dir(self.dir.path()).args(args);

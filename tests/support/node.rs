@@ -16,17 +16,9 @@ pub fn node_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_dwbase-node"))
 }
 
-/// `DWBASE_*` variables that would change what the node does; removed for every spawn.
-pub const NODE_ENV: &[&str] = &[
-    "DWBASE_DATA_DIR",
-    "DWBASE_MAX_RAM_MB",
-    "DWBASE_MAX_DISK_MB",
-    "DWBASE_LISTEN",
-    "DWBASE_NODE_ID",
-    "DWBASE_API_KEY",
-    "DWBASE_SWARM_ENABLED",
-    "DWBASE_SWARM_PEERS",
-];
+/// `DWBASE_*` variables that would change what the node does; removed for every spawn (the
+/// node's own list, so a new variable is cleared here too).
+pub const NODE_ENV: &[&str] = dwbase_node::config::ENV_VARS;
 
 /// Writes a node config into `dir/<id>.toml`: loopback, `listen` as given, data under
 /// `dir/<id>/data`, no rate limits, plus `extra` TOML appended verbatim (whole sections).
