@@ -119,7 +119,21 @@ pub fn router(node: Node) -> Router {
             .and_then(|v| v.to_str().ok())
             .unwrap_or("-");
         tracing::info_span!("request", request_id = %id, method = %req.method(), path = %req.uri().path())
-    });
+    })
+    // 503 (not ready) and 507 (disk cap) are refusals the node chose and already explained
+    // in its own log and in the JSON body: not errors worth an ERROR line each time.
+    .on_failure(
+        |class: tower_http::classify::ServerErrorsFailureClass,
+         latency: Duration,
+         _span: &tracing::Span| match class {
+            tower_http::classify::ServerErrorsFailureClass::StatusCode(s)
+                if s == StatusCode::SERVICE_UNAVAILABLE || s == StatusCode::INSUFFICIENT_STORAGE =>
+            {
+                tracing::debug!(status = %s, ?latency, "request refused")
+            }
+            other => tracing::error!(classification = %other, ?latency, "request failed"),
+        },
+    );
     Router::new()
         .route("/remember", post(remember))
         .route("/ask", post(ask))
