@@ -261,19 +261,27 @@ fn command_line(spec: &RenderSpec) -> String {
     cmd
 }
 
-/// One multi-document YAML: a header comment, then every object after a `---`.
-pub fn multi_document(spec: &RenderSpec, manifests: &[Manifest]) -> String {
-    let mut text = format!(
+/// The first two comment lines of every render: what it holds and the command that made it.
+fn banner(spec: &RenderSpec, extra_args: &str) -> String {
+    format!(
         "# DWBase on Kubernetes: {n} node{s} in namespace {ns}, image {image}.\n\
-         # Rendered by `{cmd}` (dwbase {v}) from deploy/k8s/base.\n\
-         # Apply with `kubectl apply -f FILE`; the pods also need the Secret dwbase-api-key\n\
-         # (key api-key) in {ns}: see deploy/k8s/README.md.\n",
+         # Rendered by `{cmd}{extra_args}` (dwbase {v}) from deploy/k8s/base.\n",
         n = spec.nodes,
         s = if spec.nodes == 1 { "" } else { "s" },
         ns = spec.namespace,
         image = spec.image,
         cmd = command_line(spec),
         v = env!("CARGO_PKG_VERSION"),
+    )
+}
+
+/// One multi-document YAML: a header comment, then every object after a `---`.
+pub fn multi_document(spec: &RenderSpec, manifests: &[Manifest]) -> String {
+    let mut text = format!(
+        "{}# Apply with `kubectl apply -f FILE`; the pods also need the Secret dwbase-api-key\n\
+         # (key api-key) in {ns}: see deploy/k8s/README.md.\n",
+        banner(spec, ""),
+        ns = spec.namespace,
     );
     for m in manifests {
         text.push_str("---\n");
@@ -293,8 +301,7 @@ pub fn folder(spec: &RenderSpec, manifests: &[Manifest]) -> Vec<(&'static str, S
     }
     files.push(("node.toml", BASE_NODE_TOML.to_owned()));
     let kustomization = format!(
-        "# DWBase on Kubernetes: {n} node{s} in namespace {ns}, image {image}.\n\
-         # Rendered by `{cmd} --out DIR` (dwbase {v}) from deploy/k8s/base.\n\
+        "{banner}\
          # Look: kubectl kustomize DIR     Apply: kubectl apply -k DIR\n\
          # node.toml becomes the ConfigMap dwbase-config-<hash>: edit it and apply again to roll\n\
          # the pods. The Secret dwbase-api-key (key api-key) is not here: see deploy/k8s/README.md.\n\
@@ -302,12 +309,8 @@ pub fn folder(spec: &RenderSpec, manifests: &[Manifest]) -> Vec<(&'static str, S
          resources:\n{resources}\
          configMapGenerator:\n  - name: dwbase-config\n    namespace: {ns}\n    files:\n      - node.toml\n    \
          options:\n      labels:\n        {PART_OF}\n",
-        n = spec.nodes,
-        s = if spec.nodes == 1 { "" } else { "s" },
+        banner = banner(spec, " --out DIR"),
         ns = spec.namespace,
-        image = spec.image,
-        cmd = command_line(spec),
-        v = env!("CARGO_PKG_VERSION"),
     );
     files.push(("kustomization.yaml", kustomization));
     files
