@@ -340,7 +340,7 @@ async fn readyz(State(node): State<Node>) -> Response {
 async fn health(State(node): State<Node>) -> Response {
     match tokio::task::spawn_blocking(move || node.health()).await {
         Ok(report) => {
-            let status = if report.status == "unhealthy" {
+            let status = if report.health == "unhealthy" {
                 StatusCode::SERVICE_UNAVAILABLE
             } else {
                 StatusCode::OK

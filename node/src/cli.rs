@@ -49,6 +49,7 @@ impl NodeArgs {
         }
         if let Some(dir) = &self.data_dir {
             config.node.data_dir = dir.clone();
+            config.node.data_dir_as_written = crate::config::WrittenPath::default();
         }
         if self.config.is_none() {
             // No file names the other folders: keep them beside the data dir (as in a node
@@ -98,6 +99,10 @@ pub fn run(args: NodeArgs) -> ExitCode {
         eprintln!("dwbase-node: {msg}");
         return ExitCode::from(EXIT_CONFIG);
     }
+    if let Err(msg) = check_data_dir_location(&config) {
+        eprintln!("dwbase-node: {msg}");
+        return ExitCode::from(EXIT_CONFIG);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -116,6 +121,37 @@ pub fn run(args: NodeArgs) -> ExitCode {
             ExitCode::from(EXIT_FAILURE)
         }
     }
+}
+
+/// Refuses to start on an empty store when the original DWBase, which resolved a relative
+/// `data_dir` against the working directory, would have used a store that exists.
+fn check_data_dir_location(config: &Config) -> Result<(), String> {
+    let Ok(cwd) = std::env::current_dir() else { return Ok(()) };
+    let Some(theirs) = config.original_data_dir(&cwd) else { return Ok(()) };
+    let ours = &config.node.data_dir;
+    let written = config.node.data_dir_as_written.0.clone().unwrap_or_default();
+    if crate::config::holds_store(ours) {
+        tracing::warn!(
+            data_dir = %ours.display(),
+            other = %theirs.display(),
+            "node.data_dir {:?} resolves against the config file's folder; the original DWBase \
+             would have used {}, which holds another store (left alone)",
+            written,
+            theirs.display()
+        );
+        return Ok(());
+    }
+    Err(format!(
+        "node.data_dir = {written:?} resolves to {} (relative paths resolve against the config \
+         file's folder), where there is no store yet, but {} (the same path against the working \
+         directory, where the original DWBase looked) holds one. Refusing to start empty: set \
+         node.data_dir to the folder you mean as an absolute path (data_dir = {:?}), or pass \
+         --data-dir / {}",
+        ours.display(),
+        theirs.display(),
+        theirs.display().to_string(),
+        crate::config::ENV_DATA_DIR
+    ))
 }
 
 async fn run_async(config: Config) -> anyhow::Result<()> {

@@ -1,8 +1,15 @@
 //! Node configuration: the TOML schema, its defaults, validation and environment overrides.
 //!
-//! The file keeps the original DWBase keys (`[node] listen`, `data_dir`, `[node.security]`,
-//! `[node.health]`) and adds ours (`id`, `log_dir`, `summaries_dir`, `api_key`, `[node.limits]`,
-//! `[node.swarm]`). Every section and key is optional; unknown keys are errors.
+//! The file keeps every key of the original DWBase (`[node] listen`, `data_dir`, `embedder`,
+//! `[node.security]`, `[node.health]` with `index_rebuild_warn_seconds`, `[node.storage]` with
+//! `encryption_enabled` and `key_id`) with their meaning, and adds ours (`id`, `log_dir`,
+//! `summaries_dir`, `api_key`, `[node.limits]`, `[node.swarm]`). Every section and key is
+//! optional; unknown keys are errors.
+//!
+//! One difference is on purpose: a relative `data_dir` resolves against the config file's folder
+//! (the original resolved it against the working directory, so the same command found a
+//! different store depending on where it ran). [`Config::original_data_dir`] finds the store the
+//! original would have used, so a start that would serve an empty store is refused instead.
 //!
 //! Loading is split in three steps so that other programs (the supervisor, tests) can reuse the
 //! parser without picking up the environment of the process that reads the file:
@@ -37,6 +44,10 @@ pub const ENV_SWARM_PEERS: &str = "DWBASE_SWARM_PEERS";
 /// Environment variable that overrides `node.swarm.enabled` (`true`/`false`/`1`/`0`).
 pub const ENV_SWARM_ENABLED: &str = "DWBASE_SWARM_ENABLED";
 
+/// Prefix of the variable holding the encryption master key: `DWBASE_KEY_<KEY_ID>` with the key
+/// id upper-cased and `-` turned into `_` (the original's rule; see [`StorageConfig::key_env_var`]).
+pub const ENV_KEY_PREFIX: &str = "DWBASE_KEY_";
+
 /// All environment variables the node reads, in the order they are applied.
 pub const ENV_VARS: &[&str] = &[
     ENV_DATA_DIR,
@@ -69,6 +80,10 @@ pub const DEFAULT_ASK_PER_MIN: f64 = 60.0;
 pub const DEFAULT_MAX_BODY_BYTES: u64 = 1024 * 1024;
 /// Default `node.health.disk_usage_degraded` (fraction of the filesystem).
 pub const DEFAULT_DISK_USAGE_DEGRADED: f64 = 0.9;
+/// Default `node.health.index_rebuild_warn_seconds`.
+pub const DEFAULT_INDEX_REBUILD_WARN_SECONDS: u64 = 60;
+/// The only `node.embedder` there is (the original's too): it computes no vectors.
+pub const EMBEDDER_DUMMY: &str = "dummy";
 
 /// The whole configuration file: everything lives under `[node]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
@@ -89,6 +104,9 @@ pub struct NodeConfig {
     pub listen: SocketAddr,
     /// Where sled keeps its files. Relative paths resolve against the config file's folder.
     pub data_dir: PathBuf,
+    /// The original's embedder choice; `"dummy"` is the only one (no vectors are computed, asks
+    /// rank by text relevance).
+    pub embedder: String,
     /// Where the node writes diagnostics; the supervisor puts stdout/stderr logs here (ours).
     pub log_dir: PathBuf,
     /// Where the node writes run summaries (ours).
@@ -101,6 +119,22 @@ pub struct NodeConfig {
     pub limits: LimitsConfig,
     /// `[node.swarm]`.
     pub swarm: SwarmConfig,
+    /// `[node.storage]`: encryption at rest.
+    pub storage: StorageConfig,
+    /// `data_dir` as the file wrote it, when it was relative (for [`Config::original_data_dir`]).
+    #[serde(skip)]
+    pub data_dir_as_written: WrittenPath,
+}
+
+/// A path as a config file wrote it, before resolution. Not part of the configuration's value:
+/// two configs that differ only in it compare equal.
+#[derive(Debug, Clone, Default)]
+pub struct WrittenPath(pub Option<PathBuf>);
+
+impl PartialEq for WrittenPath {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
 }
 
 impl Default for NodeConfig {
@@ -109,12 +143,15 @@ impl Default for NodeConfig {
             id: DEFAULT_NODE_ID.to_owned(),
             listen: DEFAULT_LISTEN.parse().expect("default listen address parses"),
             data_dir: PathBuf::from(DEFAULT_DATA_DIR),
+            embedder: EMBEDDER_DUMMY.to_owned(),
             log_dir: PathBuf::from(DEFAULT_LOG_DIR),
             summaries_dir: PathBuf::from(DEFAULT_SUMMARIES_DIR),
             security: SecurityConfig::default(),
             health: HealthConfig::default(),
             limits: LimitsConfig::default(),
             swarm: SwarmConfig::default(),
+            storage: StorageConfig::default(),
+            data_dir_as_written: WrittenPath::default(),
         }
     }
 }
@@ -181,11 +218,40 @@ pub struct HealthConfig {
     /// Fraction (0..1) of the data dir's filesystem in use at which the node is degraded and
     /// `/readyz` answers 503.
     pub disk_usage_degraded: f64,
+    /// `/health` reports `degraded` once an index rebuild has run longer than this (the
+    /// original's key and meaning); `/readyz` is not affected by it.
+    pub index_rebuild_warn_seconds: u64,
 }
 
 impl Default for HealthConfig {
     fn default() -> Self {
-        Self { disk_usage_degraded: DEFAULT_DISK_USAGE_DEGRADED }
+        Self {
+            disk_usage_degraded: DEFAULT_DISK_USAGE_DEGRADED,
+            index_rebuild_warn_seconds: DEFAULT_INDEX_REBUILD_WARN_SECONDS,
+        }
+    }
+}
+
+/// `[node.storage]`: encryption at rest (the original's keys and meaning).
+///
+/// With `encryption_enabled`, every atom body and world record is stored encrypted with
+/// AES-256-GCM; the 32-byte master key is read, as 64 hex digits, from the variable named by
+/// [`StorageConfig::key_env_var`] (never from the file).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// Encrypt stored atoms and world records.
+    pub encryption_enabled: bool,
+    /// Names the master key: it is read from `DWBASE_KEY_<KEY_ID>`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_id: Option<String>,
+}
+
+impl StorageConfig {
+    /// The variable holding the master key of `key_id`: `DWBASE_KEY_` + the id upper-cased with
+    /// `-` turned into `_` (`fixture-key` → `DWBASE_KEY_FIXTURE_KEY`).
+    pub fn key_env_var(key_id: &str) -> String {
+        format!("{ENV_KEY_PREFIX}{}", key_id.to_ascii_uppercase().replace('-', "_"))
     }
 }
 
@@ -303,6 +369,7 @@ const SCHEMA: &[(&str, Kind)] = &[
     ("node.id", Kind::Str),
     ("node.listen", Kind::Str),
     ("node.data_dir", Kind::Str),
+    ("node.embedder", Kind::Str),
     ("node.log_dir", Kind::Str),
     ("node.summaries_dir", Kind::Str),
     ("node.security", Kind::Table),
@@ -317,6 +384,10 @@ const SCHEMA: &[(&str, Kind)] = &[
     ("node.security.max_body_bytes", Kind::UInt),
     ("node.health", Kind::Table),
     ("node.health.disk_usage_degraded", Kind::Number),
+    ("node.health.index_rebuild_warn_seconds", Kind::UInt),
+    ("node.storage", Kind::Table),
+    ("node.storage.encryption_enabled", Kind::Bool),
+    ("node.storage.key_id", Kind::Str),
     ("node.limits", Kind::Table),
     ("node.limits.max_ram_mb", Kind::UInt),
     ("node.limits.max_disk_mb", Kind::UInt),
@@ -583,6 +654,9 @@ impl Config {
     fn resolve_paths(&mut self, base: Option<&Path>) {
         let Some(base) = base.filter(|b| !b.as_os_str().is_empty()) else { return };
         let node = &mut self.node;
+        if node.data_dir.is_relative() {
+            node.data_dir_as_written = WrittenPath(Some(node.data_dir.clone()));
+        }
         for dir in [&mut node.data_dir, &mut node.log_dir, &mut node.summaries_dir] {
             if dir.is_relative() {
                 *dir = clean_join(base, dir);
@@ -630,6 +704,33 @@ impl Config {
         }
         if node.data_dir.as_os_str().is_empty() {
             push("node.data_dir", "must not be empty".into());
+        }
+        if node.embedder != EMBEDDER_DUMMY {
+            push(
+                "node.embedder",
+                format!(
+                    "{:?} is not supported; the only embedder is \"{EMBEDDER_DUMMY}\" (it computes \
+                     no vectors: asks rank by text relevance)",
+                    node.embedder
+                ),
+            );
+        }
+        let storage = &node.storage;
+        match storage.key_id.as_deref() {
+            Some(id) if id.trim().is_empty() || id.contains(['=', '\0']) => push(
+                "node.storage.key_id",
+                format!("{id:?} cannot name a key (it is used in the variable {ENV_KEY_PREFIX}<KEY_ID>)"),
+            ),
+            None if storage.encryption_enabled => push(
+                "node.storage.key_id",
+                format!(
+                    "encryption_enabled = true needs a key_id; the 32-byte master key is then read \
+                     as hex from {ENV_KEY_PREFIX}<KEY_ID> (e.g. key_id = \"primary\" and \
+                     {}=$(openssl rand -hex 32))",
+                    StorageConfig::key_env_var("primary")
+                ),
+            ),
+            _ => {}
         }
         let sec = &node.security;
         if !(0.0..=1.0).contains(&sec.importance_cap) {
@@ -706,6 +807,7 @@ impl Config {
                         bad(name, "must not be empty".into());
                     } else {
                         node.data_dir = PathBuf::from(value);
+                        node.data_dir_as_written = WrittenPath::default();
                     }
                 }
                 ENV_MAX_RAM_MB | ENV_MAX_DISK_MB => match value.parse::<u64>() {
@@ -775,16 +877,40 @@ impl Config {
             return Ok(());
         }
         Err(format!(
-            "refusing to listen on {addr} (not a loopback address) without an API key: set \
-             node.security.api_key or node.security.api_key_file (or {ENV_API_KEY}), or set \
-             node.security.allow_insecure = true to accept unauthenticated access"
+            "refusing to listen on {addr} (not a loopback address) without an API key. Add a key: \
+             (umask 077; openssl rand -hex 32 > node.key), then set node.security.api_key_file = \
+             \"node.key\" (relative to the config file) or node.security.api_key, or export \
+             {ENV_API_KEY}; clients then send \"Authorization: Bearer <key>\". Or opt out: set \
+             node.security.allow_insecure = true to accept unauthenticated access, or listen on \
+             127.0.0.1"
         ))
+    }
+
+    /// Where the original DWBase would have found this config's store, when that is not where we
+    /// look and a store is there: the original resolved a relative `data_dir` against the working
+    /// directory `cwd`, we resolve it against the config file's folder. `None` when `data_dir`
+    /// was absolute (or set by flag or environment), when both resolve to the same folder, or
+    /// when no store is at the original's location.
+    pub fn original_data_dir(&self, cwd: &Path) -> Option<PathBuf> {
+        let written = self.node.data_dir_as_written.0.as_ref()?;
+        let theirs = clean_join(cwd, written);
+        let same =
+            match (std::fs::canonicalize(&theirs), std::fs::canonicalize(&self.node.data_dir)) {
+                (Ok(a), Ok(b)) => a == b,
+                _ => theirs == self.node.data_dir,
+            };
+        (!same && holds_store(&theirs)).then_some(theirs)
     }
 
     /// Renders the configuration as TOML (the key read from `api_key_file` is not written).
     pub fn to_toml_string(&self) -> String {
         toml::to_string_pretty(self).expect("config serializes to TOML")
     }
+}
+
+/// Whether `dir` holds a sled store (ours or the original's): its `conf` and `db` files.
+pub fn holds_store(dir: &Path) -> bool {
+    dir.join("db").is_file() && dir.join("conf").is_file()
 }
 
 /// Joins `rel` onto `base`, dropping a leading `./` for tidier paths.
@@ -1011,5 +1137,52 @@ disk_usage_degraded = 2
         c.node.security.api_key = None;
         c.node.security.allow_insecure = true;
         assert!(c.check_listen_security(public).is_ok());
+    }
+
+    #[test]
+    fn original_keys_keep_their_meaning() {
+        let text = "[node]\nembedder = \"dummy\"\n[node.storage]\nencryption_enabled = true\n\
+                    key_id = \"fixture-key\"\n[node.health]\nindex_rebuild_warn_seconds = 5\n";
+        let c = Config::from_toml_str(text, "o.toml").unwrap();
+        assert!(c.node.storage.encryption_enabled);
+        assert_eq!(c.node.health.index_rebuild_warn_seconds, 5);
+        assert_eq!(StorageConfig::key_env_var("fixture-key"), "DWBASE_KEY_FIXTURE_KEY");
+        assert_eq!(Config::from_toml_str(&c.to_toml_string(), "x.toml").unwrap(), c);
+
+        let err = Config::from_toml_str("[node]\nembedder = \"bert\"\n", "e.toml").unwrap_err();
+        let shown = err.to_string();
+        assert!(
+            shown.contains("e.toml:2:12: node.embedder:") && shown.contains("\"dummy\""),
+            "{shown}"
+        );
+        let err = Config::from_toml_str("[node.storage]\nencryption_enabled = true\n", "k.toml")
+            .unwrap_err();
+        assert_eq!(err.issues[0].key.as_deref(), Some("node.storage.key_id"), "{err}");
+        assert!(err.to_string().contains("DWBASE_KEY_PRIMARY"), "{err}");
+    }
+
+    #[test]
+    fn original_data_dir_is_found_only_when_it_differs_and_holds_a_store() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (etc, cwd) = (tmp.path().join("etc"), tmp.path().join("cwd"));
+        let c =
+            Config::from_toml_str("[node]\ndata_dir = \"./data\"\n", etc.join("n.toml")).unwrap();
+        assert_eq!(c.node.data_dir, etc.join("data"));
+        assert_eq!(c.original_data_dir(&cwd), None, "no store at the original's location");
+        std::fs::create_dir_all(cwd.join("data")).unwrap();
+        for f in ["db", "conf"] {
+            std::fs::write(cwd.join("data").join(f), "x").unwrap();
+        }
+        assert_eq!(c.original_data_dir(&cwd), Some(cwd.join("data")));
+        assert_eq!(c.original_data_dir(&etc), None, "same folder either way");
+        let abs = Config::from_toml_str(
+            &format!("[node]\ndata_dir = {:?}\n", etc.join("data")),
+            etc.join("n.toml"),
+        )
+        .unwrap();
+        assert_eq!(abs.original_data_dir(&cwd), None, "absolute paths mean the same to both");
+        let mut env = c.clone();
+        env.apply_env_from([(ENV_DATA_DIR, "/elsewhere")]).unwrap();
+        assert_eq!(env.original_data_dir(&cwd), None, "set by environment");
     }
 }

@@ -139,11 +139,17 @@ impl Check {
     }
 }
 
-/// The `/health` (and `/readyz`) body.
+/// The `/health` (and `/readyz`) body: the original's four keys (`status`, `disk_usage`,
+/// `index_rebuild_lag_ms`, `message`, with its values) so existing monitors keep working, and
+/// ours beside them.
 #[derive(Debug, Clone, Serialize)]
 pub struct HealthReport {
-    /// ok, degraded or unhealthy.
+    /// The original's verdict: `ready`, or `degraded` when the disk is over its threshold, the
+    /// storage or memory check fails, or an index rebuild has run longer than
+    /// `node.health.index_rebuild_warn_seconds`.
     pub status: &'static str,
+    /// Our verdict over every check: `ok`, `degraded` or `unhealthy`.
+    pub health: &'static str,
     /// Whether `/readyz` answers 200.
     pub ready: bool,
     /// Why the node is not ready (empty when ready).
@@ -158,8 +164,9 @@ pub struct HealthReport {
     pub uptime_seconds: u64,
     /// The original's key: filesystem usage of the data dir's volume.
     pub disk_usage: Option<DiskUsage>,
-    /// The original's key: how long the running index rebuild has taken so far.
-    pub index_rebuild_lag_ms: u64,
-    /// The original's key: the most important problem, if any.
+    /// The original's key: how long the running index rebuild has taken so far; `null` when no
+    /// rebuild runs (as the original).
+    pub index_rebuild_lag_ms: Option<u64>,
+    /// The original's key: the most important problem, `null` when there is none.
     pub message: Option<String>,
 }

@@ -549,17 +549,33 @@ impl Node {
         checks.insert("index", index);
 
         let worst = |s: &str| checks.values().any(|c| c.status == s);
-        let status = if worst("unhealthy") {
+        let health = if worst("unhealthy") {
             "unhealthy"
         } else if worst("degraded") {
             "degraded"
         } else {
             "ok"
         };
-        let message =
-            checks.values().filter(|c| c.status != "ok").map(|c| c.message.clone()).next();
+        // The original's verdict: an index rebuild counts only once it has run longer than
+        // index_rebuild_warn_seconds (its meaning); every other check that is not ok counts.
+        let lag = stats.rebuilding.then_some(stats.rebuild_lag_ms);
+        let warn_ms = cfg.health.index_rebuild_warn_seconds.saturating_mul(1000);
+        let slow_rebuild = lag.filter(|l| *l > warn_ms).map(|l| {
+            format!("index rebuild lag {l}ms exceeds {warn_ms}ms threshold (node.health.index_rebuild_warn_seconds)")
+        });
+        let other_problem = checks
+            .iter()
+            .filter(|(name, c)| c.status != "ok" && (**name != "index" || !stats.rebuilding))
+            .map(|(_, c)| c.message.clone())
+            .next();
+        let status =
+            if other_problem.is_some() || slow_rebuild.is_some() { "degraded" } else { "ready" };
+        let message = other_problem
+            .or(slow_rebuild)
+            .or_else(|| checks.values().find(|c| c.status != "ok").map(|c| c.message.clone()));
         HealthReport {
             status,
+            health,
             ready: reasons.is_empty(),
             reasons,
             checks,
@@ -567,7 +583,7 @@ impl Node {
             node_id: cfg.id.clone(),
             uptime_seconds: self.inner.started.elapsed().as_secs(),
             disk_usage: sample.disk,
-            index_rebuild_lag_ms: stats.rebuild_lag_ms,
+            index_rebuild_lag_ms: lag,
             message,
         }
     }

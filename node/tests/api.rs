@@ -473,7 +473,9 @@ async fn health_and_readiness_report_checks() {
     let node = TestNode::start(test_config(dir.path())).await;
     let (status, _, h) = node.get("/health").await;
     assert_eq!(status, 200);
-    assert_eq!(h["status"], "ok", "{h}");
+    assert_eq!(h["status"], "ready", "the original's value: {h}");
+    assert_eq!(h["health"], "ok", "{h}");
+    assert!(h["message"].is_null() && h["index_rebuild_lag_ms"].is_null(), "as the original: {h}");
     for check in ["disk", "memory", "storage", "index"] {
         assert_eq!(h["checks"][check]["status"], "ok", "{check}: {h}");
     }

@@ -56,11 +56,22 @@ pub enum Started {
 /// Spawns `dwbase-node --config <config> [args]` and waits (up to `deadline`) for its
 /// `dwbase-node listening ... addr=IP:PORT ...` stdout line, or for it to exit.
 pub fn start_node(config: &Path, args: &[&str], deadline: Duration) -> Started {
+    start_node_env(config, args, &[], deadline)
+}
+
+/// [`start_node`] with extra environment variables (set after the `DWBASE_*` ones are cleared).
+pub fn start_node_env(
+    config: &Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+    deadline: Duration,
+) -> Started {
     let mut cmd = Command::new(node_bin());
     cmd.arg("--config").arg(config).args(args);
     for var in NODE_ENV {
         cmd.env_remove(var);
     }
+    cmd.envs(env.iter().copied());
     cmd.env("RUST_LOG", "info").stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
     let mut child = cmd.spawn().expect("spawn dwbase-node");
     let stderr = super::drain(child.stderr.take().unwrap());
@@ -105,7 +116,12 @@ pub fn listening_addr(line: &str) -> Option<String> {
 impl NodeProcess {
     /// Starts a node that must come up; panics with its stderr otherwise.
     pub fn start(config: &Path, args: &[&str]) -> NodeProcess {
-        match start_node(config, args, Duration::from_secs(30)) {
+        Self::start_env(config, args, &[])
+    }
+
+    /// [`NodeProcess::start`] with extra environment variables.
+    pub fn start_env(config: &Path, args: &[&str], env: &[(&str, &str)]) -> NodeProcess {
+        match start_node_env(config, args, env, Duration::from_secs(30)) {
             Started::Listening(n) => n,
             Started::Exited(status, stderr) => {
                 panic!("dwbase-node exited early ({status}):\n{stderr}")
