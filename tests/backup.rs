@@ -375,7 +375,7 @@ fn node_name_goes_through_the_supervisor_and_api_keys_apply() {
 
     // A node with an API key: the snapshot route needs it.
     let dir = d.dir.path();
-    let config = write_config(dir, "keyed", "127.0.0.1:0", "api_key = \"sesame\"\n");
+    let config = write_config(dir, "keyed", "127.0.0.1:0", "api_key = \"sesame-sesame-sesame\"\n");
     let node = NodeProcess::start(&config, &[]);
     node.wait_ready(READY);
     let url = format!("http://{}", node.addr);
@@ -383,5 +383,15 @@ fn node_name_goes_through_the_supervisor_and_api_keys_apply() {
     let out = d.run(&["backup", "create", "--api", &url, "--out", s(&keyed)]).code_is(1);
     assert!(out.stderr.contains("401") && out.stderr.contains("--api-key"), "{out}");
     assert!(!keyed.exists() && !dir.join("keyed.tzst.partial").exists());
-    d.run(&["backup", "create", "--api", &url, "--api-key", "sesame", "--out", s(&keyed)]).ok();
+    d.run(&[
+        "backup",
+        "create",
+        "--api",
+        &url,
+        "--api-key",
+        "sesame-sesame-sesame",
+        "--out",
+        s(&keyed),
+    ])
+    .ok();
 }

@@ -195,20 +195,31 @@ async fn track(State(node): State<Node>, req: Request, next: Next) -> Response {
 }
 
 async fn authenticate(State(node): State<Node>, req: Request, next: Next) -> Response {
-    if let Some(key) = node.api_key() {
-        if !OPEN_ROUTES.contains(&req.uri().path()) {
-            let presented = req
-                .headers()
-                .get(header::AUTHORIZATION)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("Bearer "))
-                .map(str::trim);
-            if !presented.is_some_and(|p| constant_time_eq(p.as_bytes(), key.as_bytes())) {
-                return ApiError::unauthorized().into_response();
-            }
-        }
+    if node.api_key().is_some()
+        && !OPEN_ROUTES.contains(&req.uri().path())
+        && !authorized(&node, req.headers())
+    {
+        return ApiError::unauthorized().into_response();
     }
     next.run(req).await
+}
+
+/// Whether the request carries the node's API key (true when the node has none).
+pub fn authorized(node: &Node, headers: &HeaderMap) -> bool {
+    let Some(key) = node.api_key() else { return true };
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(bearer_token)
+        .is_some_and(|p| constant_time_eq(p.as_bytes(), key.as_bytes()))
+}
+
+/// The token of an `Authorization: Bearer <token>` value. The scheme is matched without regard
+/// to case (RFC 7235 §2.1), so `bearer` and `BEARER` work too.
+pub fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim().split_once([' ', '\t'])?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
 /// Compares in time that depends only on the lengths, not on where the inputs differ.
@@ -324,13 +335,26 @@ async fn healthz() -> Json<serde_json::Value> {
     Json(serde_json::json!({ "status": "alive" }))
 }
 
-async fn readyz(State(node): State<Node>) -> Response {
+/// `/readyz` needs no key (probes carry none), so without the key it says only ready or not and
+/// the names of the reasons: no disk figures, paths or ids. With the key (or on a node without
+/// one) it answers the full health report, as the original did.
+async fn readyz(State(node): State<Node>, headers: HeaderMap) -> Response {
+    let full = authorized(&node, &headers);
     let report = tokio::task::spawn_blocking(move || node.health()).await;
     match report {
         Ok(report) => {
             let status =
                 if report.ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-            (status, Json(report)).into_response()
+            if full {
+                (status, Json(report)).into_response()
+            } else {
+                let brief = serde_json::json!({
+                    "status": report.status,
+                    "ready": report.ready,
+                    "reasons": report.reason_codes,
+                });
+                (status, Json(brief)).into_response()
+            }
         }
         Err(e) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "internal", e.to_string())
             .into_response(),
@@ -400,6 +424,17 @@ mod tests {
         assert_eq!(e.field.as_deref(), Some("body"));
         let e = parse_json::<Question>(br#"{"world":"w","text":"t"} x"#).unwrap_err();
         assert_eq!(e.code, "bad_json");
+    }
+
+    #[test]
+    fn bearer_scheme_is_case_insensitive() {
+        assert_eq!(bearer_token("Bearer abc"), Some("abc"));
+        assert_eq!(bearer_token("bearer abc"), Some("abc"));
+        assert_eq!(bearer_token("BEARER \t abc "), Some("abc"));
+        assert_eq!(bearer_token("Basic abc"), None);
+        assert_eq!(bearer_token("Bearer"), None);
+        assert_eq!(bearer_token("Bearer   "), None);
+        assert_eq!(bearer_token("Bearerabc"), None);
     }
 
     #[test]

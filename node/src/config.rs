@@ -78,6 +78,21 @@ pub const DEFAULT_REMEMBER_PER_SEC: f64 = 10.0;
 pub const DEFAULT_ASK_PER_MIN: f64 = 60.0;
 /// Default `node.security.max_body_bytes` (1 MiB).
 pub const DEFAULT_MAX_BODY_BYTES: u64 = 1024 * 1024;
+/// Shortest API key accepted, in bytes: a shorter key can be guessed or brute-forced.
+pub const MIN_API_KEY_BYTES: usize = 16;
+
+/// Why a key is refused, or `None` when it is long enough. Names no part of the key.
+pub fn api_key_problem(key: &str) -> Option<String> {
+    let len = key.len();
+    (len < MIN_API_KEY_BYTES).then(|| {
+        format!(
+            "the API key is {len} byte{} long; it must be at least {MIN_API_KEY_BYTES} bytes. \
+             Generate one with `openssl rand -hex 32`",
+            if len == 1 { "" } else { "s" }
+        )
+    })
+}
+
 /// Default `node.health.disk_usage_degraded` (fraction of the filesystem).
 pub const DEFAULT_DISK_USAGE_DEGRADED: f64 = 0.9;
 /// Default `node.health.index_rebuild_warn_seconds`.
@@ -684,6 +699,12 @@ impl Config {
                         format!("{} is empty", file.display()),
                     ));
                 }
+                if let Some(problem) = api_key_problem(&key) {
+                    return Err((
+                        "node.security.api_key_file".into(),
+                        format!("{}: {problem}", file.display()),
+                    ));
+                }
                 security.key_from_file = Some(key);
                 Ok(())
             }
@@ -754,8 +775,16 @@ impl Config {
                 "api_key and api_key_file are both set; keep one".into(),
             );
         }
-        if sec.api_key.as_deref().is_some_and(|k| k.trim().is_empty()) {
-            push("node.security.api_key", "must not be empty (remove the key instead)".into());
+        match sec.api_key.as_deref() {
+            Some(k) if k.trim().is_empty() => {
+                push("node.security.api_key", "must not be empty (remove the key instead)".into())
+            }
+            Some(k) => {
+                if let Some(problem) = api_key_problem(k) {
+                    push("node.security.api_key", problem);
+                }
+            }
+            None => {}
         }
         if sec.max_body_bytes == 0 {
             push("node.security.max_body_bytes", "must be > 0".into());
@@ -831,6 +860,8 @@ impl Config {
                 ENV_API_KEY => {
                     if value.is_empty() {
                         bad(name, "must not be empty".into());
+                    } else if let Some(problem) = api_key_problem(value) {
+                        bad(name, problem);
                     } else {
                         node.security.api_key = Some(value.to_owned());
                         node.security.api_key_file = None;
@@ -962,7 +993,7 @@ write_worlds = []
 importance_cap = 0.8
 remember_per_sec = 2
 ask_per_min = 30.5
-api_key = "secret"
+api_key = "secret-secret-secret"
 allow_insecure = false
 max_body_bytes = 1000
 [node.health]
@@ -980,7 +1011,7 @@ peers = ["http://127.0.0.1:7001"]
         assert_eq!(c.node.log_dir, PathBuf::from("/etc/dwbase/logs"));
         assert_eq!(c.node.summaries_dir, PathBuf::from("/abs/summaries"));
         assert_eq!(c.node.security.remember_per_sec, 2.0);
-        assert_eq!(c.node.security.effective_api_key(), Some("secret"));
+        assert_eq!(c.node.security.effective_api_key(), Some("secret-secret-secret"));
         assert_eq!(c.node.limits.max_disk_mb, 100);
         assert!(c.node.swarm.enabled);
         // Round trip through our own renderer.
@@ -1010,7 +1041,7 @@ listen = "localhost"
 colour = "blue"
 [node.security]
 importance_cap = 1.5
-api_key = "k"
+api_key = "0123456789abcdef"
 api_key_file = "/nonexistent/key"
 remember_per_sec = "fast"
 [node.health]
@@ -1044,7 +1075,7 @@ max_ram_mb = -1
 listen = "localhost"
 [node.security]
 importance_cap = 1.5
-api_key = "k"
+api_key = "0123456789abcdef"
 api_key_file = "/nonexistent/key"
 [node.health]
 disk_usage_degraded = 2
@@ -1074,10 +1105,10 @@ disk_usage_degraded = 2
     #[test]
     fn key_file_is_read_and_checked() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("key"), "  s3cret\n").unwrap();
+        std::fs::write(dir.path().join("key"), "  s3cret-s3cret-s3cret\n").unwrap();
         let text = "[node.security]\napi_key_file = \"key\"\n";
         let c = Config::from_toml_str(text, dir.path().join("n.toml")).unwrap();
-        assert_eq!(c.node.security.effective_api_key(), Some("s3cret"));
+        assert_eq!(c.node.security.effective_api_key(), Some("s3cret-s3cret-s3cret"));
         let err = Config::from_toml_str(
             "[node.security]\napi_key_file = \"missing\"\n",
             dir.path().join("n.toml"),
@@ -1096,7 +1127,7 @@ disk_usage_degraded = 2
             (ENV_DATA_DIR, "/var/lib/dwbase"),
             (ENV_MAX_RAM_MB, "128"),
             (ENV_MAX_DISK_MB, "256"),
-            (ENV_API_KEY, "k"),
+            (ENV_API_KEY, "0123456789abcdef"),
             (ENV_SWARM_PEERS, "http://a:1, http://b:2,"),
             (ENV_SWARM_ENABLED, "true"),
             ("UNRELATED", "x"),
@@ -1107,7 +1138,7 @@ disk_usage_degraded = 2
         assert_eq!(c.node.data_dir, PathBuf::from("/var/lib/dwbase"));
         assert_eq!(c.node.limits.max_ram_mb, 128);
         assert_eq!(c.node.limits.max_disk_mb, 256);
-        assert_eq!(c.node.security.effective_api_key(), Some("k"));
+        assert_eq!(c.node.security.effective_api_key(), Some("0123456789abcdef"));
         assert_eq!(c.node.swarm.peers, ["http://a:1", "http://b:2"]);
         assert!(c.node.swarm.enabled);
 
@@ -1126,13 +1157,42 @@ disk_usage_degraded = 2
     }
 
     #[test]
+    fn short_api_keys_are_refused_everywhere_with_a_way_to_make_one() {
+        let err =
+            Config::from_toml_str("[node.security]\napi_key = \"abc\"\n", "k.toml").unwrap_err();
+        let issue = &err.issues[0];
+        assert_eq!(issue.key.as_deref(), Some("node.security.api_key"));
+        assert!(issue.message.contains("3 bytes") && issue.message.contains("16"), "{issue}");
+        assert!(issue.message.contains("openssl rand -hex 32"), "{issue}");
+        assert!(!issue.message.contains("abc"), "the key itself is never echoed: {issue}");
+
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("key"), "x\n").unwrap();
+        let err = Config::from_toml_str(
+            "[node.security]\napi_key_file = \"key\"\n",
+            dir.path().join("n.toml"),
+        )
+        .unwrap_err();
+        assert_eq!(err.issues[0].key.as_deref(), Some("node.security.api_key_file"));
+        assert!(err.issues[0].message.contains("1 byte long"), "{err}");
+
+        let err = Config::default().apply_env_from([(ENV_API_KEY, "short")]).unwrap_err();
+        assert_eq!(err.issues[0].origin, "env DWBASE_API_KEY");
+        assert!(err.issues[0].message.contains("openssl rand -hex 32"), "{err}");
+        // Exactly the minimum is fine.
+        let ok = "0123456789abcdef";
+        assert_eq!(ok.len(), MIN_API_KEY_BYTES);
+        assert!(api_key_problem(ok).is_none());
+    }
+
+    #[test]
     fn non_loopback_needs_a_key() {
         let mut c = Config::default();
         let public: SocketAddr = "0.0.0.0:8080".parse().unwrap();
         let msg = c.check_listen_security(public).unwrap_err();
         assert!(msg.contains("0.0.0.0:8080") && msg.contains("api_key"), "{msg}");
         assert!(c.check_listen_security("127.0.0.1:1".parse().unwrap()).is_ok());
-        c.node.security.api_key = Some("k".into());
+        c.node.security.api_key = Some("0123456789abcdef".into());
         assert!(c.check_listen_security(public).is_ok());
         c.node.security.api_key = None;
         c.node.security.allow_insecure = true;

@@ -154,6 +154,9 @@ pub struct HealthReport {
     pub ready: bool,
     /// Why the node is not ready (empty when ready).
     pub reasons: Vec<String>,
+    /// The same reasons as stable names (`disk_usage`, `disk_cap`, `storage`, …): all that
+    /// `/readyz` shows a caller without the API key.
+    pub reason_codes: Vec<&'static str>,
     /// disk, memory, storage, index.
     pub checks: std::collections::BTreeMap<&'static str, Check>,
     /// Node version.

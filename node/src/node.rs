@@ -472,14 +472,14 @@ impl Node {
                     "disk usage {:.1}% >= {:.1}% (node.health.disk_usage_degraded)",
                     d.percent_used, threshold
                 );
-                reasons.push(msg.clone());
+                reasons.push(("disk_usage", msg.clone()));
                 Check::degraded(msg)
             }
             Some(d) => Check::ok(format!("disk usage {:.1}% < {:.1}%", d.percent_used, threshold)),
             None => Check::ok("filesystem usage unavailable"),
         };
         if let Some(why) = self.over_disk_cap() {
-            reasons.push(why.clone());
+            reasons.push(("disk_cap", why.clone()));
             disk = Check::degraded(why);
         }
         disk = disk
@@ -511,7 +511,7 @@ impl Node {
             Ok(()) => Check::ok("sled store answers"),
             Err(e) => {
                 let msg = format!("storage unavailable: {e}");
-                reasons.push(msg.clone());
+                reasons.push(("storage", msg.clone()));
                 Check::unhealthy(msg)
             }
         };
@@ -526,7 +526,7 @@ impl Node {
         let stats = self.inner.index.stats();
         let index = if stats.rebuilding || !stats.ready {
             let msg = format!("index rebuilding ({:.0}% done)", stats.progress * 100.0);
-            reasons.push(msg.clone());
+            reasons.push(("index_rebuilding", msg.clone()));
             Check::degraded(msg)
         } else if stats.unindexed_docs > 0 {
             Check::degraded(format!(
@@ -573,11 +573,13 @@ impl Node {
         let message = other_problem
             .or(slow_rebuild)
             .or_else(|| checks.values().find(|c| c.status != "ok").map(|c| c.message.clone()));
+        let (reason_codes, reasons): (Vec<&'static str>, Vec<String>) = reasons.into_iter().unzip();
         HealthReport {
             status,
             health,
             ready: reasons.is_empty(),
             reasons,
+            reason_codes,
             checks,
             version: VERSION,
             node_id: cfg.id.clone(),

@@ -234,7 +234,8 @@ async fn world_allow_lists_answer_403() {
 async fn api_key_required_except_probes() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = test_config(dir.path());
-    config.node.security.api_key = Some("s3cret".into());
+    let key = "s3cret-s3cret-s3cret";
+    config.node.security.api_key = Some(key.into());
     let node = TestNode::start(config).await;
 
     let (status, headers, err) = node.post("/remember", &atom("w", "x", 0.5)).await;
@@ -252,18 +253,63 @@ async fn api_key_required_except_probes() {
     let resp = node
         .client
         .post(node.at("/remember"))
-        .bearer_auth("s3cret")
+        .bearer_auth(key)
         .json(&atom("w", "x", 0.5))
         .send()
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
+    // The scheme is case-insensitive (RFC 7235); the token is not.
+    for scheme in ["bearer", "BEARER", "BeArEr"] {
+        let resp = node
+            .client
+            .get(node.at("/worlds"))
+            .header("authorization", format!("{scheme} {key}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "scheme {scheme}");
+    }
+    let resp = node
+        .client
+        .get(node.at("/worlds"))
+        .header("authorization", format!("Bearer {}", key.to_uppercase()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
     for open in ["/healthz", "/readyz", "/metrics"] {
         assert_eq!(node.get(open).await.0, 200, "{open} needs no key");
     }
     for closed in ["/health", "/worlds", "/index/status"] {
         assert_eq!(node.get(closed).await.0, 401, "{closed} needs the key");
     }
+    // Without the key, /readyz says ready or not and names the reasons, nothing more.
+    let (_, _, brief) = node.get("/readyz").await;
+    let keys: Vec<&str> = brief.as_object().unwrap().keys().map(String::as_str).collect();
+    assert_eq!(keys, ["ready", "reasons", "status"], "{brief}");
+    let full = node.client.get(node.at("/readyz")).bearer_auth(key).send().await.unwrap();
+    let full: Value = full.json().await.unwrap();
+    assert!(full.get("disk_usage").is_some() && full.get("node_id").is_some(), "{full}");
+    node.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn unauthenticated_readyz_names_reasons_without_figures() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.node.security.api_key = Some("0123456789abcdef0123".into());
+    config.node.health.disk_usage_degraded = 0.0;
+    let node = TestNode::start_unready(config).await;
+    let (status, _, brief) = node.get("/readyz").await;
+    assert_eq!(status, 503, "{brief}");
+    assert_eq!(brief["ready"], false);
+    let reasons: Vec<&str> =
+        brief["reasons"].as_array().unwrap().iter().map(|r| r.as_str().unwrap()).collect();
+    assert!(reasons.contains(&"disk_usage"), "{brief}");
+    assert!(reasons.iter().all(|r| ["disk_usage", "index_rebuilding"].contains(r)), "{brief}");
+    let text = brief.to_string();
+    assert!(!text.contains('%') && !text.contains("bytes") && !text.contains("test"), "{text}");
     node.stop().await.unwrap();
 }
 
