@@ -5,32 +5,49 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-/// Filesystem usage of the volume holding a path.
+/// Filesystem usage of the volume holding a path, computed as `df` does.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
 pub struct DiskUsage {
-    /// Bytes in use (total − available to unprivileged users, as the original computes it).
+    /// Bytes in use: all blocks minus the free ones (`df`'s "Used").
     pub used_bytes: u64,
     /// Size of the filesystem.
     pub total_bytes: u64,
-    /// `used / total × 100`.
+    /// `used / (used + available) × 100`, as `df`'s "Use%": blocks reserved for root count
+    /// neither as used nor as available.
     pub percent_used: f64,
+    /// Bytes an unprivileged writer can still use (`df`'s "Avail").
+    pub available_bytes: u64,
 }
 
-/// Reads the filesystem usage of the volume holding `path`.
+impl DiskUsage {
+    /// From `statvfs` figures: fragment size, total, free and available blocks.
+    pub fn from_blocks(frag: u64, blocks: u64, free: u64, avail: u64) -> Option<DiskUsage> {
+        if blocks == 0 {
+            return None;
+        }
+        let used = blocks.saturating_sub(free).saturating_mul(frag);
+        let available = avail.saturating_mul(frag);
+        let denominator = used.saturating_add(available);
+        let percent_used =
+            if denominator == 0 { 0.0 } else { used as f64 * 100.0 / denominator as f64 };
+        Some(DiskUsage {
+            used_bytes: used,
+            total_bytes: blocks.saturating_mul(frag),
+            percent_used,
+            available_bytes: available,
+        })
+    }
+}
+
+/// Reads the filesystem usage of the volume holding `path` (one `statvfs`: microseconds).
 pub fn disk_usage(path: &Path) -> Option<DiskUsage> {
     let st = nix::sys::statvfs::statvfs(path).ok()?;
-    let frag = st.fragment_size() as u64;
-    let total = (st.blocks() as u64).saturating_mul(frag);
-    let avail = (st.blocks_available() as u64).saturating_mul(frag);
-    if total == 0 {
-        return None;
-    }
-    let used = total.saturating_sub(avail);
-    Some(DiskUsage {
-        used_bytes: used,
-        total_bytes: total,
-        percent_used: used as f64 * 100.0 / total as f64,
-    })
+    DiskUsage::from_blocks(
+        st.fragment_size() as u64,
+        st.blocks() as u64,
+        st.blocks_free() as u64,
+        st.blocks_available() as u64,
+    )
 }
 
 /// Bytes allocated on disk by every file under `dir` (like `du -s`), following no symlinks.
@@ -172,4 +189,25 @@ pub struct HealthReport {
     pub index_rebuild_lag_ms: Option<u64>,
     /// The original's key: the most important problem, `null` when there is none.
     pub message: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usage_is_computed_as_df_does() {
+        // df on this filesystem: 1K-blocks 56037, Used 14, Available 51437, Use% 1%; the 5 %
+        // reserved for root is neither used nor available.
+        let d = DiskUsage::from_blocks(1024, 56037, 56023, 51437).unwrap();
+        assert_eq!(d.used_bytes, 14 * 1024);
+        assert_eq!(d.available_bytes, 51437 * 1024);
+        assert!((d.percent_used - 14.0 * 100.0 / (14.0 + 51437.0)).abs() < 1e-9);
+        // A full filesystem (root wrote into the reserve) is 100 %, not more.
+        let full = DiskUsage::from_blocks(4096, 1000, 0, 0).unwrap();
+        assert_eq!(full.percent_used, 100.0);
+        assert!(DiskUsage::from_blocks(4096, 0, 0, 0).is_none());
+        let here = disk_usage(Path::new(".")).unwrap();
+        assert!(here.total_bytes > 0 && here.percent_used <= 100.0, "{here:?}");
+    }
 }

@@ -781,7 +781,7 @@ async fn readiness_waits_for_the_index_rebuild() {
     node.rebuild_index();
     let h = node.health();
     assert!(h.ready, "{:?}", h.reasons);
-    assert_eq!(h.status, "ok");
+    assert_eq!((h.status, h.health), ("ready", "ok"));
     drop(node);
 
     // A served node writes a run summary on shutdown.
