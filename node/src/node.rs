@@ -9,6 +9,7 @@ use std::time::Instant;
 use axum::http::StatusCode;
 
 use crate::config::Config;
+use crate::crypto::{Cipher, MasterKey};
 use crate::error::ApiError;
 use crate::health::{self, Check, HealthReport, Sample};
 use crate::index::{Index, WorldIndexStatus};
@@ -18,7 +19,7 @@ use crate::model::{
     check_name, Answer, Atom, FieldError, NewAtom, Question, ReplayRequest, WorldAction,
     WorldManage, WorldPolicy, WorldRecord,
 };
-use crate::storage::{Inserted, StorageError, Store, StoreOptions};
+use crate::storage::{AtRest, Inserted, StorageError, Store, StoreOptions};
 use crate::swarm::Swarm;
 
 /// Default number of atoms an ask returns.
@@ -77,7 +78,16 @@ impl Node {
             0 => (DEFAULT_CACHE_BYTES, 0),
             mb => ((mb * MIB / 4).max(MIB), (mb * MIB / 2).max(MIB)),
         };
-        let store = Store::open(&StoreOptions { dir: n.data_dir.clone(), cache_bytes })?;
+        let at_rest = match (&n.storage.encryption_enabled, &n.storage.key_id) {
+            (true, Some(key_id)) => {
+                AtRest::Encrypted(Arc::new(Cipher::new(MasterKey::from_env(key_id)?)))
+            }
+            _ => AtRest::Plain,
+        };
+        let store = Store::open(&StoreOptions { dir: n.data_dir.clone(), cache_bytes, at_rest })?;
+        if let Some(key_id) = store.encryption_key_id() {
+            tracing::info!(key_id, "encryption at rest: atoms and world records are sealed");
+        }
         let limits = Limits::new(n.security.remember_per_sec, n.security.ask_per_min);
         let node = Node {
             inner: Arc::new(Inner {
@@ -565,7 +575,9 @@ impl Node {
         });
         let other_problem = checks
             .iter()
-            .filter(|(name, c)| c.status != "ok" && (**name != "index" || !stats.rebuilding))
+            .filter(|(name, c)| {
+                c.status != "ok" && (**name != "index" || (stats.ready && !stats.rebuilding))
+            })
             .map(|(_, c)| c.message.clone())
             .next();
         let status =

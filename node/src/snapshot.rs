@@ -49,7 +49,7 @@ use sha2::{Digest, Sha256};
 use crate::error::ApiError;
 use crate::model::now_rfc3339;
 use crate::node::{Node, VERSION};
-use crate::storage::{StorageError, Store, StoreOptions};
+use crate::storage::{AtRest, StorageError, Store, StoreOptions};
 
 /// The archive format this build writes and reads.
 pub const FORMAT_VERSION: u32 = 1;
@@ -336,9 +336,11 @@ pub fn snapshot_store(store: &Store, target: &Path) -> Result<Counts, SnapshotEr
 /// A snapshot of a stopped node's data dir into `target`. Opening the store takes sled's
 /// lock, so this fails (with [`StorageError::Locked`]) when a node runs on `data_dir`.
 pub fn snapshot_offline(data_dir: &Path, target: &Path) -> Result<Counts, SnapshotError> {
+    // Copy-only: an encrypted store is backed up as it is, without its key.
     let store = Store::open(&StoreOptions {
         dir: data_dir.to_path_buf(),
         cache_bytes: OFFLINE_CACHE_BYTES,
+        at_rest: AtRest::Opaque,
     })?;
     let counts = snapshot_store(&store, target)?;
     drop(store);
@@ -955,7 +957,7 @@ mod tests {
     use crate::storage::Inserted;
 
     fn opts(dir: &Path) -> StoreOptions {
-        StoreOptions { dir: dir.to_path_buf(), cache_bytes: 8 << 20 }
+        StoreOptions { dir: dir.to_path_buf(), cache_bytes: 8 << 20, at_rest: AtRest::Plain }
     }
 
     fn atom(id: &str, world: &str) -> crate::model::Atom {

@@ -8,6 +8,14 @@
 //! | `l/<world len u16 BE><world><seq u64 BE>` | the atom id (append order per world) |
 //! | `w/<world>` | the [`WorldRecord`] as JSON |
 //! | `m/format` | storage format version |
+//! | `m/encryption` | with encryption at rest: a value sealed with the master key (key check) |
+//!
+//! With encryption at rest ([`AtRest::Encrypted`], see [`crate::crypto`]) the values of `a/` and
+//! `w/` keys are sealed, each bound to its key; log values (atom ids) and keys (world names, ids)
+//! stay in clear. A store and its configuration must agree: an encrypted store is refused without
+//! its key (naming the variable), with a wrong key, or under another key id, and a store holding
+//! plain records is refused when encryption is asked for (it would mix both; migrating it into an
+//! encrypted copy is the way).
 //!
 //! Writes of one remember (atom, log entry, new world record) go in one `sled::Batch`, which sled
 //! applies atomically, so a crash never leaves half an atom. A write is acknowledged only after a
@@ -27,6 +35,7 @@ use std::time::Duration;
 
 use tokio::sync::oneshot;
 
+use crate::crypto::{self, Cipher, CryptoError, KeyError};
 use crate::model::{now_rfc3339, Atom, CompiledFilter, WorldPolicy, WorldRecord};
 
 const ATOM_PREFIX: &[u8] = b"a/";
@@ -34,6 +43,9 @@ const LOG_PREFIX: &[u8] = b"l/";
 const WORLD_PREFIX: &[u8] = b"w/";
 const FORMAT_KEY: &[u8] = b"m/format";
 const FORMAT_VERSION: &[u8] = b"1";
+/// The key check of an encrypted store.
+pub const ENCRYPTION_KEY: &[u8] = b"m/encryption";
+const KEY_CHECK: &[u8] = b"dwbase key check v1";
 
 /// Storage failures.
 #[derive(Debug, thiserror::Error)]
@@ -77,6 +89,64 @@ pub enum StorageError {
     /// The storage is shutting down.
     #[error("storage is shutting down")]
     Closed,
+    /// The master key could not be read.
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    /// The store is encrypted and no key was configured.
+    #[error(
+        "data dir {dir} is encrypted (key id {key_id:?}): set [node.storage] encryption_enabled = \
+         true and key_id = {key_id:?}, with its master key in {var}"
+    )]
+    Encrypted {
+        /// The data dir.
+        dir: PathBuf,
+        /// The key id the store names.
+        key_id: String,
+        /// The variable its key is read from.
+        var: String,
+    },
+    /// The configured key does not open the store.
+    #[error("data dir {dir}: the store's key check {source}")]
+    WrongKey {
+        /// The data dir.
+        dir: PathBuf,
+        /// What failed (names the variable or the key ids).
+        source: CryptoError,
+    },
+    /// Encryption is configured but the store already holds plain records.
+    #[error(
+        "data dir {dir} holds {records} unencrypted records but node.storage.encryption_enabled \
+         = true: encrypt them into a new folder with `dwbase storage migrate --from {dir} --to \
+         NEW_DIR --key-id {key_id}` and point data_dir at NEW_DIR (or set encryption_enabled = \
+         false)"
+    )]
+    PlainWithKey {
+        /// The data dir.
+        dir: PathBuf,
+        /// Atom and world records found.
+        records: u64,
+        /// The configured key id.
+        key_id: String,
+    },
+    /// A write or decode on a store opened with [`AtRest::Opaque`].
+    #[error("the store in {dir} was opened for copying only")]
+    Opaque {
+        /// The data dir.
+        dir: PathBuf,
+    },
+}
+
+/// How stored values are protected.
+#[derive(Debug, Clone, Default)]
+pub enum AtRest {
+    /// Values in clear; an encrypted store is refused, naming its key.
+    #[default]
+    Plain,
+    /// Values sealed with this cipher.
+    Encrypted(Arc<Cipher>),
+    /// Copy-only access (backups): values are never decoded and nothing is written, so an
+    /// encrypted store is copied as it is, without its key.
+    Opaque,
 }
 
 /// Opening options.
@@ -86,6 +156,8 @@ pub struct StoreOptions {
     pub dir: PathBuf,
     /// sled page cache size in bytes.
     pub cache_bytes: u64,
+    /// Encryption at rest.
+    pub at_rest: AtRest,
 }
 
 type FlushReply = oneshot::Sender<Result<(), String>>;
@@ -119,6 +191,7 @@ pub struct Store {
     healthy: AtomicBool,
     last_error: Mutex<Option<String>>,
     flushes: Arc<AtomicU64>,
+    at_rest: AtRest,
 }
 
 /// A world's record plus its atom count.
@@ -157,11 +230,64 @@ fn world_key(world: &str) -> Vec<u8> {
     [WORLD_PREFIX, world.as_bytes()].concat()
 }
 
-fn decode_atom(key: &[u8], bytes: &[u8]) -> Result<Atom, StorageError> {
-    serde_json::from_slice(bytes).map_err(|e| StorageError::Corrupt {
+fn corrupt(key: &[u8], message: impl ToString) -> StorageError {
+    StorageError::Corrupt {
         key: String::from_utf8_lossy(key).into_owned(),
-        message: e.to_string(),
-    })
+        message: message.to_string(),
+    }
+}
+
+/// Checks the store's encryption against the configuration before anything is read or
+/// written; marks a new, empty store as encrypted.
+fn check_at_rest(db: &sled::Db, dir: &Path, at_rest: &AtRest) -> Result<(), StorageError> {
+    let marker = db.get(ENCRYPTION_KEY).map_err(sled_err("reading the key check"))?;
+    match (marker, at_rest) {
+        (_, AtRest::Opaque) => Ok(()),
+        (None, AtRest::Plain) => Ok(()),
+        (Some(m), AtRest::Plain) => {
+            let key_id = crypto::sealed_key_id(&m).unwrap_or_else(|| "?".into());
+            let var = crate::config::StorageConfig::key_env_var(&key_id);
+            Err(StorageError::Encrypted { dir: dir.to_path_buf(), key_id, var })
+        }
+        (Some(m), AtRest::Encrypted(c)) => match c.open(ENCRYPTION_KEY, &m) {
+            Ok(check) if check == KEY_CHECK => Ok(()),
+            Ok(_) => Err(corrupt(ENCRYPTION_KEY, "unexpected key check content")),
+            Err(source) => Err(StorageError::WrongKey { dir: dir.to_path_buf(), source }),
+        },
+        (None, AtRest::Encrypted(c)) => {
+            let mut records = 0u64;
+            for prefix in [ATOM_PREFIX, WORLD_PREFIX] {
+                for item in db.scan_prefix(prefix) {
+                    item.map_err(sled_err("checking for plain records"))?;
+                    records += 1;
+                }
+            }
+            if records > 0 {
+                return Err(StorageError::PlainWithKey {
+                    dir: dir.to_path_buf(),
+                    records,
+                    key_id: c.key_id().to_owned(),
+                });
+            }
+            db.insert(ENCRYPTION_KEY, c.seal(ENCRYPTION_KEY, KEY_CHECK))
+                .map_err(sled_err("writing the key check"))?;
+            db.flush().map_err(sled_err("flushing the key check"))?;
+            Ok(())
+        }
+    }
+}
+
+/// The plain form of a stored value.
+fn unseal<'a>(
+    at_rest: &AtRest,
+    key: &[u8],
+    bytes: &'a [u8],
+) -> Result<std::borrow::Cow<'a, [u8]>, StorageError> {
+    match at_rest {
+        AtRest::Plain => Ok(bytes.into()),
+        AtRest::Encrypted(c) => c.open(key, bytes).map(Into::into).map_err(|e| corrupt(key, e)),
+        AtRest::Opaque => Err(StorageError::Opaque { dir: PathBuf::new() }),
+    }
 }
 
 /// How long [`Store::open`] retries a held lock. sled releases its lock file only when its
@@ -206,6 +332,7 @@ impl Store {
         std::fs::create_dir_all(&dir)
             .map_err(|e| StorageError::Open { dir: dir.clone(), source: sled::Error::Io(e) })?;
         let db = open_sled(&dir, opts.cache_bytes)?;
+        check_at_rest(&db, &dir, &opts.at_rest)?;
         if db.get(FORMAT_KEY).map_err(sled_err("reading format"))?.is_none() {
             db.insert(FORMAT_KEY, FORMAT_VERSION).map_err(sled_err("writing format"))?;
             db.flush().map_err(sled_err("flushing format"))?;
@@ -215,11 +342,16 @@ impl Store {
         let mut worlds = BTreeMap::new();
         for item in db.scan_prefix(WORLD_PREFIX) {
             let (key, value) = item.map_err(sled_err("loading worlds"))?;
-            let record: WorldRecord =
-                serde_json::from_slice(&value).map_err(|e| StorageError::Corrupt {
-                    key: String::from_utf8_lossy(&key).into_owned(),
-                    message: e.to_string(),
-                })?;
+            let record: WorldRecord = match &opts.at_rest {
+                // Copy-only: the name is in the key; the record itself is not needed.
+                AtRest::Opaque => {
+                    new_world_record(&String::from_utf8_lossy(&key[WORLD_PREFIX.len()..]))
+                }
+                at_rest => {
+                    let plain = unseal(at_rest, &key, &value)?;
+                    serde_json::from_slice(&plain).map_err(|e| corrupt(&key, e))?
+                }
+            };
             worlds.insert(record.world.clone(), WorldState { record, atoms: 0 });
         }
         let mut total = 0u64;
@@ -257,7 +389,33 @@ impl Store {
             healthy: AtomicBool::new(true),
             last_error: Mutex::new(None),
             flushes,
+            at_rest: opts.at_rest.clone(),
         })
+    }
+
+    /// Whether values are encrypted, and under which key id.
+    pub fn encryption_key_id(&self) -> Option<&str> {
+        match &self.at_rest {
+            AtRest::Encrypted(c) => Some(c.key_id()),
+            _ => None,
+        }
+    }
+
+    /// The stored form of `plain` under `key`.
+    fn seal(&self, key: &[u8], plain: Vec<u8>) -> Result<Vec<u8>, StorageError> {
+        match &self.at_rest {
+            AtRest::Plain => Ok(plain),
+            AtRest::Encrypted(c) => Ok(c.seal(key, &plain)),
+            AtRest::Opaque => Err(StorageError::Opaque { dir: self.dir.clone() }),
+        }
+    }
+
+    fn decode_atom(&self, key: &[u8], bytes: &[u8]) -> Result<Atom, StorageError> {
+        let plain = unseal(&self.at_rest, key, bytes).map_err(|e| match e {
+            StorageError::Opaque { .. } => StorageError::Opaque { dir: self.dir.clone() },
+            e => e,
+        })?;
+        serde_json::from_slice(&plain).map_err(|e| corrupt(key, e))
     }
 
     /// The data dir.
@@ -334,11 +492,12 @@ impl Store {
         atom: &Atom,
         pending: PendingWrite<'_>,
     ) -> Result<Inserted, StorageError> {
-        let bytes = serde_json::to_vec(atom)
+        let key = atom_key(&atom.id);
+        let json = serde_json::to_vec(atom)
             .map_err(|e| StorageError::Corrupt { key: atom.id.clone(), message: e.to_string() })?;
+        let bytes = self.seal(&key, json)?;
         {
             let _guard = self.write_lock.lock().await;
-            let key = atom_key(&atom.id);
             if self.db.contains_key(&key).map_err(sled_err("checking id"))? {
                 return Ok(Inserted::Exists);
             }
@@ -351,8 +510,9 @@ impl Store {
                 (!worlds.contains_key(&atom.world)).then(|| new_world_record(&atom.world))
             };
             if let Some(record) = &new_world {
-                let json = serde_json::to_vec(record).unwrap_or_default();
-                batch.insert(world_key(&atom.world), json);
+                let wkey = world_key(&atom.world);
+                let json = self.seal(&wkey, serde_json::to_vec(record).unwrap_or_default())?;
+                batch.insert(wkey, json);
             }
             self.note(self.db.apply_batch(batch).map_err(sled_err("writing atom")))?;
             if let Some(record) = new_world {
@@ -408,7 +568,7 @@ impl Store {
     pub fn get(&self, id: &str) -> Result<Option<Atom>, StorageError> {
         let key = atom_key(id);
         match self.db.get(&key).map_err(sled_err("reading atom"))? {
-            Some(bytes) => decode_atom(&key, &bytes).map(Some),
+            Some(bytes) => self.decode_atom(&key, &bytes).map(Some),
             None => Ok(None),
         }
     }
@@ -426,7 +586,7 @@ impl Store {
             let Some(bytes) = self.db.get(&key).map_err(sled_err("reading atom"))? else {
                 continue;
             };
-            let atom = decode_atom(&key, &bytes)?;
+            let atom = self.decode_atom(&key, &bytes)?;
             if filter.matches_atom(&atom) {
                 out.push(atom);
                 if out.len() >= limit {
@@ -446,7 +606,7 @@ impl Store {
         let mut buf = Vec::with_capacity(chunk);
         for item in self.db.scan_prefix(ATOM_PREFIX) {
             let (key, bytes) = item.map_err(sled_err("scanning atoms"))?;
-            match decode_atom(&key, &bytes) {
+            match self.decode_atom(&key, &bytes) {
                 Ok(atom) => buf.push(atom),
                 Err(e) => tracing::warn!(error = %e, "skipping undecodable atom"),
             }
@@ -491,8 +651,9 @@ impl Store {
             let mut record =
                 worlds.get(name).map_or_else(|| new_world_record(name), |s| s.record.clone());
             change(&mut record);
-            let json = serde_json::to_vec(&record).unwrap_or_default();
-            self.note(self.db.insert(world_key(name), json).map_err(sled_err("writing world")))?;
+            let wkey = world_key(name);
+            let json = self.seal(&wkey, serde_json::to_vec(&record).unwrap_or_default())?;
+            self.note(self.db.insert(wkey, json).map_err(sled_err("writing world")))?;
             worlds
                 .entry(name.to_owned())
                 .or_insert_with(|| WorldState { record: record.clone(), atoms: 0 })
@@ -616,7 +777,7 @@ mod tests {
     use crate::model::{AtomFilter, AtomKind};
 
     fn opts(dir: &Path) -> StoreOptions {
-        StoreOptions { dir: dir.to_path_buf(), cache_bytes: 8 << 20 }
+        StoreOptions { dir: dir.to_path_buf(), cache_bytes: 8 << 20, at_rest: AtRest::Plain }
     }
 
     fn atom(id: &str, world: &str, text: &str) -> Atom {
