@@ -4,4 +4,4 @@
 # Extra arguments go to `cargo test` (e.g. `scripts/test.sh -p dwbase-node`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-exec cargo test --workspace --locked "$@"
+exec cargo test --workspace --locked --no-fail-fast "$@"

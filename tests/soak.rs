@@ -10,7 +10,7 @@ mod support;
 use std::process::Stdio;
 use std::time::Duration;
 
-use dwbase_proto::procinfo::{self, Liveness};
+use dwbase_proto::process::{self, Liveness};
 use dwbase_proto::Group;
 use serde_json::Value;
 use support::dwbase::Deployment;
@@ -23,7 +23,7 @@ fn assert_nothing_runs(d: &Deployment) {
         for n in &state.nodes {
             if let Some(pid) = n.pid {
                 assert_ne!(
-                    procinfo::liveness(pid, n.start_time),
+                    process::liveness(pid, n.start_time),
                     Liveness::Alive,
                     "{} (pid {pid}) still runs",
                     n.name
@@ -32,7 +32,7 @@ fn assert_nothing_runs(d: &Deployment) {
         }
         if let Some(s) = &state.supervisor {
             assert_ne!(
-                procinfo::liveness(s.pid, s.start_time),
+                process::liveness(s.pid, s.start_time),
                 Liveness::Alive,
                 "the supervisor (pid {}) still runs",
                 s.pid

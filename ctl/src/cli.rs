@@ -38,10 +38,10 @@ pub enum Command {
     Deploy(DeployCommand),
     /// Back up and restore a node's data (`.tzst`).
     #[command(subcommand)]
-    Backup(crate::backup::BackupCommand),
+    Backup(crate::commands::backup::BackupCommand),
     /// Test harnesses: `test soak` (workload + chaos against a devnet it deploys).
     #[command(subcommand)]
-    Test(crate::soak::TestCommand),
+    Test(crate::commands::soak::TestCommand),
     /// Run or manage the supervisor daemon.
     #[command(subcommand)]
     Supervisor(SupervisorCommand),
@@ -68,9 +68,9 @@ pub enum DeployCommand {
     /// Stop everything and delete the devnet and local folders and the supervisor's files.
     Clean(CleanArgs),
     /// Render the Kubernetes manifests for N nodes (stdout, or a kustomization folder).
-    K8s(crate::k8s::K8sArgs),
+    K8s(crate::commands::k8s::K8sArgs),
     /// Install the supervisor as a systemd or launchd service for this machine.
-    InstallService(crate::service::InstallServiceArgs),
+    InstallService(crate::commands::install_service::InstallServiceArgs),
 }
 
 /// Flags shared by `deploy devnet` and `deploy local`.

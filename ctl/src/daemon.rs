@@ -5,8 +5,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
-use dwbase_proto::procinfo::{self, Liveness};
-use dwbase_proto::{Client, ClientError, Paths, Request, Response, ShutdownSpec, SupervisorInfo};
+use dwbase_proto::process::{self, Liveness};
+use dwbase_proto::{
+    Client, ClientError, Paths, Request, Response, ShutdownSpec, StatusReport, SupervisorInfo,
+};
 
 use crate::output;
 
@@ -161,7 +163,7 @@ pub async fn shutdown(client: &mut Client, info: &SupervisorInfo, stop_nodes: bo
         Err(e) => return Err(e.into()),
     }
     wait_gone(info.pid, None, EXIT_DEADLINE).await;
-    if procinfo::start_time(info.pid).is_some() && !procinfo::is_zombie(info.pid) {
+    if process::start_time(info.pid).is_some() && !process::is_zombie(info.pid) {
         bail!("the supervisor (pid {}) acknowledged the shutdown but is still running", info.pid);
     }
     Ok(())
@@ -173,8 +175,8 @@ pub async fn wait_gone(pid: u32, start: Option<u64>, deadline: Duration) -> bool
     let until = Instant::now() + deadline;
     loop {
         let gone = match start {
-            Some(_) => procinfo::liveness(pid, start) != Liveness::Alive,
-            None => procinfo::start_time(pid).is_none() || procinfo::is_zombie(pid),
+            Some(_) => process::liveness(pid, start) != Liveness::Alive,
+            None => process::start_time(pid).is_none() || process::is_zombie(pid),
         };
         if gone {
             return true;
@@ -190,4 +192,12 @@ pub async fn wait_gone(pid: u32, start: Option<u64>, deadline: Duration) -> bool
 pub fn recorded_supervisor(paths: &Paths) -> Option<(u32, Option<u64>)> {
     let groups = crate::fallback::load_all(paths).ok()?;
     crate::fallback::live_supervisor(&groups)
+}
+
+/// Asks a running supervisor for its status.
+pub async fn status(client: &mut Client) -> Result<StatusReport> {
+    match request(client, &Request::Status, Duration::from_secs(10)).await? {
+        Response::Status(r) => Ok(r),
+        other => bail!("unexpected answer to Status: {other:?}"),
+    }
 }

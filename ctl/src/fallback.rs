@@ -2,13 +2,13 @@
 //! and stopping recorded process groups by signal.
 //!
 //! A recorded pid is trusted only together with its recorded start time
-//! ([`procinfo::liveness`]): a pid reused by a stranger is reported, never signalled.
+//! ([`process::liveness`]): a pid reused by a stranger is reported, never signalled.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use dwbase_proto::procinfo::{self, Liveness};
+use dwbase_proto::process::{self, Liveness};
 use dwbase_proto::state::{Desired, Loaded, NodeRecord, StateFile, DEFAULT_STOP_TIMEOUT_MS};
 use dwbase_proto::{Group, Paths};
 
@@ -55,13 +55,13 @@ pub fn live_supervisor(groups: &[GroupState]) -> Option<(u32, Option<u64>)> {
     groups
         .iter()
         .filter_map(|g| g.state.supervisor.as_ref())
-        .find(|s| procinfo::liveness(s.pid, s.start_time) == Liveness::Alive)
+        .find(|s| process::liveness(s.pid, s.start_time) == Liveness::Alive)
         .map(|s| (s.pid, s.start_time))
 }
 
 /// What became of a recorded node.
 pub fn node_liveness(n: &NodeRecord) -> Option<Liveness> {
-    n.pid.map(|pid| procinfo::liveness(pid, n.start_time))
+    n.pid.map(|pid| process::liveness(pid, n.start_time))
 }
 
 /// The word `status` prints for a recorded node when no supervisor runs.
@@ -141,7 +141,7 @@ pub async fn stop_by_signal(
                 continue;
             }
             let Some(pid) = n.pid else { continue };
-            match procinfo::liveness(pid, n.start_time) {
+            match process::liveness(pid, n.start_time) {
                 Liveness::Alive => targets.push(Target {
                     name: Some((g.group, n.name.clone())),
                     pid,
@@ -183,7 +183,7 @@ pub async fn stop_by_signal(
         }
         if include_supervisor && state.supervisor.is_some() {
             let sup = state.supervisor.as_ref().expect("checked");
-            if procinfo::liveness(sup.pid, sup.start_time) != Liveness::Alive {
+            if process::liveness(sup.pid, sup.start_time) != Liveness::Alive {
                 state.supervisor = None;
                 changed = true;
             }
@@ -207,7 +207,7 @@ async fn terminate(targets: &[Target], report: &mut StopReport) {
     let start = Instant::now();
     let mut pending: Vec<&Target> = targets.iter().collect();
     loop {
-        pending.retain(|t| procinfo::liveness(t.pid, t.start) == Liveness::Alive);
+        pending.retain(|t| process::liveness(t.pid, t.start) == Liveness::Alive);
         let (overdue, waiting): (Vec<&Target>, Vec<&Target>) =
             pending.iter().partition(|t| start.elapsed() >= t.grace);
         pending = waiting;
@@ -237,12 +237,11 @@ async fn terminate(targets: &[Target], report: &mut StopReport) {
     // After SIGKILL the leaders go in milliseconds; reaping is init's job.
     let kill_deadline = Instant::now() + Duration::from_secs(5);
     for t in targets {
-        while procinfo::liveness(t.pid, t.start) == Liveness::Alive
-            && Instant::now() < kill_deadline
+        while process::liveness(t.pid, t.start) == Liveness::Alive && Instant::now() < kill_deadline
         {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        let gone = procinfo::liveness(t.pid, t.start) != Liveness::Alive;
+        let gone = process::liveness(t.pid, t.start) != Liveness::Alive;
         if let Some((_, name)) = &t.name {
             if gone {
                 report.stopped.push(name.clone());

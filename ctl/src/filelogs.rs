@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use dwbase_supervisor::logs::{merge_by_time, tail, Follower, MultiFollower};
 
-use crate::logs::Printer;
+use crate::output::Printer;
 
 /// Prints the chosen nodes' lines interleaved by time, then follows the files if asked (until
 /// Ctrl+C or a closed stdout: without a supervisor nothing says when a node stopped).

@@ -4,22 +4,16 @@
 //! background when a command needs one. Logs go to stderr, data to stdout, `--json` gives
 //! machine output. Exit codes: 0 success, 1 failure, 2 usage.
 
-mod backup;
 mod cli;
+mod commands;
 mod daemon;
-mod deploy;
 mod fallback;
 mod filelogs;
-mod k8s;
-mod logs;
+mod nodes;
 mod output;
 mod passthrough;
-mod service;
+mod report;
 mod signals;
-mod soak;
-mod status;
-mod stop;
-mod supervisor_cmd;
 
 use std::process::ExitCode;
 
@@ -65,11 +59,9 @@ fn main() -> ExitCode {
             if let Some(Silent(code)) = e.downcast_ref::<Silent>() {
                 return ExitCode::from(*code);
             }
-            // `dwbase … | head` closing our stdout is how a reader says "enough".
-            if e.chain().any(|c| {
-                c.downcast_ref::<std::io::Error>()
-                    .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
-            }) {
+            // `dwbase … | head` closing our stdout is how a reader says "enough". Only that:
+            // a broken control socket is a failure like any other.
+            if e.chain().any(|c| c.is::<output::StdoutClosed>()) {
                 return ExitCode::SUCCESS;
             }
             eprintln!("error: {}", error_text(&e));
@@ -89,23 +81,23 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
     tracing::debug!(root = %paths.root.display(), socket = %paths.socket().display(), "state root");
     match command {
         Command::Deploy(cmd) => match cmd {
-            DeployCommand::Devnet(a) => deploy::devnet(&paths, a).await,
-            DeployCommand::Local(a) => deploy::local(&paths, a).await,
-            DeployCommand::Status(a) => status::run(&paths, a.json).await,
-            DeployCommand::Logs(a) => logs::run(&paths, a).await,
-            DeployCommand::Restart(a) => stop::restart(&paths, &a.node).await,
-            DeployCommand::Stop(a) => stop::run(&paths, &a).await,
-            DeployCommand::Clean(a) => stop::clean(&paths, &a).await,
-            DeployCommand::K8s(a) => k8s::run(a),
-            DeployCommand::InstallService(a) => service::run(a),
+            DeployCommand::Devnet(a) => commands::deploy::devnet(&paths, a).await,
+            DeployCommand::Local(a) => commands::deploy::local(&paths, a).await,
+            DeployCommand::Status(a) => commands::status::run(&paths, a.json).await,
+            DeployCommand::Logs(a) => commands::logs::run(&paths, a).await,
+            DeployCommand::Restart(a) => commands::restart::restart(&paths, &a.node).await,
+            DeployCommand::Stop(a) => commands::stop::run(&paths, &a).await,
+            DeployCommand::Clean(a) => commands::clean::clean(&paths, &a).await,
+            DeployCommand::K8s(a) => commands::k8s::run(a),
+            DeployCommand::InstallService(a) => commands::install_service::run(a),
         },
-        Command::Backup(cmd) => backup::run(&paths, cmd).await,
-        Command::Test(cmd) => soak::run(cmd).await,
+        Command::Backup(cmd) => commands::backup::run(&paths, cmd).await,
+        Command::Test(cmd) => commands::soak::run(cmd).await,
         Command::Supervisor(SupervisorCommand::Restart(a)) => {
-            supervisor_cmd::restart(&paths, a.metrics_addr).await
+            commands::supervisor::restart(&paths, a.metrics_addr).await
         }
         Command::Supervisor(SupervisorCommand::Status(a)) => {
-            status::supervisor_status(&paths, a.json).await
+            commands::status::supervisor_status(&paths, a.json).await
         }
         Command::Supervisor(SupervisorCommand::Run { .. } | SupervisorCommand::Logpipe { .. })
         | Command::Node(NodeCommand::Run { .. }) => {

@@ -1,8 +1,39 @@
-//! Small helpers for what the CLI prints: tables, durations, paths, log tails.
+//! Small helpers for what the CLI prints: stdout that knows `| head`, tables, durations,
+//! paths, log tails.
 
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+/// Our stdout was closed by its reader (`dwbase … | head`): the one failure that ends a
+/// command silently with exit 0. Every other broken pipe (the control socket, a node's HTTP
+/// connection) is an error.
+#[derive(Debug, thiserror::Error)]
+#[error("stdout was closed")]
+pub struct StdoutClosed;
+
+/// Maps an error of writing to stdout: a broken pipe becomes [`StdoutClosed`].
+pub fn stdout_error(e: io::Error) -> anyhow::Error {
+    if e.kind() == io::ErrorKind::BrokenPipe {
+        StdoutClosed.into()
+    } else {
+        anyhow::Error::new(e).context("writing to stdout")
+    }
+}
+
+/// Writes formatted text to stdout (unbuffered lines, like `print!`), mapping a closed stdout
+/// to [`StdoutClosed`] instead of panicking as `print!` does.
+pub fn write_stdout(args: std::fmt::Arguments<'_>) -> anyhow::Result<()> {
+    let mut out = io::stdout().lock();
+    out.write_fmt(args).and_then(|()| out.flush()).map_err(stdout_error)
+}
+
+/// `println!` for commands: `outln!(…)?` returns [`StdoutClosed`] when the reader went away.
+#[macro_export]
+macro_rules! outln {
+    () => { $crate::output::write_stdout(format_args!("\n")) };
+    ($($arg:tt)*) => { $crate::output::write_stdout(format_args!("{}\n", format_args!($($arg)*))) };
+}
 
 /// A plain text table: columns padded to their widest cell, two spaces apart, no trailing
 /// blanks. Good for eyes and for `awk`.
@@ -165,5 +196,58 @@ mod tests {
         std::fs::write(&p, "1\n2\n3\n4\n").unwrap();
         assert_eq!(tail_file(&p, 2), ["3", "4"]);
         assert!(tail_file(&dir.path().join("none"), 2).is_empty());
+    }
+}
+
+/// One line of `logs --json`.
+#[derive(Debug, serde::Serialize)]
+struct LineJson<'a> {
+    node: &'a str,
+    /// RFC 3339 UTC.
+    at: String,
+    at_unix_ms: i64,
+    text: &'a str,
+}
+
+fn rfc3339(ms: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .ok()
+        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .unwrap_or_default()
+}
+
+/// How lines are printed.
+#[derive(Debug, Clone)]
+pub struct Printer {
+    /// Pad width of the `node | ` prefix; `None` prints the bare text (one node).
+    pub prefix: Option<usize>,
+    /// One JSON object per line.
+    pub json: bool,
+}
+
+impl Printer {
+    /// Prefixed when more than one node can appear.
+    pub fn for_nodes(names: &[String], one: bool, json: bool) -> Self {
+        let prefix = (!one && names.len() != 1)
+            .then(|| names.iter().map(|n| n.chars().count()).max().unwrap_or(0));
+        Self { prefix, json }
+    }
+
+    /// Writes one line.
+    pub fn line(&self, out: &mut impl Write, l: &dwbase_proto::LogLine) -> io::Result<()> {
+        if self.json {
+            let doc = LineJson {
+                node: &l.node,
+                at: rfc3339(l.at_unix_ms),
+                at_unix_ms: l.at_unix_ms,
+                text: &l.text,
+            };
+            serde_json::to_writer(&mut *out, &doc)?;
+            return writeln!(out);
+        }
+        match self.prefix {
+            Some(w) => writeln!(out, "{:<w$} | {}", l.node, l.text),
+            None => writeln!(out, "{}", l.text),
+        }
     }
 }

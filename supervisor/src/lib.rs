@@ -165,7 +165,7 @@ pub async fn run(opts: RunOptions, shutdown: CancellationToken) -> anyhow::Resul
         sink: opts.sink.clone(),
         rules: opts.rules,
         supervisor: info.clone(),
-        supervisor_start_time: dwbase_proto::procinfo::start_time(pid),
+        supervisor_start_time: dwbase_proto::process::start_time(pid),
         probe_fast: opts.probe_fast,
         probe_slow: opts.probe_slow,
         probe_timeout: Duration::from_secs(1),

@@ -8,8 +8,6 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use dwbase_proto::ExitKind;
-use nix::sys::signal::{killpg, Signal};
-use nix::unistd::Pid;
 use tokio::process::{Child, Command};
 
 /// Node environment variables the supervisor never passes through from its own environment:
@@ -223,7 +221,7 @@ pub fn spawn_node(spec: &SpawnSpec<'_>) -> Result<SpawnedNode, SpawnError> {
 
 fn finish(child: Child) -> SpawnedNode {
     let pid = child.id().unwrap_or(0);
-    SpawnedNode { pid, start_time: dwbase_proto::procinfo::start_time(pid), child }
+    SpawnedNode { pid, start_time: dwbase_proto::process::start_time(pid), child }
 }
 
 /// Code or signal of an exit status.
@@ -253,8 +251,7 @@ pub async fn wait_adopted(pid: u32, start_time: Option<u64>) {
             Err(e) => tracing::debug!(pid, "pidfd unavailable ({e}); polling /proc"),
         }
     }
-    while dwbase_proto::procinfo::liveness(pid, start_time)
-        == dwbase_proto::procinfo::Liveness::Alive
+    while dwbase_proto::process::liveness(pid, start_time) == dwbase_proto::process::Liveness::Alive
     {
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
@@ -276,120 +273,6 @@ async fn pidfd_wait(pid: u32) -> io::Result<()> {
     let afd = AsyncFd::with_interest(fd, Interest::READABLE)?;
     let _guard = afd.readable().await?;
     Ok(())
-}
-
-/// Sends `signal` to the process group `pgid`. A group that no longer exists is success.
-pub fn signal_group(pgid: u32, signal: Signal) -> io::Result<()> {
-    let raw = i32::try_from(pgid).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-    if raw <= 1 {
-        // Never signal "every process" or init by accident.
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("refusing pgid {raw}")));
-    }
-    match killpg(Pid::from_raw(raw), signal) {
-        Ok(()) | Err(nix::errno::Errno::ESRCH) => Ok(()),
-        Err(e) => Err(io::Error::from(e)),
-    }
-}
-
-/// How long [`sweep_group`] waits at most, after SIGTERM, for what is left of a group to go
-/// away by itself (the log pipe draining the last output) before it SIGKILLs the group.
-pub const SWEEP_GRACE: Duration = Duration::from_secs(2);
-
-/// How long [`sweep_group`] lets the group empty by itself before it signals anything.
-const SWEEP_SETTLE: Duration = Duration::from_millis(200);
-
-/// What [`sweep_group`] found after the group leader's exit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Sweep {
-    /// Nothing of the group was running any more.
-    Empty,
-    /// Processes were left; they ended after SIGTERM within the grace.
-    Terminated,
-    /// Processes were left and outlived SIGTERM; the group was SIGKILLed.
-    Killed,
-}
-
-/// Whether any process of group `pgid` still runs. Zombies do not count: they run nothing and
-/// hold no file, and where the reaper of orphans is slow (a container's PID 1) they can stay.
-pub fn group_alive(pgid: u32) -> bool {
-    let Ok(raw) = i32::try_from(pgid) else { return false };
-    if raw <= 1 {
-        return false;
-    }
-    match killpg(Pid::from_raw(raw), None) {
-        Err(nix::errno::Errno::ESRCH) => false,
-        Ok(()) | Err(_) => live_members(raw).unwrap_or(true),
-    }
-}
-
-/// On Linux: whether some non-zombie process is in group `pgid` (from /proc), or `None` when
-/// /proc cannot tell.
-fn live_members(pgid: i32) -> Option<bool> {
-    if !cfg!(target_os = "linux") {
-        return None;
-    }
-    let dir = std::fs::read_dir("/proc").ok()?;
-    for entry in dir.flatten() {
-        let name = entry.file_name();
-        let Some(pid) = name.to_str().filter(|n| n.bytes().all(|b| b.is_ascii_digit())) else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
-        // pid (comm) state ppid pgrp …; comm may hold spaces and parentheses.
-        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else { continue };
-        let mut fields = rest.split_whitespace();
-        let (Some(state), Some(_ppid), Some(pgrp)) = (fields.next(), fields.next(), fields.next())
-        else {
-            continue;
-        };
-        if pgrp.parse() == Ok(pgid) && state != "Z" && state != "X" {
-            return Some(true);
-        }
-    }
-    Some(false)
-}
-
-/// After a node's main process has exited (stopped, crashed or killed), its process group can
-/// still hold processes: grandchildren the node started (which would keep ports, files and
-/// the log pipe open forever) and the log pipe itself. This lets the group empty by itself
-/// for a moment, then sends SIGTERM to it, gives it `grace` to go away — the log pipe exits
-/// once every writer is gone, after saving the last lines — then SIGKILLs whatever is left. A
-/// group that is already gone (ESRCH) is success.
-///
-/// The group id is the node's pid; it cannot name another group while any member of ours is
-/// left (a pid stays taken while it is a process group id), and an empty group is not
-/// signalled.
-pub async fn sweep_group(pgid: u32, grace: Duration) -> Sweep {
-    // Without leftovers the log pipe sees EOF and exits by itself within moments: wait for
-    // that first, so a plain exit is not reported (or signalled) as leftovers.
-    // Check often at first (the log pipe usually ends within a millisecond or two of the
-    // node: this sits between a crash and its restart), then back off.
-    let settle = tokio::time::Instant::now() + grace.min(SWEEP_SETTLE);
-    let mut pause = Duration::from_millis(1);
-    while group_alive(pgid) {
-        if tokio::time::Instant::now() >= settle {
-            break;
-        }
-        tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(Duration::from_millis(10));
-    }
-    if !group_alive(pgid) {
-        return Sweep::Empty;
-    }
-    if let Err(e) = signal_group(pgid, Signal::SIGTERM) {
-        tracing::warn!(pgid, "sweeping the process group: SIGTERM: {e}");
-    }
-    let until = tokio::time::Instant::now() + grace;
-    while tokio::time::Instant::now() < until {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        if !group_alive(pgid) {
-            return Sweep::Terminated;
-        }
-    }
-    if let Err(e) = signal_group(pgid, Signal::SIGKILL) {
-        tracing::warn!(pgid, "sweeping the process group: SIGKILL: {e}");
-    }
-    Sweep::Killed
 }
 
 /// Reads the last `n` lines of a log file (at most the last 64 KiB), for status messages.
@@ -427,13 +310,6 @@ mod tests {
         std::fs::write(&p, body).unwrap();
         assert_eq!(tail_lines(&p, 3), vec!["line 97", "line 98", "line 99"]);
         assert!(tail_lines(&dir.path().join("missing"), 3).is_empty());
-    }
-
-    #[test]
-    fn signalling_a_gone_group_is_success_and_pid_1_is_refused() {
-        assert!(signal_group(u32::MAX / 2 - 7, Signal::SIGTERM).is_ok());
-        assert!(signal_group(1, Signal::SIGTERM).is_err());
-        assert!(signal_group(0, Signal::SIGTERM).is_err());
     }
 
     #[tokio::test]
@@ -492,11 +368,15 @@ mod tests {
                 let cmdline =
                     std::fs::read(format!("/proc/{}/cmdline", self.0)).unwrap_or_default();
                 if cmdline.starts_with(b"sleep\0") {
-                    let _ = nix::sys::signal::kill(Pid::from_raw(self.0 as i32), Signal::SIGKILL);
+                    let _ = dwbase_proto::process::signal_process(
+                        self.0,
+                        dwbase_proto::process::Signal::SIGKILL,
+                    );
                 }
             }
         }
         let _kill = Kill(grandchild);
+        use dwbase_proto::process::{group_alive, sweep_group, Sweep};
         assert!(group_alive(pgid), "the grandchild keeps the group");
         let t = std::time::Instant::now();
         assert_eq!(sweep_group(pgid, Duration::from_millis(300)).await, Sweep::Killed);
@@ -521,7 +401,7 @@ mod tests {
     async fn adopted_wait_wakes_on_exit() {
         let mut child = std::process::Command::new("sleep").arg("0.2").spawn().unwrap();
         let pid = child.id();
-        let st = dwbase_proto::procinfo::start_time(pid);
+        let st = dwbase_proto::process::start_time(pid);
         let reaper = std::thread::spawn(move || child.wait());
         tokio::time::timeout(Duration::from_secs(5), wait_adopted(pid, st)).await.unwrap();
         reaper.join().unwrap().unwrap();

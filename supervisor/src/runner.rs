@@ -15,12 +15,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use dwbase_proto::process::{self as pc, Signal};
 use dwbase_proto::state::{Desired, Loaded, NodeRecord, StateFile, SupervisorRecord};
 use dwbase_proto::{
     DevnetSpec, ErrorKind, ErrorReply, ExitKind, Group, LastExit, LocalSpec, NodeState, NodeStatus,
     Paths, Response, StatusReport, StopSpec, SupervisorInfo,
 };
-use nix::sys::signal::Signal;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
@@ -424,15 +424,15 @@ impl Runner {
                 continue;
             }
             let liveness = match rec.pid {
-                Some(pid) => dwbase_proto::procinfo::liveness(pid, rec.start_time),
-                None => dwbase_proto::procinfo::Liveness::Dead,
+                Some(pid) => dwbase_proto::process::liveness(pid, rec.start_time),
+                None => dwbase_proto::process::Liveness::Dead,
             };
             let listen = listen_of(&rec.config_path)
                 .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], rec.port)));
             let name = rec.name.clone();
             let mut node = Node::new(rec, render::probe_addr(listen), self.cfg.rules);
             match liveness {
-                dwbase_proto::procinfo::Liveness::Alive => {
+                dwbase_proto::process::Liveness::Alive => {
                     let pid = node.rec.pid.unwrap_or(0);
                     info!(node = %name, pid, "adopting a node that still runs");
                     node.pid = Some(pid);
@@ -621,8 +621,7 @@ impl Runner {
 
     fn unknown_node(&self, name: &str) -> ErrorReply {
         let known: Vec<&str> = self.sorted().iter().map(|n| n.rec.name.as_str()).collect();
-        let known = if known.is_empty() { "none".to_owned() } else { known.join(", ") };
-        err(ErrorKind::UnknownNode, format!("no node named {name:?} (nodes: {known})"))
+        err(ErrorKind::UnknownNode, dwbase_proto::unknown_node_message(name, &known))
     }
 
     fn log_targets(&self, node: Option<&str>) -> Result<Vec<LogTarget>, ErrorReply> {
@@ -854,7 +853,7 @@ impl Runner {
                     Action::Kill => {
                         if let Some(pid) = self.nodes.get(name).and_then(|n| n.pid) {
                             warn!(node = %name, pid, "did not exit in time; SIGKILL to its process group");
-                            if let Err(e) = process::signal_group(pid, Signal::SIGKILL) {
+                            if let Err(e) = pc::signal_group(pid, Signal::SIGKILL) {
                                 error!(node = %name, pid, "SIGKILL: {e}");
                             }
                         }
@@ -894,7 +893,7 @@ impl Runner {
         let timeout = n.stop_timeout_override.take().unwrap_or(n.rec.stop_timeout_ms);
         let instance = n.instance;
         info!(node = %name, pid, "SIGTERM to its process group (SIGKILL after {timeout} ms)");
-        if let Err(e) = process::signal_group(pid, Signal::SIGTERM) {
+        if let Err(e) = pc::terminate_group(pid) {
             error!(node = %name, pid, "SIGTERM: {e}");
         }
         self.timer(name, Some(instance), Duration::from_millis(timeout), Event::StopTimedOut);
@@ -1030,19 +1029,19 @@ impl Runner {
 const STARTING_PROBE_FIRST: Duration = Duration::from_millis(5);
 
 /// How long a sweep waits after SIGTERM: the node's stop timeout, capped at
-/// [`process::SWEEP_GRACE`] (the main process is gone; only leftovers and the log pipe wait).
+/// [`pc::SWEEP_GRACE`] (the main process is gone; only leftovers and the log pipe wait).
 fn sweep_grace(stop_timeout_ms: u64) -> Duration {
-    Duration::from_millis(stop_timeout_ms).clamp(Duration::from_millis(100), process::SWEEP_GRACE)
+    Duration::from_millis(stop_timeout_ms).clamp(Duration::from_millis(100), pc::SWEEP_GRACE)
 }
 
 /// Sweeps a node's process group after its main process exited, and says what it found.
 async fn sweep(name: &str, pgid: u32, grace: Duration) {
-    match process::sweep_group(pgid, grace).await {
-        process::Sweep::Empty => {}
-        process::Sweep::Terminated => {
+    match pc::sweep_group(pgid, grace).await {
+        pc::Sweep::Empty => {}
+        pc::Sweep::Terminated => {
             info!(node = %name, pgid, "processes the node left in its group ended after SIGTERM")
         }
-        process::Sweep::Killed => warn!(
+        pc::Sweep::Killed => warn!(
             node = %name, pgid,
             "processes the node left in its group outlived SIGTERM for {grace:?}; SIGKILLed the group"
         ),

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use dwbase_proto::procinfo::{self, Liveness};
+use dwbase_proto::process::{self, Liveness};
 use dwbase_proto::state::{Loaded, StateFile};
 use dwbase_proto::{Group, Paths};
 
@@ -87,7 +87,7 @@ impl Deployment {
     pub fn supervisor_pid(&self) -> Option<u32> {
         for g in [Group::Devnet, Group::Local] {
             if let Some(s) = self.state(g).and_then(|s| s.supervisor) {
-                if procinfo::liveness(s.pid, s.start_time) == Liveness::Alive {
+                if process::liveness(s.pid, s.start_time) == Liveness::Alive {
                     return Some(s.pid);
                 }
             }
@@ -125,7 +125,7 @@ impl Drop for Deployment {
         {
             use nix::sys::signal::Signal;
             for (_, pid, start) in nodes {
-                if procinfo::liveness(pid, start) == Liveness::Alive {
+                if process::liveness(pid, start) == Liveness::Alive {
                     super::kill_group(pid, Signal::SIGKILL);
                 }
             }

@@ -10,7 +10,7 @@ pub mod codec;
 pub mod error;
 pub mod messages;
 pub mod paths;
-pub mod procinfo;
+pub mod process;
 pub mod state;
 
 pub use client::Client;

@@ -378,3 +378,13 @@ pub enum EndOfStream {
     /// The stream failed; the message says why.
     Failed(String),
 }
+
+/// The one wording of "no such node", used by the supervisor's `UnknownNode` replies and by
+/// the CLI when it works from state.json: names the node asked for and the ones that exist.
+pub fn unknown_node_message(node: &str, known: &[&str]) -> String {
+    if known.is_empty() {
+        format!("no node named {node:?}: nothing is deployed")
+    } else {
+        format!("no node named {node:?} (known nodes: {})", known.join(", "))
+    }
+}

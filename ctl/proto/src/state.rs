@@ -36,7 +36,7 @@ pub struct StateFile {
 pub struct SupervisorRecord {
     /// Its pid.
     pub pid: u32,
-    /// Its start time in clock ticks since boot (see [`crate::procinfo::start_time`]).
+    /// Its start time in clock ticks since boot (see [`crate::process::start_time`]).
     #[serde(default)]
     pub start_time: Option<u64>,
     /// The socket it listens on (may be the short runtime fallback).

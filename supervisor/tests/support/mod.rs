@@ -1,12 +1,9 @@
 //! In-process fixture: a supervisor from `dwbase_supervisor::run` on a tempdir root, fake
 //! node programs (tiny shell scripts), a connected client, polling with a deadline, and a
 //! guard that kills every node process it saw (by process group) and stops the supervisor.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU16, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use dwbase_proto::state::{Loaded, StateFile};
 use dwbase_proto::{
@@ -16,51 +13,10 @@ use dwbase_supervisor::{Invocation, RestartRules, RunOptions};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+pub use dwbase_testkit::{free_port_range as free_ports, pid_alive, script};
+
 /// Polls `f` every 20 ms until it returns `Some`, or panics naming `what` after `deadline`.
-pub async fn poll_until<T, F, Fut>(what: &str, deadline: Duration, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let until = Instant::now() + deadline;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(Instant::now() < until, "timed out after {deadline:?} waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// The first of `n` consecutive ports that are all free now.
-pub fn free_ports(n: u16) -> u16 {
-    static NEXT: AtomicU16 = AtomicU16::new(0);
-    let _ = NEXT.compare_exchange(
-        0,
-        30_000 + (std::process::id() % 250) as u16 * 100,
-        Ordering::SeqCst,
-        Ordering::SeqCst,
-    );
-    loop {
-        let base = NEXT.fetch_add(n + 1, Ordering::SeqCst);
-        if base > 60_000 {
-            NEXT.store(30_000, Ordering::SeqCst);
-            continue;
-        }
-        if (base..base + n).all(|p| TcpListener::bind(("127.0.0.1", p)).is_ok()) {
-            return base;
-        }
-    }
-}
-
-/// Writes an executable shell script.
-pub fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
-    use std::os::unix::fs::PermissionsExt;
-    let p = dir.join(name);
-    std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
-    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
-    p
-}
+pub use dwbase_testkit::poll_until_async as poll_until;
 
 /// A fake node that runs until killed (never ready: it serves no HTTP).
 pub const SLEEPER: &str = "echo \"node $DWBASE_NODE_ID up\"\nexec sleep 1000";
@@ -177,19 +133,9 @@ pub fn devnet(nodes: u32, base_port: u16, policy: RestartPolicy) -> DevnetSpec {
     }
 }
 
-/// Whether a process with this pid exists and is not a zombie.
-pub fn pid_alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat.rfind(')').is_some_and(|i| !stat[i + 1..].trim_start().starts_with('Z')),
-        Err(_) => false,
-    }
-}
-
+/// SIGKILL to one process.
 pub fn kill9(pid: u32) {
-    let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid as i32),
-        nix::sys::signal::Signal::SIGKILL,
-    );
+    dwbase_testkit::kill_pid(pid, dwbase_testkit::Signal::SIGKILL);
 }
 
 impl Drop for Fixture {
@@ -199,15 +145,9 @@ impl Drop for Fixture {
         for group in [Group::Devnet, Group::Local] {
             if let Some(state) = self.state(group) {
                 for n in state.nodes {
-                    if let (Some(pid), true) = (n.pid, n.pid.is_some_and(|p| p > 1)) {
-                        if dwbase_proto::procinfo::liveness(pid, n.start_time)
-                            == dwbase_proto::procinfo::Liveness::Alive
-                        {
-                            let _ = nix::sys::signal::killpg(
-                                nix::unistd::Pid::from_raw(pid as i32),
-                                nix::sys::signal::Signal::SIGKILL,
-                            );
-                        }
+                    if let Some(pid) = n.pid {
+                        let id = dwbase_testkit::ProcessId { pid, start_time: n.start_time };
+                        drop(dwbase_testkit::GroupGuard(vec![id]));
                     }
                 }
             }

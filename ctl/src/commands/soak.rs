@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, Subcommand};
-use dwbase_proto::procinfo::{self, Liveness};
+use dwbase_proto::process::{self, Liveness};
 use dwbase_proto::state::{Loaded, StateFile};
 use dwbase_proto::{Client, Group, NodeState, NodeStatus, Paths, Request, Response, StatusReport};
 use futures::StreamExt;
@@ -673,7 +673,7 @@ impl Devnet {
             };
             for n in &state.nodes {
                 if let Some(pid) = n.pid {
-                    if procinfo::liveness(pid, n.start_time) == Liveness::Alive {
+                    if process::liveness(pid, n.start_time) == Liveness::Alive {
                         tracing::warn!(node = %n.name, pid, "still running after stop: SIGKILL");
                         kill(pid, true);
                         killed += 1;
@@ -681,7 +681,7 @@ impl Devnet {
                 }
             }
             if let Some(s) = &state.supervisor {
-                if procinfo::liveness(s.pid, s.start_time) == Liveness::Alive {
+                if process::liveness(s.pid, s.start_time) == Liveness::Alive {
                     tracing::warn!(pid = s.pid, "supervisor still running after stop: SIGKILL");
                     kill(s.pid, false);
                     killed += 1;
@@ -865,9 +865,9 @@ async fn soak(args: SoakArgs) -> Result<()> {
     std::fs::write(&args.report, format!("{text}\n"))
         .with_context(|| format!("writing {}", args.report.display()))?;
     if args.json {
-        println!("{text}");
+        crate::outln!("{text}")?;
     } else {
-        print_summary(&report, &args.report);
+        print_summary(&report, &args.report)?;
     }
     let keep = args.keep || !report.passed;
     if let Some(t) = temp {
@@ -1206,8 +1206,7 @@ async fn inject(
                 let new_pid = after.nodes.iter().find(|n| &n.name == name).and_then(|n| n.pid);
                 if new_pid == Some(*old_pid) {
                     adopted += 1;
-                } else if procinfo::start_time(*old_pid).is_some() && !procinfo::is_zombie(*old_pid)
-                {
+                } else if process::start_time(*old_pid).is_some() && !process::is_zombie(*old_pid) {
                     report.nodes_duplicated += 1;
                     replaced.push(format!("{name} DUPLICATED (old pid {old_pid} alive)"));
                 } else {
@@ -1276,7 +1275,7 @@ async fn disk_fill(shared: &Arc<Shared>, port: u16) -> Result<String> {
     )
 }
 
-fn print_summary(r: &Report, path: &Path) {
+fn print_summary(r: &Report, path: &Path) -> Result<()> {
     let kinds = |m: &BTreeMap<String, u64>| {
         if m.is_empty() {
             "none".to_owned()
@@ -1284,7 +1283,7 @@ fn print_summary(r: &Report, path: &Path) {
             m.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", ")
         }
     };
-    println!(
+    crate::outln!(
         "soak {}: {} s, {} nodes{}, {} ops ({:.1}/s): {} remembers, {} asks, {} replays",
         if r.passed { "passed" } else { "FAILED" },
         r.duration_secs,
@@ -1295,8 +1294,8 @@ fn print_summary(r: &Report, path: &Path) {
         r.remembers,
         r.asks,
         r.replays
-    );
-    println!(
+    )?;
+    crate::outln!(
         "  latency ms p50/p95/p99: remember {}/{}/{}, ask {}/{}/{}, replay {}/{}/{}",
         r.remember_p50_ms,
         r.remember_p95_ms,
@@ -1307,25 +1306,30 @@ fn print_summary(r: &Report, path: &Path) {
         r.replay_p50_ms,
         r.replay_p95_ms,
         r.replay_p99_ms
-    );
-    println!("  faults: {}", kinds(&r.faults_injected));
-    println!(
+    )?;
+    crate::outln!("  faults: {}", kinds(&r.faults_injected))?;
+    crate::outln!(
         "  errors: {} ({}); refused: {}; retries {}, failed ops {}",
         r.errors_total,
         kinds(&r.errors_by_kind),
         kinds(&r.refused_by_kind),
         r.retries,
         r.failed_ops
-    );
-    println!(
+    )?;
+    crate::outln!(
         "  restarts observed: {}; nodes adopted after supervisor kills: {}, duplicated: {}",
-        r.restarts_observed, r.nodes_adopted, r.nodes_duplicated
-    );
-    println!(
+        r.restarts_observed,
+        r.nodes_adopted,
+        r.nodes_duplicated
+    )?;
+    crate::outln!(
         "  acknowledged writes: {}, verified {}, lost {}",
-        r.acknowledged_writes, r.acknowledged_writes_verified, r.acknowledged_writes_lost
-    );
-    println!("  report: {}", path.display());
+        r.acknowledged_writes,
+        r.acknowledged_writes_verified,
+        r.acknowledged_writes_lost
+    )?;
+    crate::outln!("  report: {}", path.display())?;
+    Ok(())
 }
 
 #[cfg(test)]

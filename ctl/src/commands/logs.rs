@@ -5,64 +5,11 @@ use std::io::{self, Write};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Result};
-use dwbase_proto::{Client, ClientError, EndOfStream, LogLine, LogsSpec, Paths, Request, Response};
-use serde::Serialize;
+use dwbase_proto::{Client, ClientError, EndOfStream, LogsSpec, Paths, Request, Response};
 
 use crate::cli::LogsArgs;
-use crate::{daemon, fallback, status, Silent};
-
-/// One line of `logs --json`.
-#[derive(Debug, Serialize)]
-struct LineJson<'a> {
-    node: &'a str,
-    /// RFC 3339 UTC.
-    at: String,
-    at_unix_ms: i64,
-    text: &'a str,
-}
-
-fn rfc3339(ms: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
-        .ok()
-        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
-        .unwrap_or_default()
-}
-
-/// How lines are printed.
-#[derive(Debug, Clone)]
-pub struct Printer {
-    /// Pad width of the `node | ` prefix; `None` prints the bare text (one node).
-    pub prefix: Option<usize>,
-    /// One JSON object per line.
-    pub json: bool,
-}
-
-impl Printer {
-    /// Prefixed when more than one node can appear.
-    pub fn for_nodes(names: &[String], one: bool, json: bool) -> Self {
-        let prefix = (!one && names.len() != 1)
-            .then(|| names.iter().map(|n| n.chars().count()).max().unwrap_or(0));
-        Self { prefix, json }
-    }
-
-    /// Writes one line.
-    pub fn line(&self, out: &mut impl Write, l: &LogLine) -> io::Result<()> {
-        if self.json {
-            let doc = LineJson {
-                node: &l.node,
-                at: rfc3339(l.at_unix_ms),
-                at_unix_ms: l.at_unix_ms,
-                text: &l.text,
-            };
-            serde_json::to_writer(&mut *out, &doc)?;
-            return writeln!(out);
-        }
-        match self.prefix {
-            Some(w) => writeln!(out, "{:<w$} | {}", l.node, l.text),
-            None => writeln!(out, "{}", l.text),
-        }
-    }
-}
+use crate::output::Printer;
+use crate::{daemon, fallback, Silent};
 
 /// `--since`: a duration ago ("10m") or an RFC 3339 time, as Unix milliseconds.
 pub fn parse_since(s: &str) -> Result<i64> {
@@ -83,25 +30,12 @@ pub async fn run(paths: &Paths, args: LogsArgs) -> Result<()> {
     let since = args.since.as_deref().map(parse_since).transpose()?;
     match daemon::connect(paths).await? {
         Some(mut client) => {
-            let report = status::fetch(&mut client).await?;
+            // Names only size the prefix column; an unknown node is the supervisor's to say.
+            let report = daemon::status(&mut client).await?;
             let names: Vec<String> = report.nodes.iter().map(|n| n.name.clone()).collect();
-            if let Some(node) = &args.node {
-                if !names.contains(node) {
-                    bail!("{}", unknown_node(node, &names));
-                }
-            }
             stream(&mut client, args.node, args.tail, args.follow, since, &names, args.json).await
         }
         None => from_files(paths, &args, since).await,
-    }
-}
-
-/// "no node named x (known: a, b)".
-pub fn unknown_node(node: &str, known: &[String]) -> String {
-    if known.is_empty() {
-        format!("no node named {node:?}: nothing is deployed")
-    } else {
-        format!("no node named {node:?} (known nodes: {})", known.join(", "))
     }
 }
 
@@ -190,7 +124,10 @@ async fn from_files(paths: &Paths, args: &LogsArgs, since: Option<i64>) -> Resul
     let chosen: Vec<(String, std::path::PathBuf)> = match &args.node {
         Some(node) => match nodes.iter().find(|(n, _)| n == node) {
             Some(x) => vec![x.clone()],
-            None => bail!("{}", unknown_node(node, &names)),
+            None => {
+                let known: Vec<&str> = names.iter().map(String::as_str).collect();
+                bail!("{}", dwbase_proto::unknown_node_message(node, &known))
+            }
         },
         None => nodes,
     };

@@ -1,46 +1,14 @@
-//! `dwbase deploy status` and `dwbase supervisor status`.
-//!
-//! # `--json` (stable keys; new keys may be added, none renamed)
-//!
-//! ```text
-//! {
-//!   "root": "/abs/.dwbase",
-//!   "supervisor": {
-//!     "running": true,                  // false: read from state.json, see "state_files"
-//!     "pid": 1234, "version": "0.2.0",  // null when not running (pid: the recorded one if alive)
-//!     "socket": "/abs/.dwbase/supervisor.sock",
-//!     "metrics_url": "http://127.0.0.1:9464/metrics",   // or null
-//!     "started_unix_ms": 1764057600000, "uptime_ms": 5000, // or null
-//!     "state_files": ["/abs/.dwbase/devnet/state.json"]   // the files read (fallback only)
-//!   },
-//!   "nodes": [{
-//!     "name": "node-a", "id": "node-a", "group": "devnet" | "local",
-//!     "pid": 12345 | null, "port": 7000,
-//!     "state": "starting|ready|degraded|unready|backoff|crash-loop|stopping|stopped"
-//!              (supervised) | "alive|dead|pid-reused|stopped" (from state.json),
-//!     "ready": true, "restarts": 0, "uptime_ms": 5000 | null,
-//!     "restart_policy": "always|on-failure|never",
-//!     "last_exit": {"code": 1 | null, "signal": 9 | null, "at_unix_ms": 0} | null,
-//!     "dir": "...", "data_dir": "...", "log_path": "...", "config_path": "...",
-//!     "message": "..." | null
-//!   }]
-//! }
-//! ```
-//!
-//! `deploy status` exits 0 whenever it could find out (nothing deployed included: `nodes` is
-//! empty) and 1 when it could not (unreadable state, a supervisor of another protocol).
+//! The status document: what `deploy status --json` prints (and the human table made from
+//! it), built from a supervisor's report or, when none runs, from the state files.
 
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{bail, Result};
-use dwbase_proto::{
-    Client, ExitKind, NodeStatus, Paths, Request, Response, StatusReport, SupervisorInfo,
-};
+use anyhow::Result;
+use dwbase_proto::{ExitKind, NodeStatus, Paths, SupervisorInfo};
 use serde::Serialize;
 
-use crate::daemon;
 use crate::fallback;
 use crate::output::{display_path, humanize, Table};
 
@@ -177,39 +145,6 @@ impl SupervisorJson {
     }
 }
 
-/// Asks a running supervisor for its status.
-pub async fn fetch(client: &mut Client) -> Result<StatusReport> {
-    match daemon::request(client, &Request::Status, Duration::from_secs(10)).await? {
-        Response::Status(r) => Ok(r),
-        other => bail!("unexpected answer to Status: {other:?}"),
-    }
-}
-
-/// `dwbase deploy status`.
-pub async fn run(paths: &Paths, json: bool) -> Result<()> {
-    let doc = match daemon::connect(paths).await? {
-        Some(mut client) => {
-            let report = fetch(&mut client).await?;
-            StatusJson {
-                root: paths.root.clone(),
-                supervisor: SupervisorJson::from_info(&report.supervisor),
-                nodes: report.nodes.iter().map(NodeJson::from_status).collect(),
-            }
-        }
-        None => from_state_files(paths)?,
-    };
-    // One write for the whole table, not one per line.
-    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-    if json {
-        serde_json::to_writer_pretty(&mut out, &doc)?;
-        writeln!(out)?;
-    } else {
-        write_human(&mut out, &doc)?;
-    }
-    out.flush()?;
-    Ok(())
-}
-
 /// The status as recorded in both state files, with every pid checked against /proc.
 pub fn from_state_files(paths: &Paths) -> Result<StatusJson> {
     let groups = fallback::load_all(paths)?;
@@ -224,7 +159,7 @@ pub fn from_state_files(paths: &Paths) -> Result<StatusJson> {
             recorded_sup.get_or_insert(s.clone());
         }
         for n in &g.state.nodes {
-            let alive = fallback::node_liveness(n) == Some(dwbase_proto::procinfo::Liveness::Alive);
+            let alive = fallback::node_liveness(n) == Some(dwbase_proto::process::Liveness::Alive);
             nodes.push(NodeJson {
                 name: n.name.clone(),
                 id: n.id.clone(),
@@ -341,32 +276,6 @@ pub fn write_human(out: &mut impl Write, doc: &StatusJson) -> std::io::Result<()
     t.write(out)?;
     for n in doc.nodes.iter().filter(|n| n.message.is_some() && n.state != "ready") {
         writeln!(out, "{}: {}", n.name, n.message.as_deref().unwrap_or_default())?;
-    }
-    Ok(())
-}
-
-/// `dwbase supervisor status`: exits 1 when no supervisor runs.
-pub async fn supervisor_status(paths: &Paths, json: bool) -> Result<()> {
-    let Some(mut client) = daemon::connect(paths).await? else {
-        if json {
-            let doc = from_state_files(paths)?;
-            println!("{}", serde_json::to_string_pretty(&doc.supervisor)?);
-        } else {
-            println!("supervisor: not running (socket {})", paths.socket().display());
-        }
-        return Err(crate::Silent(1).into());
-    };
-    let info = daemon::ping(&mut client).await?;
-    let s = SupervisorJson::from_info(&info);
-    if json {
-        println!("{}", serde_json::to_string_pretty(&s)?);
-    } else {
-        println!("pid:      {}", info.pid);
-        println!("version:  {}", info.version);
-        println!("root:     {}", info.root.display());
-        println!("socket:   {}", info.socket.display());
-        println!("metrics:  {}", info.metrics_url.as_deref().unwrap_or("off"));
-        println!("uptime:   {}", humanize(Duration::from_millis(s.uptime_ms.unwrap_or(0))));
     }
     Ok(())
 }

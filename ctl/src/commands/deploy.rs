@@ -14,10 +14,11 @@ use dwbase_proto::{
 use serde::Serialize;
 
 use crate::cli::{CommonDeployArgs, DevnetArgs, LocalArgs};
+use crate::commands::logs;
 use crate::daemon::{self, Connection, StartOptions};
 use crate::output::{display_path, secs2, tail_file, Table};
-use crate::status::{NodeJson, SupervisorJson};
-use crate::{logs, status, Usage};
+use crate::report::{NodeJson, SupervisorJson};
+use crate::Usage;
 
 /// Environment variables forwarded from this CLI's environment to every node it deploys.
 pub const FORWARDED_ENV: &[&str] = &["DWBASE_MAX_RAM_MB", "DWBASE_MAX_DISK_MB"];
@@ -195,7 +196,7 @@ async fn run_deploy(
             nodes: nodes.iter().map(|n| NodeJson::from_status(n)).collect(),
             timings,
         };
-        println!("{}", serde_json::to_string_pretty(&doc)?);
+        crate::outln!("{}", serde_json::to_string_pretty(&doc)?)?;
     } else {
         let stdout = std::io::stdout();
         let mut out = stdout.lock();
@@ -203,7 +204,7 @@ async fn run_deploy(
             Group::Devnet => write_devnet_table(&mut out, &nodes, &state_file)?,
             Group::Local => write_local_summary(&mut out, &nodes)?,
         }
-        out.flush()?;
+        out.flush().map_err(crate::output::stdout_error)?;
     }
 
     if let Some(sig) = signals {
@@ -300,7 +301,7 @@ async fn wait_ready(
             let _ = std::io::stderr().flush();
         }
         tokio::time::sleep(POLL).await;
-        report = match status::fetch(client).await {
+        report = match daemon::status(client).await {
             Ok(r) => r,
             Err(e) => {
                 return Err(Failure {
@@ -378,7 +379,7 @@ async fn cleanup_after_failure(
         }
     }
     let Some(started) = started else { return };
-    let Ok(report) = status::fetch(client).await else { return };
+    let Ok(report) = daemon::status(client).await else { return };
     let busy = report.nodes.iter().any(|n| n.pid.is_some() && n.state != NodeState::Stopped);
     if busy {
         return;
@@ -521,7 +522,7 @@ async fn stop_foreground(
 }
 
 async fn group_names(client: &mut Client, group: Group) -> Result<Vec<String>> {
-    let r = status::fetch(client).await?;
+    let r = daemon::status(client).await?;
     Ok(r.nodes.into_iter().filter(|n| n.group == group).map(|n| n.name).collect())
 }
 

@@ -24,13 +24,12 @@ use anyhow::{bail, Context, Result};
 use clap::{ArgGroup, Args, Subcommand};
 use dwbase_node::snapshot::{self, Metadata, SnapshotError, AUDIT_FILE, DATA_DIR};
 use dwbase_node::storage::StorageError;
-use dwbase_proto::procinfo::{self, Liveness};
-use dwbase_proto::state::{Desired, Loaded, StateFile};
-use dwbase_proto::{Group, NodeStatus, Paths, Request, Response};
+use dwbase_proto::Paths;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::cli::parse_duration;
+use crate::nodes::{find_node, refuse_if_running};
 use crate::Usage;
 
 /// `dwbase backup …`
@@ -200,10 +199,10 @@ async fn create(paths: &Paths, args: CreateArgs) -> Result<()> {
             source: meta.source.as_deref().unwrap_or(""),
             metadata: &meta,
         };
-        println!("{}", serde_json::to_string_pretty(&doc)?);
+        crate::outln!("{}", serde_json::to_string_pretty(&doc)?)?;
     } else {
         let c = &meta.counts;
-        println!(
+        crate::outln!(
             "backed up {}{}: {} in {}, {} ({}) → {} ({})",
             meta.node_id.as_deref().map(|n| format!("{n} from ")).unwrap_or_default(),
             label,
@@ -213,7 +212,7 @@ async fn create(paths: &Paths, args: CreateArgs) -> Result<()> {
             human_bytes(c.bytes),
             out.display(),
             human_bytes(bytes)
-        );
+        )?;
     }
     Ok(())
 }
@@ -239,65 +238,6 @@ async fn resolve_source(paths: &Paths, args: &CreateArgs) -> Result<Source> {
         .with_context(|| format!("resolving {}", data_dir.display()))?;
     let node_id = node_id_beside(&data_dir);
     Ok(Source::Offline { data_dir, node_id })
-}
-
-/// What `--node NAME` resolves to.
-#[derive(Debug)]
-struct FoundNode {
-    id: String,
-    port: u16,
-    running: bool,
-    data_dir: PathBuf,
-    config_path: PathBuf,
-}
-
-/// Looks `name` up through the supervisor, or in the state files when none runs.
-async fn find_node(paths: &Paths, name: &str) -> Result<FoundNode> {
-    if let Some(mut client) = crate::daemon::connect(paths).await? {
-        let report = match client.request(&Request::Status).await? {
-            Response::Status(r) => r,
-            Response::Error(e) => bail!("the supervisor refused the status request: {}", e.message),
-            other => bail!("unexpected answer to Status: {other:?}"),
-        };
-        let known: Vec<String> = report.nodes.iter().map(|n| n.name.clone()).collect();
-        let Some(n) = report.nodes.into_iter().find(|n| n.name == name) else {
-            bail!("{}", crate::logs::unknown_node(name, &known));
-        };
-        return Ok(found_from_status(n));
-    }
-    for group in [Group::Devnet, Group::Local] {
-        let file = paths.state_file(group);
-        let state = match StateFile::load(&file) {
-            Ok(Loaded::Ok(s)) => s,
-            Ok(_) => continue,
-            Err(e) => bail!("reading {}: {e}", file.display()),
-        };
-        if let Some(n) = state.nodes.into_iter().find(|n| n.name == name || n.id == name) {
-            let running =
-                n.pid.is_some_and(|p| procinfo::liveness(p, n.start_time) == Liveness::Alive);
-            return Ok(FoundNode {
-                id: n.id,
-                port: n.port,
-                running,
-                data_dir: n.data_dir,
-                config_path: n.config_path,
-            });
-        }
-    }
-    bail!(
-        "no node named {name:?} under {} (no supervisor answers and the state files do not list it)",
-        paths.root.display()
-    )
-}
-
-fn found_from_status(n: NodeStatus) -> FoundNode {
-    FoundNode {
-        running: n.pid.is_some(),
-        id: n.id,
-        port: n.port,
-        data_dir: n.data_dir,
-        config_path: n.config_path,
-    }
 }
 
 /// The effective API key of a node config, if it has one.
@@ -458,32 +398,33 @@ fn verify(args: &VerifyArgs) -> Result<()> {
             sha256: file_sha256(&args.archive)?,
             metadata: &meta,
         };
-        println!("{}", serde_json::to_string_pretty(&doc)?);
+        crate::outln!("{}", serde_json::to_string_pretty(&doc)?)?;
     } else {
-        println!("{}: OK", args.archive.display());
-        print_meta(&meta);
+        crate::outln!("{}: OK", args.archive.display())?;
+        print_meta(&meta)?;
     }
     Ok(())
 }
 
-fn print_meta(meta: &Metadata) {
+fn print_meta(meta: &Metadata) -> Result<()> {
     let c = &meta.counts;
-    println!(
+    crate::outln!(
         "  format {}, created {}, node {}, dwbase {}, source {}",
         meta.format_version,
         meta.created_at,
         meta.node_id.as_deref().unwrap_or("?"),
         meta.dwbase_version.as_deref().unwrap_or("?"),
         meta.source.as_deref().unwrap_or("?")
-    );
-    println!(
+    )?;
+    crate::outln!(
         "  {} in {}; {} ({}), every sha256 checked; index metadata for {}",
         plural(c.atoms, "atom"),
         plural(c.worlds, "world"),
         plural(c.files, "file"),
         human_bytes(c.bytes),
         plural(meta.index_metadata.len() as u64, "world")
-    );
+    )?;
+    Ok(())
 }
 
 /// "1 atom", "3 atoms".
@@ -584,16 +525,16 @@ fn restore(paths: &Paths, args: &RestoreArgs) -> Result<()> {
             replaced_previous_content: non_empty,
             metadata: &meta,
         };
-        println!("{}", serde_json::to_string_pretty(&doc)?);
+        crate::outln!("{}", serde_json::to_string_pretty(&doc)?)?;
     } else {
-        println!(
+        crate::outln!(
             "restored {} into {}{}",
             input.display(),
             target.display(),
             if non_empty { " (previous content replaced)" } else { "" }
-        );
-        print_meta(&meta);
-        println!("  audit record: {}", target.join(AUDIT_FILE).display());
+        )?;
+        print_meta(&meta)?;
+        crate::outln!("  audit record: {}", target.join(AUDIT_FILE).display())?;
     }
     Ok(())
 }
@@ -623,73 +564,6 @@ fn swap_in(staging: &Path, target: &Path) -> Result<()> {
             .with_context(|| format!("renaming {} to {}", staging.display(), target.display()));
     }
     fs::rename(&aside, staging).with_context(|| format!("renaming {}", aside.display()))
-}
-
-/// Refuses a data dir a node is using: sled's lock held, or a state file listing a node on it
-/// that is alive or that a live supervisor keeps running.
-fn refuse_if_running(paths: &Paths, target: &Path) -> Result<()> {
-    let db = target.join("db");
-    if db.is_file() && sled_locked(&db)? {
-        bail!(
-            "a node is running on {} (sled's lock on {} is held); stop it first \
-             (dwbase deploy stop NODE), then restore",
-            target.display(),
-            db.display()
-        );
-    }
-    let canon = |p: &Path| fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
-    let want = canon(target);
-    for group in [Group::Devnet, Group::Local] {
-        let Ok(Loaded::Ok(state)) = StateFile::load(&paths.state_file(group)) else { continue };
-        let supervisor_alive = state
-            .supervisor
-            .as_ref()
-            .is_some_and(|s| procinfo::liveness(s.pid, s.start_time) == Liveness::Alive);
-        for n in state.nodes.iter().filter(|n| canon(&n.data_dir) == want) {
-            if let Some(pid) = n.pid {
-                if procinfo::liveness(pid, n.start_time) == Liveness::Alive {
-                    bail!(
-                        "{} (pid {pid}) is running on {}; stop it first: dwbase deploy stop {}",
-                        n.name,
-                        target.display(),
-                        n.name
-                    );
-                }
-            }
-            if supervisor_alive && n.desired == Desired::Running {
-                bail!(
-                    "{} uses {} and the supervisor keeps it running (it would restart it during \
-                     the restore); stop it first: dwbase deploy stop {}",
-                    n.name,
-                    target.display(),
-                    n.name
-                );
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Whether someone holds sled's lock (an exclusive `flock` on `<dir>/db`).
-#[cfg(unix)]
-fn sled_locked(db: &Path) -> Result<bool> {
-    use nix::errno::Errno;
-    use nix::fcntl::{Flock, FlockArg};
-    let file = File::open(db).with_context(|| format!("opening {}", db.display()))?;
-    match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-        Ok(lock) => {
-            drop(lock);
-            Ok(false)
-        }
-        Err((_, Errno::EWOULDBLOCK)) => Ok(true),
-        Err((_, e)) => Err(e).with_context(|| format!("checking the lock on {}", db.display())),
-    }
-}
-
-/// Whether someone holds sled's lock (not checked on this platform).
-#[cfg(not(unix))]
-fn sled_locked(_db: &Path) -> Result<bool> {
-    Ok(false)
 }
 
 #[cfg(test)]

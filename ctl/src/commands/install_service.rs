@@ -21,9 +21,9 @@ use anyhow::{anyhow, bail, Context, Result};
 
 use crate::Usage;
 
-const SYSTEMD_SYSTEM: &str = include_str!("../../deploy/systemd/dwbase-supervisor.service");
-const SYSTEMD_USER: &str = include_str!("../../deploy/systemd/user/dwbase-supervisor.service");
-const LAUNCHD_AGENT: &str = include_str!("../../deploy/launchd/io.dwbase.supervisor.plist");
+const SYSTEMD_SYSTEM: &str = include_str!("../../../deploy/systemd/dwbase-supervisor.service");
+const SYSTEMD_USER: &str = include_str!("../../../deploy/systemd/user/dwbase-supervisor.service");
+const LAUNCHD_AGENT: &str = include_str!("../../../deploy/launchd/io.dwbase.supervisor.plist");
 
 /// The systemd unit's name.
 pub const UNIT_NAME: &str = "dwbase-supervisor";
@@ -178,54 +178,57 @@ pub fn run(args: InstallServiceArgs) -> Result<()> {
         Manager::Launchd => "launchd agent",
     };
     let verb = if written { "wrote" } else { "unchanged (already installed)" };
-    println!("{verb} {} ({what})", path.display());
-    println!("  runs        {}", shell_words(&spec.supervisor.words(&spec.root)));
-    println!("  state root  {}", spec.root.display());
+    crate::outln!("{verb} {} ({what})", path.display())?;
+    crate::outln!("  runs        {}", shell_words(&spec.supervisor.words(&spec.root)))?;
+    crate::outln!("  state root  {}", spec.root.display())?;
     if manager == Manager::SystemdSystem {
-        println!("  as user     {}", spec.run_as);
+        crate::outln!("  as user     {}", spec.run_as)?;
     }
     for note in notes(&spec, &exe) {
-        println!("  note: {note}");
+        crate::outln!("  note: {note}")?;
     }
     let installed = standard.join(file_name(manager));
     let commands = enable_commands(manager, &installed);
     if args.out.is_some() {
-        println!("to install it from there:");
+        crate::outln!("to install it from there:")?;
         let sudo = if manager == Manager::SystemdSystem { "sudo " } else { "" };
-        println!(
+        crate::outln!(
             "  {sudo}install -D -m 0644 {} {}",
             shell_quote(&path.to_string_lossy()),
             shell_quote(&installed.to_string_lossy())
-        );
+        )?;
     }
-    println!(
+    crate::outln!(
         "{}",
         match manager {
             Manager::Launchd => "to start it now and at every login:",
             Manager::SystemdUser => "to start it now and whenever you log in:",
             Manager::SystemdSystem => "to start it now and at every boot:",
         }
-    );
-    println!("  {}", commands.iter().map(|c| shell_words(c)).collect::<Vec<_>>().join(" && "));
+    )?;
+    crate::outln!(
+        "  {}",
+        commands.iter().map(|c| shell_words(c)).collect::<Vec<_>>().join(" && ")
+    )?;
     if manager == Manager::SystemdUser {
-        println!(
+        crate::outln!(
             "  loginctl enable-linger \"$USER\"     # keep it running after logout, start at boot"
-        );
+        )?;
     }
     let as_user = match manager {
         Manager::SystemdSystem => format!("sudo -u {} ", spec.run_as),
         _ => String::new(),
     };
-    println!("then:");
-    println!(
+    crate::outln!("then:")?;
+    crate::outln!(
         "  {as_user}DWBASE_DATA_DIR={} dwbase deploy status",
         shell_quote(&spec.root.to_string_lossy())
-    );
+    )?;
     if args.enable {
         for c in &commands {
             run_command(c)?;
         }
-        println!("enabled and started {}", file_name(manager));
+        crate::outln!("enabled and started {}", file_name(manager))?;
     }
     Ok(())
 }
@@ -341,7 +344,7 @@ fn prepare_system_root(spec: &UnitSpec) -> Result<()> {
         nix::unistd::chown(&spec.root, Some(user.uid), Some(user.gid))
             .with_context(|| format!("giving {} to {}", spec.root.display(), spec.run_as))?;
     }
-    println!("created {} (0700, for {})", spec.root.display(), spec.run_as);
+    crate::outln!("created {} (0700, for {})", spec.root.display(), spec.run_as)?;
     Ok(())
 }
 

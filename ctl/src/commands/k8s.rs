@@ -22,7 +22,6 @@
 //! base describe the same objects. The API key Secret is not rendered (a key must not sit in a
 //! file that is easily committed); how to create it is printed on stderr.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -32,12 +31,12 @@ use crate::Usage;
 /// Largest node count accepted (every pod carries the whole peer list in its environment).
 pub const MAX_NODES: u32 = 1000;
 
-const BASE_SERVICEACCOUNT: &str = include_str!("../../deploy/k8s/base/serviceaccount.yaml");
-const BASE_SERVICE_HEADLESS: &str = include_str!("../../deploy/k8s/base/service-headless.yaml");
-const BASE_SERVICE: &str = include_str!("../../deploy/k8s/base/service.yaml");
-const BASE_STATEFULSET: &str = include_str!("../../deploy/k8s/base/statefulset.yaml");
-const BASE_PDB: &str = include_str!("../../deploy/k8s/base/pdb.yaml");
-const BASE_NODE_TOML: &str = include_str!("../../deploy/k8s/base/node.toml");
+const BASE_SERVICEACCOUNT: &str = include_str!("../../../deploy/k8s/base/serviceaccount.yaml");
+const BASE_SERVICE_HEADLESS: &str = include_str!("../../../deploy/k8s/base/service-headless.yaml");
+const BASE_SERVICE: &str = include_str!("../../../deploy/k8s/base/service.yaml");
+const BASE_STATEFULSET: &str = include_str!("../../../deploy/k8s/base/statefulset.yaml");
+const BASE_PDB: &str = include_str!("../../../deploy/k8s/base/pdb.yaml");
+const BASE_NODE_TOML: &str = include_str!("../../../deploy/k8s/base/node.toml");
 
 /// The label the base's kustomization adds to every object and pod template.
 const PART_OF: &str = "app.kubernetes.io/part-of: dwbase";
@@ -121,16 +120,14 @@ pub fn run(args: K8sArgs) -> Result<()> {
     }
     match &args.out {
         None => {
-            let mut out = std::io::stdout().lock();
-            out.write_all(multi_document(&spec, &manifests).as_bytes())?;
-            out.flush()?;
+            crate::output::write_stdout(format_args!("{}", multi_document(&spec, &manifests)))?;
             eprintln!("{}", next_steps(&spec, None));
         }
         Some(dir) => {
             let files = folder(&spec, &manifests);
             write_folder(dir, &files, args.force)?;
             for (name, _) in &files {
-                println!("{}", dir.join(name).display());
+                crate::outln!("{}", dir.join(name).display())?;
             }
             eprintln!("{}", next_steps(&spec, Some(dir)));
         }
@@ -567,7 +564,7 @@ mod tests {
 
     #[test]
     fn default_image_matches_the_base_kustomization() {
-        let k = include_str!("../../deploy/k8s/base/kustomization.yaml");
+        let k = include_str!("../../../deploy/k8s/base/kustomization.yaml");
         let doc: Value = yaml_serde::from_str(k).unwrap();
         let tag = doc["images"][0]["newTag"].as_str().unwrap();
         assert_eq!(default_image(), format!("dwbase:{tag}"));

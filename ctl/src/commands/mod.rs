@@ -1,0 +1,14 @@
+//! One module per verb. Commands use the helpers beside this folder (`daemon`, `fallback`,
+//! `nodes`, `output`, `report`, …) and never each other.
+
+pub mod backup;
+pub mod clean;
+pub mod deploy;
+pub mod install_service;
+pub mod k8s;
+pub mod logs;
+pub mod restart;
+pub mod soak;
+pub mod status;
+pub mod stop;
+pub mod supervisor;

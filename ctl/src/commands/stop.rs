@@ -1,0 +1,120 @@
+//! `dwbase deploy stop`, `deploy restart` and `deploy clean`.
+
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use dwbase_proto::state::DEFAULT_STOP_TIMEOUT_MS;
+use dwbase_proto::{ClientError, Paths, Request, StopSpec};
+
+use crate::cli::StopArgs;
+use crate::daemon::{self};
+use crate::fallback::{self, StopReport};
+
+/// `dwbase deploy stop`: through the supervisor if one answers, else by signal from
+/// state.json. "Nothing to stop" is success.
+pub async fn run(paths: &Paths, args: &StopArgs) -> Result<()> {
+    let timeout_ms = args.timeout.map(|t| t.as_millis() as u64);
+    match daemon::connect(paths).await {
+        Ok(Some(mut client)) => {
+            let report = daemon::status(&mut client).await?;
+            let running: Vec<String> = report
+                .nodes
+                .iter()
+                .filter(|n| args.nodes.is_empty() || args.nodes.contains(&n.name))
+                .filter(|n| n.pid.is_some())
+                .map(|n| n.name.clone())
+                .collect();
+            // Stop with our timeout first (Shutdown carries none), then let the supervisor go.
+            let grace = timeout_ms.unwrap_or_else(|| max_recorded_grace(paths));
+            let req =
+                Request::Stop(StopSpec { nodes: args.nodes.clone(), group: None, timeout_ms });
+            daemon::request(
+                &mut client,
+                &req,
+                Duration::from_millis(grace) + Duration::from_secs(30),
+            )
+            .await
+            .context("stopping the nodes")?;
+            if running.is_empty() {
+                crate::outln!("no node was running")?;
+            } else {
+                crate::outln!("stopped {}", running.join(", "))?;
+            }
+            if args.nodes.is_empty() {
+                daemon::shutdown(&mut client, &report.supervisor, true).await?;
+                crate::outln!("supervisor (pid {}) exited", report.supervisor.pid)?;
+            }
+            Ok(())
+        }
+        Ok(None) => {
+            check_names_recorded(paths, &args.nodes)?;
+            let r =
+                fallback::stop_by_signal(paths, &args.nodes, args.timeout, args.nodes.is_empty())
+                    .await?;
+            print_signal_report(&r)?;
+            if r.failed.is_empty() {
+                Ok(())
+            } else {
+                bail!("could not stop {}", r.failed.join(", "))
+            }
+        }
+        Err(e @ ClientError::VersionMismatch { .. }) => {
+            // Signals are version-independent: SIGTERM makes any supervisor stop its nodes
+            // and exit; then sweep whatever is recorded.
+            eprintln!("{e}");
+            eprintln!("stopping by signal instead");
+            let r =
+                fallback::stop_by_signal(paths, &args.nodes, args.timeout, args.nodes.is_empty())
+                    .await?;
+            print_signal_report(&r)?;
+            Ok(())
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+pub(crate) fn check_names_recorded(paths: &Paths, names: &[String]) -> Result<()> {
+    if names.is_empty() {
+        return Ok(());
+    }
+    let known: Vec<String> = fallback::load_all(paths)?
+        .into_iter()
+        .flat_map(|g| g.state.nodes.into_iter().map(|n| n.name))
+        .collect();
+    for n in names {
+        if !known.contains(n) {
+            let known: Vec<&str> = known.iter().map(String::as_str).collect();
+            bail!("{}", dwbase_proto::unknown_node_message(n, &known));
+        }
+    }
+    Ok(())
+}
+
+fn max_recorded_grace(paths: &Paths) -> u64 {
+    fallback::load_all(paths)
+        .map(|gs| {
+            gs.iter()
+                .flat_map(|g| g.state.nodes.iter().map(|n| n.stop_timeout_ms))
+                .max()
+                .unwrap_or(DEFAULT_STOP_TIMEOUT_MS)
+        })
+        .unwrap_or(DEFAULT_STOP_TIMEOUT_MS)
+}
+
+fn print_signal_report(r: &StopReport) -> Result<()> {
+    if let Some(pid) = r.supervisor {
+        crate::outln!("supervisor (pid {pid}) stopped by SIGTERM")?;
+    }
+    if r.stopped.is_empty() && r.supervisor.is_none() {
+        crate::outln!("nothing to stop (supervisor not running, no recorded node alive)")?;
+    } else if !r.stopped.is_empty() {
+        crate::outln!("stopped {}", r.stopped.join(", "))?;
+    }
+    if !r.killed.is_empty() {
+        crate::outln!("(needed SIGKILL: {})", r.killed.join(", "))?;
+    }
+    if !r.reused.is_empty() {
+        crate::outln!("left alone (pid reused by another process): {}", r.reused.join(", "))?;
+    }
+    Ok(())
+}
