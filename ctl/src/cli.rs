@@ -48,6 +48,9 @@ pub enum Command {
     /// Run a DWBase node in the foreground (same as `dwbase-node`).
     #[command(subcommand)]
     Node(NodeCommand),
+    /// Signed offline bundles: keygen, create, verify, install.
+    #[command(subcommand)]
+    Bundle(crate::commands::bundle::BundleCommand),
 }
 
 /// `dwbase deploy …`

@@ -4,6 +4,7 @@
 //! background when a command needs one. Logs go to stderr, data to stdout, `--json` gives
 //! machine output. Exit codes: 0 success, 1 failure, 2 usage.
 
+mod atomic;
 mod cli;
 mod commands;
 mod daemon;
@@ -93,6 +94,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
         },
         Command::Backup(cmd) => commands::backup::run(&paths, cmd).await,
         Command::Test(cmd) => commands::soak::run(cmd).await,
+        Command::Bundle(cmd) => commands::bundle::run(cmd),
         Command::Supervisor(SupervisorCommand::Restart(a)) => {
             commands::supervisor::restart(&paths, a.metrics_addr).await
         }

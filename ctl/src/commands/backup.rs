@@ -28,8 +28,10 @@ use dwbase_proto::Paths;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
+use crate::atomic::swap_in;
 use crate::cli::parse_duration;
 use crate::nodes::{find_node, refuse_if_running};
+use crate::output::human_bytes;
 use crate::Usage;
 
 /// `dwbase backup …`
@@ -361,22 +363,6 @@ fn file_sha256(path: &Path) -> Result<String> {
     Ok(hex::encode(h.finalize()))
 }
 
-/// "1.2 MiB", "830 B".
-pub fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u + 1 < UNITS.len() {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
-}
-
 /// The `--json` result of `verify`.
 #[derive(Debug, Serialize)]
 struct VerifyJson<'a> {
@@ -537,33 +523,6 @@ fn restore(paths: &Paths, args: &RestoreArgs) -> Result<()> {
         crate::outln!("  audit record: {}", target.join(AUDIT_FILE).display())?;
     }
     Ok(())
-}
-
-/// Puts `staging` at `target` in one atomic step. With an existing `target`, the two are
-/// exchanged (Linux `renameat2(RENAME_EXCHANGE)`; elsewhere two renames), so `staging` then
-/// holds the old content.
-fn swap_in(staging: &Path, target: &Path) -> Result<()> {
-    if !target.exists() {
-        return fs::rename(staging, target)
-            .with_context(|| format!("renaming {} to {}", staging.display(), target.display()));
-    }
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
-        use nix::fcntl::{renameat2, RenameFlags, AT_FDCWD};
-        match renameat2(AT_FDCWD, staging, AT_FDCWD, target, RenameFlags::RENAME_EXCHANGE) {
-            Ok(()) => return Ok(()),
-            Err(e) => tracing::debug!("renameat2(RENAME_EXCHANGE) failed ({e}); using two renames"),
-        }
-    }
-    let aside = staging.with_extension("previous");
-    fs::rename(target, &aside)
-        .with_context(|| format!("moving {} aside to {}", target.display(), aside.display()))?;
-    if let Err(e) = fs::rename(staging, target) {
-        let _ = fs::rename(&aside, target);
-        return Err(e)
-            .with_context(|| format!("renaming {} to {}", staging.display(), target.display()));
-    }
-    fs::rename(&aside, staging).with_context(|| format!("renaming {}", aside.display()))
 }
 
 #[cfg(test)]

@@ -2,6 +2,7 @@
 //! `nodes`, `output`, `report`, …) and never each other.
 
 pub mod backup;
+pub mod bundle;
 pub mod clean;
 pub mod deploy;
 pub mod install_service;
