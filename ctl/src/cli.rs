@@ -45,6 +45,10 @@ pub enum Command {
     /// Run or manage the supervisor daemon.
     #[command(subcommand)]
     Supervisor(SupervisorCommand),
+    /// Offline work on a stopped node's store: check, reindex, migrate (an original DWBase
+    /// store, or a change of encryption).
+    #[command(subcommand)]
+    Storage(crate::commands::storage::StorageCommand),
     /// Run a DWBase node in the foreground (same as `dwbase-node`).
     #[command(subcommand)]
     Node(NodeCommand),

@@ -95,6 +95,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Backup(cmd) => commands::backup::run(&paths, cmd).await,
         Command::Test(cmd) => commands::soak::run(cmd).await,
         Command::Bundle(cmd) => commands::bundle::run(cmd),
+        Command::Storage(cmd) => commands::storage::run(&paths, cmd).await,
         Command::Supervisor(SupervisorCommand::Restart(a)) => {
             commands::supervisor::restart(&paths, a.metrics_addr).await
         }

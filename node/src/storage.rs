@@ -128,6 +128,21 @@ pub enum StorageError {
         /// The configured key id.
         key_id: String,
     },
+    /// The data dir holds a store written by the original DWBase.
+    #[error(
+        "data dir {dir} holds a store written by the original DWBase (0.1.x): {entries} atoms in \
+         {worlds} worlds, in a layout this node does not serve (starting on it would show an empty \
+         store). Convert it into a new folder, leaving this one untouched: dwbase storage migrate \
+         --from {dir} --to NEW_DIR, then point node.data_dir at NEW_DIR"
+    )]
+    Original {
+        /// The data dir.
+        dir: PathBuf,
+        /// Log entries found.
+        entries: u64,
+        /// Worlds found.
+        worlds: usize,
+    },
     /// A write or decode on a store opened with [`AtRest::Opaque`].
     #[error("the store in {dir} was opened for copying only")]
     Opaque {
@@ -296,7 +311,8 @@ fn unseal<'a>(
 /// and is reported as [`StorageError::Locked`].
 pub const LOCK_RETRY: Duration = Duration::from_secs(2);
 
-fn open_sled(dir: &Path, cache_bytes: u64) -> Result<sled::Db, StorageError> {
+/// Opens sled in `dir`, retrying a held lock for [`LOCK_RETRY`] (then [`StorageError::Locked`]).
+pub fn open_sled(dir: &Path, cache_bytes: u64) -> Result<sled::Db, StorageError> {
     let started = Instant::now();
     loop {
         let result = sled::Config::new()
@@ -332,6 +348,11 @@ impl Store {
         std::fs::create_dir_all(&dir)
             .map_err(|e| StorageError::Open { dir: dir.clone(), source: sled::Error::Io(e) })?;
         let db = open_sled(&dir, opts.cache_bytes)?;
+        if crate::legacy::is_original(&db).map_err(sled_err("checking the store's format"))? {
+            let (entries, worlds) =
+                crate::legacy::count(&db).map_err(sled_err("counting the original's atoms"))?;
+            return Err(StorageError::Original { dir, entries, worlds });
+        }
         check_at_rest(&db, &dir, &opts.at_rest)?;
         if db.get(FORMAT_KEY).map_err(sled_err("reading format"))?.is_none() {
             db.insert(FORMAT_KEY, FORMAT_VERSION).map_err(sled_err("writing format"))?;
@@ -559,6 +580,118 @@ impl Store {
         })
     }
 
+    /// Bulk conversion ([`crate::migrate`]): appends `atoms` in order (each after the previous in
+    /// its world's log; ids already stored are skipped) and writes `records` (replacing the
+    /// worlds' records), all in one batch, without waiting for a flush: call
+    /// [`Store::flush_blocking`] once at the end. Returns how many atoms were stored. Blocking.
+    pub fn import_blocking(
+        &self,
+        atoms: &[Atom],
+        records: &[WorldRecord],
+    ) -> Result<u64, StorageError> {
+        let _guard = self.write_lock.blocking_lock();
+        let mut batch = sled::Batch::default();
+        let mut seen = std::collections::HashSet::new();
+        let mut per_world: BTreeMap<&str, u64> = BTreeMap::new();
+        let mut bytes_total = 0u64;
+        for atom in atoms {
+            let key = atom_key(&atom.id);
+            if !seen.insert(atom.id.as_str())
+                || self.db.contains_key(&key).map_err(sled_err("checking id"))?
+            {
+                continue;
+            }
+            let json = serde_json::to_vec(atom).map_err(|e| corrupt(&key, e))?;
+            let sealed = self.seal(&key, json)?;
+            bytes_total += sealed.len() as u64 + 64;
+            let seq = self.db.generate_id().map_err(sled_err("generating seq"))?;
+            batch.insert(key, sealed);
+            batch.insert(log_key(&atom.world, seq), atom.id.as_bytes());
+            *per_world.entry(atom.world.as_str()).or_default() += 1;
+        }
+        let mut worlds = self.worlds.write().unwrap_or_else(|p| p.into_inner());
+        let mut new_records: Vec<WorldRecord> = records.to_vec();
+        for world in per_world.keys() {
+            if !worlds.contains_key(*world) && !records.iter().any(|r| r.world == *world) {
+                new_records.push(new_world_record(world));
+            }
+        }
+        for record in &new_records {
+            let wkey = world_key(&record.world);
+            let json = self.seal(&wkey, serde_json::to_vec(record).unwrap_or_default())?;
+            batch.insert(wkey, json);
+        }
+        self.note(self.db.apply_batch(batch).map_err(sled_err("importing atoms")))?;
+        for record in new_records {
+            match worlds.get_mut(&record.world) {
+                Some(state) => state.record = record,
+                None => {
+                    worlds.insert(record.world.clone(), WorldState { record, atoms: 0 });
+                }
+            }
+        }
+        let mut stored = 0;
+        for (world, n) in per_world {
+            if let Some(state) = worlds.get_mut(world) {
+                state.atoms += n;
+            }
+            stored += n;
+        }
+        self.atoms.fetch_add(stored, Ordering::Relaxed);
+        self.bytes_written.fetch_add(bytes_total, Ordering::Relaxed);
+        Ok(stored)
+    }
+
+    /// Checks that every log entry reaches a stored atom and every atom is in a log, and that
+    /// every atom decodes; with `repair`, removes the dangling entries and appends each unlogged
+    /// atom to its world's log (oldest first). Blocking; writers wait meanwhile.
+    pub fn check_log(&self, repair: bool) -> Result<LogScan, StorageError> {
+        let _guard = self.write_lock.blocking_lock();
+        let mut scan = LogScan::default();
+        let mut logged = std::collections::HashSet::new();
+        let mut dangling_keys = Vec::new();
+        for item in self.db.scan_prefix(LOG_PREFIX) {
+            let (key, id) = item.map_err(sled_err("reading log"))?;
+            scan.log_entries += 1;
+            if self
+                .db
+                .contains_key([ATOM_PREFIX, &id].concat())
+                .map_err(sled_err("reading atom"))?
+            {
+                logged.insert(id.to_vec());
+            } else {
+                scan.dangling.push(String::from_utf8_lossy(&id).into_owned());
+                dangling_keys.push(key);
+            }
+        }
+        let mut unlogged = Vec::new();
+        for item in self.db.scan_prefix(ATOM_PREFIX) {
+            let (key, bytes) = item.map_err(sled_err("scanning atoms"))?;
+            scan.atoms += 1;
+            match self.decode_atom(&key, &bytes) {
+                Ok(atom) if !logged.contains(atom.id.as_bytes()) => unlogged.push(atom),
+                Ok(_) => {}
+                Err(_) => scan.undecodable.push(String::from_utf8_lossy(&key).into_owned()),
+            }
+        }
+        unlogged.sort_by_key(Atom::timestamp_ms);
+        scan.unlogged = unlogged.iter().map(|a| a.id.clone()).collect();
+        if repair && (!dangling_keys.is_empty() || !unlogged.is_empty()) {
+            let mut batch = sled::Batch::default();
+            for key in dangling_keys {
+                batch.remove(key);
+            }
+            for atom in &unlogged {
+                let seq = self.db.generate_id().map_err(sled_err("generating seq"))?;
+                batch.insert(log_key(&atom.world, seq), atom.id.as_bytes());
+            }
+            self.note(self.db.apply_batch(batch).map_err(sled_err("repairing the log")))?;
+            self.flush_blocking()?;
+            scan.repaired = true;
+        }
+        Ok(scan)
+    }
+
     /// Flushes synchronously (shutdown path).
     pub fn flush_blocking(&self) -> Result<(), StorageError> {
         self.db.flush().map(|_| ()).map_err(sled_err("flushing"))
@@ -711,6 +844,23 @@ fn new_world_record(world: &str) -> WorldRecord {
         created_at: now_rfc3339(),
         policy: None,
     }
+}
+
+/// What [`Store::check_log`] found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LogScan {
+    /// Atoms stored.
+    pub atoms: u64,
+    /// Log entries.
+    pub log_entries: u64,
+    /// Ids of log entries whose atom is missing.
+    pub dangling: Vec<String>,
+    /// Ids of atoms no log entry reaches.
+    pub unlogged: Vec<String>,
+    /// Keys of atoms that do not decode.
+    pub undecodable: Vec<String>,
+    /// Whether the log was repaired.
+    pub repaired: bool,
 }
 
 /// An announced write (see [`Store::announce_write`]): counted from its start until its flush

@@ -12,4 +12,5 @@ pub mod restart;
 pub mod soak;
 pub mod status;
 pub mod stop;
+pub mod storage;
 pub mod supervisor;
