@@ -270,3 +270,54 @@ fn colliding_original_ids_are_renamed_with_their_links_and_reported() {
     let renamed_one = json_call(&node, "GET", &format!("/atoms/atom-1@{other}"), None);
     assert_eq!(renamed_one["world"], other);
 }
+
+#[test]
+fn a_backup_made_by_the_original_cli_verifies_and_restores_converted() {
+    let d = Deployment::new();
+    let archive = fixtures().join("plain-backup.tzst");
+    let v = d.run(&["backup", "verify", archive.to_str().unwrap()]).ok();
+    assert!(
+        v.stdout.contains("original DWBase") && v.stdout.contains("80 atoms in 5 worlds"),
+        "{v}"
+    );
+    assert!(v.stdout.contains("crc32 checked"), "{v}");
+    let v = d.run(&["backup", "verify", "--json", archive.to_str().unwrap()]).ok();
+    let doc: Value = serde_json::from_str(&v.stdout).unwrap();
+    assert_eq!((doc["format"].as_str(), doc["log_entries"].as_u64()), (Some("original"), Some(80)));
+
+    let data = d.dir.path().join("restored");
+    let out = d
+        .run(&[
+            "backup",
+            "restore",
+            "--input",
+            archive.to_str().unwrap(),
+            "--data-dir",
+            data.to_str().unwrap(),
+        ])
+        .ok();
+    assert!(out.stdout.contains("converted: 80 atoms in 5 worlds"), "{out}");
+    assert!(data.join(".snapshot_metadata.json").is_file(), "audit record");
+    let check = d.run(&["storage", "check", "--path", data.to_str().unwrap()]).ok();
+    assert!(check.stdout.contains("dwbase store") && check.stdout.contains("80 atoms"), "{check}");
+    drop(assert_serves_expected(d.dir.path(), &data, None, &expected("plain"), &no_rename));
+
+    // A damaged original backup changes nothing and names where it broke.
+    let mut bytes = std::fs::read(&archive).unwrap();
+    let cut = bytes.len() / 2;
+    bytes.truncate(cut);
+    let broken = d.dir.path().join("broken.tzst");
+    std::fs::write(&broken, &bytes).unwrap();
+    let other = d.dir.path().join("other");
+    let out = d.run(&[
+        "backup",
+        "restore",
+        "--input",
+        broken.to_str().unwrap(),
+        "--data-dir",
+        other.to_str().unwrap(),
+    ]);
+    assert_eq!(out.code(), 1, "{out}");
+    assert!(out.stderr.contains("unchanged"), "{out}");
+    assert!(!other.join("db").exists());
+}

@@ -814,6 +814,106 @@ fn copy_entry(
     }
 }
 
+/// `metadata.json` of a backup written by the original DWBase CLI.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OriginalMetadata {
+    /// Always 1.
+    pub format_version: u32,
+    /// When it was made.
+    pub created_at: String,
+    /// The node's `/index/status` then.
+    #[serde(default)]
+    pub index_metadata: Vec<serde_json::Value>,
+}
+
+/// Whether `path` is a backup written by the original DWBase CLI: its tar starts with the
+/// `data/` folder (ours start with `metadata.json`). Reads only the first entry.
+pub fn is_original_archive(path: &Path) -> Result<bool, SnapshotError> {
+    let file = File::open(path).map_err(io_err("opening", path))?;
+    let corrupt = |e: &dyn std::fmt::Display| SnapshotError::Corrupt {
+        archive: path.to_path_buf(),
+        file: "the first entry".into(),
+        message: e.to_string(),
+    };
+    let decoder = zstd::stream::read::Decoder::new(file).map_err(|e| corrupt(&e))?;
+    let mut archive = tar::Archive::new(decoder);
+    let mut entries = archive.entries().map_err(|e| corrupt(&e))?;
+    let Some(first) = entries.next() else { return Ok(false) };
+    let first = first.map_err(|e| corrupt(&e))?;
+    let name = first.path().map_err(|e| corrupt(&e))?;
+    let name = safe_name(&name).unwrap_or_default();
+    Ok(name == DATA_DIR || name.starts_with(&format!("{DATA_DIR}/")))
+}
+
+/// Reads a backup written by the original DWBase CLI (a zstd tar of `data/` then
+/// `metadata.json`, with no checksums of its own) and extracts its `data/` into `extract_to`
+/// (an existing, empty folder; files fsynced). Unsafe, unexpected or undecodable entries are
+/// errors naming the entry; so is a missing `metadata.json` or sled store.
+pub fn read_original_archive(
+    path: &Path,
+    extract_to: &Path,
+) -> Result<OriginalMetadata, SnapshotError> {
+    let file = File::open(path).map_err(io_err("opening", path))?;
+    let corrupt = |entry: &str, e: &dyn std::fmt::Display| SnapshotError::Corrupt {
+        archive: path.to_path_buf(),
+        file: entry.to_owned(),
+        message: e.to_string(),
+    };
+    let decoder = zstd::stream::read::Decoder::new(file).map_err(|e| corrupt("the start", &e))?;
+    let mut archive = tar::Archive::new(decoder);
+    let mut meta = None;
+    let mut last = String::from("the start");
+    for entry in archive.entries().map_err(|e| corrupt(&last, &e))? {
+        let mut entry = entry.map_err(|e| corrupt(&format!("the entry after {last}"), &e))?;
+        let raw = entry.path().map_err(|e| corrupt(&last, &e))?.into_owned();
+        let name = safe_name(&raw)
+            .map_err(|why| SnapshotError::Unsafe { file: raw.display().to_string(), why })?;
+        last = name.clone();
+        let kind = entry.header().entry_type();
+        if name == METADATA_FILE {
+            let mut buf = Vec::new();
+            entry.read_to_end(&mut buf).map_err(|e| corrupt(&name, &e))?;
+            let m: OriginalMetadata = serde_json::from_slice(&buf).map_err(|e| {
+                SnapshotError::BadMetadata { archive: path.to_path_buf(), message: e.to_string() }
+            })?;
+            meta = Some(m);
+            continue;
+        }
+        if name == DATA_DIR && kind.is_dir() {
+            continue;
+        }
+        let Some(rel) = name.strip_prefix(&format!("{DATA_DIR}/")) else {
+            return Err(SnapshotError::Unlisted { file: name });
+        };
+        let dest = extract_to.join(rel);
+        if kind.is_dir() {
+            fs::create_dir_all(&dest).map_err(io_err("creating", &dest))?;
+            continue;
+        }
+        if !kind.is_file() {
+            return Err(SnapshotError::Unsafe {
+                file: name,
+                why: format!("entry type {kind:?} (only files and folders are restored)"),
+            });
+        }
+        if let Some(parent) = dest.parent() {
+            fs::create_dir_all(parent).map_err(io_err("creating", parent))?;
+        }
+        let mut out = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&dest)
+            .map_err(io_err("creating", &dest))?;
+        copy_entry(&mut entry, &mut out, &dest, &|e| corrupt(&name, e))?;
+        out.sync_all().map_err(io_err("syncing", &dest))?;
+    }
+    let meta = meta.ok_or_else(|| SnapshotError::NoMetadata { archive: path.to_path_buf() })?;
+    if !crate::config::holds_store(extract_to) {
+        return Err(SnapshotError::Missing { file: format!("{DATA_DIR}/db and {DATA_DIR}/conf") });
+    }
+    Ok(meta)
+}
+
 /// A folder removed (recursively) when dropped.
 #[derive(Debug)]
 pub struct TempDir(PathBuf);

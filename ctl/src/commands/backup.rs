@@ -376,6 +376,9 @@ fn verify(args: &VerifyArgs) -> Result<()> {
     if !args.archive.is_file() {
         bail!("{} does not exist or is not a file", args.archive.display());
     }
+    if snapshot::is_original_archive(&args.archive)? {
+        return verify_original(args);
+    }
     let meta = snapshot::read_archive(&args.archive, None)?;
     if args.json {
         let doc = VerifyJson {
@@ -390,6 +393,105 @@ fn verify(args: &VerifyArgs) -> Result<()> {
         print_meta(&meta)?;
     }
     Ok(())
+}
+
+/// `verify` of a backup the original DWBase CLI wrote: it has no checksums of its own, so the
+/// archive is decoded in full, its store extracted to a temp folder and read back the way the
+/// original's replay would (every log entry's crc32 against its atom; encrypted atoms are
+/// decrypted when their key is set, else counted).
+fn verify_original(args: &VerifyArgs) -> Result<()> {
+    let tmp = snapshot::TempDir::new_in(&std::env::temp_dir(), "dwbase-verify")
+        .context("creating a temp folder")?;
+    let meta = snapshot::read_original_archive(&args.archive, tmp.path())?;
+    let db = dwbase_node::storage::open_sled(tmp.path(), 16 << 20)?;
+    let (entries, worlds) = dwbase_node::legacy::count(&db)?;
+    let read = dwbase_node::legacy::read(&db, tmp.path());
+    drop(db);
+    let (checked, note) = match &read {
+        Ok(c) if c.truncated.is_empty() => (true, String::new()),
+        Ok(c) => (
+            true,
+            c.truncated
+                .iter()
+                .map(|t| {
+                    format!(
+                        "; the replay of {} stops at log entry {}: {}",
+                        t.world, t.seq, t.reason
+                    )
+                })
+                .collect(),
+        ),
+        Err(dwbase_node::legacy::LegacyError::Key { source, .. }) => {
+            (false, format!("; atoms not decrypted: {source}"))
+        }
+        Err(e) => bail!("{}: the store inside does not read back: {e}", args.archive.display()),
+    };
+    if args.json {
+        let doc = serde_json::json!({
+            "archive": args.archive, "ok": true, "format": "original",
+            "sha256": file_sha256(&args.archive)?, "metadata": meta,
+            "log_entries": entries, "worlds": worlds, "atoms_decoded": checked,
+            "truncated": read.as_ref().map(|c| c.truncated.clone()).unwrap_or_default(),
+        });
+        crate::outln!("{}", serde_json::to_string_pretty(&doc)?)?;
+    } else {
+        crate::outln!("{}: OK (a backup written by the original DWBase)", args.archive.display())?;
+        crate::outln!(
+            "  format {}, created {}; no checksums of its own: decoded in full, {} in {} read \
+             back{}{note}",
+            meta.format_version,
+            meta.created_at,
+            plural(entries, "atom"),
+            plural(worlds as u64, "world"),
+            if checked { ", every log entry's crc32 checked" } else { "" }
+        )?;
+        crate::outln!("  `dwbase backup restore` converts it to this build's format")?;
+    }
+    Ok(())
+}
+
+/// Extracts a backup of the original DWBase beside `staging` and converts its store into
+/// `staging` (empty), as `dwbase storage migrate` does; returns our metadata for the audit
+/// record.
+fn restore_original(input: &Path, staging: &Path, parent: &Path, name: &str) -> Result<Metadata> {
+    let raw = snapshot::TempDir::new_in(parent, &format!("{name}.original"))
+        .with_context(|| format!("creating a staging folder in {}", parent.display()))?;
+    let original = snapshot::read_original_archive(input, raw.path())?;
+    let report = dwbase_node::migrate::migrate(&dwbase_node::migrate::MigrateOptions {
+        from: raw.path().to_path_buf(),
+        to: staging.to_path_buf(),
+        key: dwbase_node::migrate::TargetKey::SameAsSource,
+        include_orphans: false,
+    })
+    .context("converting the original DWBase's store")?;
+    // The conversion report goes to stderr: stdout stays the restore's own result.
+    eprintln!(
+        "converted the original DWBase backup: {} atoms in {} worlds{}",
+        report.atoms,
+        report.worlds.len(),
+        if report.renamed.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; {} atoms renamed (ids reused across the original's runs): {}",
+                report.renamed.len(),
+                report
+                    .renamed
+                    .iter()
+                    .map(|r| format!("{} in {} -> {}", r.from, r.world, r.to))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        }
+    );
+    let mut meta = Metadata::new("original-dwbase-backup", None, None);
+    meta.created_at = original.created_at;
+    meta.index_metadata = original.index_metadata;
+    meta.counts.atoms = report.atoms;
+    meta.counts.log_entries = report.atoms;
+    meta.counts.worlds = report.worlds.len() as u64;
+    meta.dwbase_version = Some("0.1 (the original)".into());
+    Ok(meta)
 }
 
 fn print_meta(meta: &Metadata) -> Result<()> {
@@ -476,9 +578,13 @@ fn restore(paths: &Paths, args: &RestoreArgs) -> Result<()> {
     fs::create_dir_all(&parent).with_context(|| format!("creating {}", parent.display()))?;
     let staging = snapshot::TempDir::new_in(&parent, &format!("{name}.restore"))
         .with_context(|| format!("creating a staging folder in {}", parent.display()))?;
-    let meta = snapshot::read_archive(&input, Some(staging.path())).with_context(|| {
-        format!("{} was not restored; {} is unchanged", input.display(), target.display())
-    })?;
+    let unchanged =
+        || format!("{} was not restored; {} is unchanged", input.display(), target.display());
+    let meta = if snapshot::is_original_archive(&input).with_context(unchanged)? {
+        restore_original(&input, staging.path(), &parent, &name).with_context(unchanged)?
+    } else {
+        snapshot::read_archive(&input, Some(staging.path())).with_context(unchanged)?
+    };
     let audit = Audit {
         restored_at: dwbase_node::model::now_rfc3339(),
         restored_from: &input,
@@ -519,7 +625,16 @@ fn restore(paths: &Paths, args: &RestoreArgs) -> Result<()> {
             target.display(),
             if non_empty { " (previous content replaced)" } else { "" }
         )?;
-        print_meta(&meta)?;
+        if meta.source.as_deref() == Some("original-dwbase-backup") {
+            crate::outln!(
+                "  a backup of the original DWBase (created {}), converted: {} in {}",
+                meta.created_at,
+                plural(meta.counts.atoms, "atom"),
+                plural(meta.counts.worlds, "world")
+            )?;
+        } else {
+            print_meta(&meta)?;
+        }
         crate::outln!("  audit record: {}", target.join(AUDIT_FILE).display())?;
     }
     Ok(())
