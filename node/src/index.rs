@@ -44,6 +44,8 @@ pub const W_CONTRADICTED: f32 = 0.25;
 pub const W_CONFIRMED: f32 = 0.15;
 /// Weight of recency.
 pub const W_RECENCY: f32 = 0.1;
+/// How many of a world's most recent atoms [`Index::recent`] ranks.
+pub const FALLBACK_RECENT: usize = 1000;
 /// Label terms count this many times (a label is a strong hint).
 const LABEL_TF: u32 = 2;
 /// Longest indexed token, in characters.
@@ -133,6 +135,16 @@ impl LinkEffects {
             LinkKind::Confirms => self.confirmed = self.confirmed.saturating_add(1),
             LinkKind::References => {}
         }
+    }
+
+    /// The original DWBase's rank score: importance, −1 if superseded, −0.3 per contradiction,
+    /// +0.2 per confirmation.
+    fn original_score(self, importance: f32) -> f32 {
+        let mut s = importance;
+        if self.superseded {
+            s -= 1.0;
+        }
+        s - 0.3 * f32::from(self.contradicted) + 0.2 * f32::from(self.confirmed)
     }
 
     fn score(self) -> f32 {
@@ -420,6 +432,47 @@ impl Index {
             .map(|(score, _, d)| Hit { id: wi.info[d as usize].id.to_string(), score })
             .collect();
         SearchResult { hits, had_terms: !terms.is_empty(), candidates: total }
+    }
+
+    /// The original DWBase's answer when nothing matches the question: the world's most recent
+    /// atoms (up to [`FALLBACK_RECENT`], restricted by the filter), ranked as it ranked them —
+    /// importance, −1 if superseded, −0.3 per contradiction, +0.2 per confirmation, then newer,
+    /// then more important — best `limit` first.
+    pub fn recent(&self, world: &str, filter: &CompiledFilter, limit: usize) -> Vec<Hit> {
+        let inner = self.read();
+        let Some(wi) = inner.worlds.get(world) else { return Vec::new() };
+        let needs_sets = !filter.labels.is_empty() || !filter.flags.is_empty();
+        let mut docs: Vec<u32> = (0..wi.docs.len() as u32)
+            .filter(|&i| {
+                let d = &wi.docs[i as usize];
+                if needs_sets {
+                    let info = &wi.info[i as usize];
+                    filter.matches(d.kind, d.ts_ms, &info.labels, &info.flags)
+                } else {
+                    filter.matches(d.kind, d.ts_ms, &[], &[])
+                }
+            })
+            .collect();
+        let ts = |i: &u32| wi.docs[*i as usize].ts_ms;
+        if docs.len() > FALLBACK_RECENT {
+            docs.select_nth_unstable_by(FALLBACK_RECENT - 1, |a, b| ts(b).cmp(&ts(a)));
+            docs.truncate(FALLBACK_RECENT);
+        }
+        let mut scored: Vec<(f32, i64, f32, u32)> = docs
+            .into_iter()
+            .map(|i| {
+                let d = &wi.docs[i as usize];
+                (d.links.original_score(d.importance), d.ts_ms, d.importance, i)
+            })
+            .collect();
+        scored.sort_unstable_by(|a, b| {
+            b.0.total_cmp(&a.0).then(b.1.cmp(&a.1)).then(b.2.total_cmp(&a.2)).then(b.3.cmp(&a.3))
+        });
+        scored
+            .into_iter()
+            .take(limit)
+            .map(|(score, _, _, d)| Hit { id: wi.info[d as usize].id.to_string(), score })
+            .collect()
     }
 
     /// Index-wide figures.
@@ -740,6 +793,23 @@ mod tests {
         let f = AtomFilter { limit: Some(1), ..Default::default() }.compile().unwrap();
         assert_eq!(index.search("w", "", &f, 1).hits.len(), 1, "no terms: all atoms rank");
         assert!(index.search("other", "same", &f, 10).hits.is_empty());
+    }
+
+    #[test]
+    fn recent_ranks_as_the_original() {
+        let index = Index::new(0);
+        index.insert(&atom("old-important", "a", 0.9, T0));
+        index.insert(&atom("new-minor", "b", 0.2, T1));
+        index.insert(&atom("new-same", "c", 0.2, "2024-01-03T00:00:00Z"));
+        let mut sup = atom("superseder", "d", 0.5, T1);
+        sup.links = vec![Link { target: "old-important".into(), kind: LinkKind::Supersedes }];
+        index.insert(&sup);
+        let f = AtomFilter::default().compile().unwrap();
+        let got: Vec<String> = index.recent("w", &f, 10).into_iter().map(|h| h.id).collect();
+        // 0.5; 0.2 (newer first); 0.9 − 1 for being superseded.
+        assert_eq!(got, ["superseder", "new-same", "new-minor", "old-important"]);
+        assert_eq!(index.recent("w", &f, 2).len(), 2);
+        assert!(index.recent("nope", &f, 2).is_empty());
     }
 
     #[test]

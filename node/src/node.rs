@@ -359,22 +359,34 @@ impl Node {
             }
             Some(_) => {}
         }
-        if !result.had_terms {
-            warnings.push(
-                "question has no searchable terms; atoms ranked by importance, links and recency"
-                    .into(),
-            );
-        } else if result.hits.is_empty() && self.inner.store.world(&q.world).is_some() {
-            warnings.push("no atom matched the question text".into());
-        }
+        // No lexical match (or nothing to match on): answer as the original DWBase did, with
+        // the world's recent atoms ranked by importance and links, and say so.
+        let lexical = result.had_terms && !result.hits.is_empty();
+        let hits = if !lexical && self.inner.store.world(&q.world).is_some() {
+            let hits = index.recent(&q.world, &filter, limit);
+            if !hits.is_empty() {
+                warnings.push(if result.had_terms {
+                    "no atom matched the question text; answered with the world's recent atoms, \
+                     ranked as the original DWBase did (importance, links, then newest)"
+                        .into()
+                } else {
+                    "question has no searchable terms; answered with the world's recent atoms, \
+                     ranked as the original DWBase did (importance, links, then newest)"
+                        .into()
+                });
+            }
+            hits
+        } else {
+            result.hits
+        };
         let unindexed = index.world_status(std::slice::from_ref(&q.world))[0].unindexed_docs;
         if unindexed > 0 {
             warnings.push(format!(
                 "{unindexed} atoms of this world are not text-indexed (index memory share used up)"
             ));
         }
-        let mut atoms = Vec::with_capacity(result.hits.len());
-        for hit in &result.hits {
+        let mut atoms = Vec::with_capacity(hits.len());
+        for hit in &hits {
             if let Some(atom) = self.inner.store.get(&hit.id)? {
                 atoms.push(atom);
             }
