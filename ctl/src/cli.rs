@@ -25,6 +25,10 @@ pub struct Cli {
     /// More log output on stderr (-v info, -vv debug, -vvv trace); RUST_LOG overrides.
     #[arg(short, long, action = ArgAction::Count, global = true)]
     pub verbose: u8,
+    /// Node API base URL for the node commands (list-worlds, ask, replay, …), given before the
+    /// command as with the original CLI; their own --api wins [default: http://127.0.0.1:8080].
+    #[arg(long, value_name = "URL")]
+    pub api: Option<String>,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -49,6 +53,22 @@ pub enum Command {
     /// store, or a change of encryption).
     #[command(subcommand)]
     Storage(crate::commands::storage::StorageCommand),
+    /// List a node's worlds (archived ones are hidden).
+    ListWorlds(crate::commands::atoms::ListWorldsArgs),
+    /// Ask a question in a world; prompts for it when -q is omitted.
+    Ask(crate::commands::atoms::AskArgs),
+    /// Replay a world's atoms in the order they were remembered.
+    Replay(crate::commands::atoms::ReplayArgs),
+    /// Show one atom by id.
+    Inspect(crate::commands::atoms::InspectArgs),
+    /// Remember an atom (prints its id).
+    Remember(crate::commands::atoms::RememberArgs),
+    /// Create, archive, resume a world, or set its policy.
+    #[command(subcommand)]
+    World(crate::commands::world::WorldCommand),
+    /// A node's text index.
+    #[command(subcommand)]
+    Index(crate::commands::world::IndexCommand),
     /// Run a DWBase node in the foreground (same as `dwbase-node`).
     #[command(subcommand)]
     Node(NodeCommand),

@@ -10,6 +10,7 @@ mod commands;
 mod daemon;
 mod fallback;
 mod filelogs;
+mod nodeapi;
 mod nodes;
 mod output;
 mod passthrough;
@@ -47,6 +48,7 @@ fn main() -> ExitCode {
         _ => {}
     }
     init_tracing(cli.verbose);
+    nodeapi::set_global_api(cli.api);
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -96,6 +98,13 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Test(cmd) => commands::soak::run(cmd).await,
         Command::Bundle(cmd) => commands::bundle::run(cmd),
         Command::Storage(cmd) => commands::storage::run(&paths, cmd).await,
+        Command::ListWorlds(a) => commands::atoms::list_worlds(&paths, a).await,
+        Command::Ask(a) => commands::atoms::ask(&paths, a).await,
+        Command::Replay(a) => commands::atoms::replay(&paths, a).await,
+        Command::Inspect(a) => commands::atoms::inspect(&paths, a).await,
+        Command::Remember(a) => commands::atoms::remember(&paths, a).await,
+        Command::World(cmd) => commands::world::run(&paths, cmd).await,
+        Command::Index(cmd) => commands::world::index(&paths, cmd).await,
         Command::Supervisor(SupervisorCommand::Restart(a)) => {
             commands::supervisor::restart(&paths, a.metrics_addr).await
         }

@@ -257,14 +257,7 @@ fn node_id_beside(data_dir: &Path) -> Option<String> {
     same.then_some(cfg.node.id)
 }
 
-fn normalize_url(api: &str) -> String {
-    let trimmed = api.trim().trim_end_matches('/');
-    if trimmed.contains("://") {
-        trimmed.to_owned()
-    } else {
-        format!("http://{trimmed}")
-    }
-}
+use crate::nodeapi::normalize_url;
 
 /// `POST <url>/admin/snapshot` into `dest`.
 async fn download(url: &str, key: Option<&str>, dest: &Path, timeout: Duration) -> Result<()> {

@@ -1,6 +1,7 @@
 //! One module per verb. Commands use the helpers beside this folder (`daemon`, `fallback`,
 //! `nodes`, `output`, `report`, …) and never each other.
 
+pub mod atoms;
 pub mod backup;
 pub mod bundle;
 pub mod clean;
@@ -14,3 +15,4 @@ pub mod status;
 pub mod stop;
 pub mod storage;
 pub mod supervisor;
+pub mod world;
