@@ -310,6 +310,8 @@ check_promtool() {
   promtool check config "$p/compose.prometheus.yml"
   promtool check rules "$p/alerts.yml"
   promtool test rules "$p/alerts_test.yml"
+  "$PY" "$CHECKS" alerts-tested "$p/alerts.yml" "$p/alerts_test.yml"
+  "$PY" "$CHECKS" prometheusrule "$p/alerts.yml" "$ROOT/deploy/k8s/components/prometheus-operator/prometheusrule.yaml"
 }
 
 check_grafana() {
@@ -408,6 +410,21 @@ check_k8s() {
   "$PY" "$CHECKS" k8s "$out/dev.yaml" --label overlays/dev --replicas 3 --namespace dwbase-dev --secret generated
   "$PY" "$CHECKS" k8s "$out/prod.yaml" --label overlays/prod --replicas 5 --namespace dwbase --secret external
   "$PY" "$CHECKS" k8s "$out/render.yaml" --label "render(N=4)" --replicas 4 --namespace dwbase-render --secret external
+  # The optional prometheus-operator component on top of the dev overlay: ServiceMonitor wiring
+  # and the PrometheusRule's rules (its CRDs have no schema in kubernetes-validate).
+  mkdir -p "$out/operator"
+  printf 'apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nnamespace: dwbase-dev\nresources:\n  - %s\ncomponents:\n  - %s\n' \
+    "$(realpath --relative-to="$out/operator" "$k/overlays/dev")" \
+    "$(realpath --relative-to="$out/operator" "$k/components/prometheus-operator")" >"$out/operator/kustomization.yaml"
+  kustomize_build "$out/operator" >"$out/operator.yaml"
+  "$PY" "$CHECKS" operator "$out/operator.yaml" --alerts "$ROOT/deploy/prometheus/alerts.yml" --rules-out "$out/operator-rules.yml"
+  promtool check rules "$out/operator-rules.yml"
+  # The annotation-driven kubernetes-pods job (deploy/prometheus/kubernetes-pods.yml), its
+  # relabeling applied to the rendered pod template: the alerts' and dashboard's node selectors
+  # match the target it yields (Debian's promtool is built without Kubernetes discovery, so
+  # `promtool check config` cannot read that file).
+  "$PY" "$CHECKS" k8s-scrape "$out/dev.yaml" "$ROOT/deploy/prometheus/kubernetes-pods.yml" \
+    --alerts "$ROOT/deploy/prometheus/alerts.yml" --dashboard "$ROOT/deploy/prometheus/grafana-dashboard.json"
   check_cli_render "$out" 1
 }
 

@@ -58,7 +58,7 @@ fn user_unit_with_filled_paths_is_verified_and_not_replaced_without_force() {
     let sup = supervisor_bin();
     assert!(
         text.contains(&format!(
-            "\nExecStart={} run --root \"{root_s}\" --foreground\n",
+            "\nExecStart={} run --root \"{root_s}\" --foreground --metrics-addr 127.0.0.1:9464\n",
             sup.display()
         )),
         "{text}"
@@ -114,7 +114,7 @@ fn system_unit_names_the_user_and_root_and_is_verified() {
     assert!(text.contains(&format!("\nReadWritePaths={}\n", root.display())), "{text}");
     assert!(
         text.contains(&format!(
-            "\nExecStart={} run --root {} --foreground\n",
+            "\nExecStart={} run --root {} --foreground --metrics-addr 127.0.0.1:9464\n",
             supervisor_bin().display(),
             root.display()
         )),

@@ -25,6 +25,10 @@ pub struct Cli {
     /// More log output on stderr (-v info, -vv debug, -vvv trace); RUST_LOG overrides.
     #[arg(short, long, action = ArgAction::Count, global = true)]
     pub verbose: u8,
+    /// Colour on stderr: auto (only on a terminal, and not when NO_COLOR is set), always or
+    /// never.
+    #[arg(long, value_enum, value_name = "WHEN", default_value_t, global = true)]
+    pub color: dwbase_node::term::ColorWhen,
     /// Node API base URL for the node commands (list-worlds, ask, replay, …), given before the
     /// command as with the original CLI; their own --api wins [default: http://127.0.0.1:8080].
     #[arg(long, value_name = "URL")]
@@ -75,6 +79,10 @@ pub enum Command {
     /// Signed offline bundles: keygen, create, verify, install.
     #[command(subcommand)]
     Bundle(crate::commands::bundle::BundleCommand),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions(crate::commands::completions::CompletionsArgs),
+    /// Print the man page, or write all of them into a folder (--out-dir).
+    Man(crate::commands::completions::ManArgs),
 }
 
 /// `dwbase deploy …`

@@ -14,12 +14,13 @@ mod nodeapi;
 mod nodes;
 mod output;
 mod passthrough;
+mod progress;
 mod report;
 mod signals;
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 
 use cli::{Cli, Command, DeployCommand, NodeCommand, SupervisorCommand};
 
@@ -34,7 +35,10 @@ pub struct Usage(pub String);
 pub struct Silent(pub u8);
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // clap's own help and errors follow --color too, so look for it before parsing.
+    let color = dwbase_node::term::ColorWhen::from_args(std::env::args_os());
+    let matches = Cli::command().color(color.clap()).get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     // These two hand the process over to the node or supervisor, which set up their own
     // logging and runtime.
     match cli.command {
@@ -47,7 +51,7 @@ fn main() -> ExitCode {
         Command::Node(NodeCommand::Run { args }) => return passthrough::node(args),
         _ => {}
     }
-    init_tracing(cli.verbose);
+    init_tracing(cli.verbose, cli.color);
     nodeapi::set_global_api(cli.api);
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
@@ -97,6 +101,8 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Backup(cmd) => commands::backup::run(&paths, cmd).await,
         Command::Test(cmd) => commands::soak::run(cmd).await,
         Command::Bundle(cmd) => commands::bundle::run(cmd),
+        Command::Completions(a) => commands::completions::completions(&a),
+        Command::Man(a) => commands::completions::man(&a),
         Command::Storage(cmd) => commands::storage::run(&paths, cmd).await,
         Command::ListWorlds(a) => commands::atoms::list_worlds(&paths, a).await,
         Command::Ask(a) => commands::atoms::ask(&paths, a).await,
@@ -136,7 +142,8 @@ fn error_text(e: &anyhow::Error) -> String {
 }
 
 /// Logs to stderr: warnings by default, `-v` info, `-vv` debug, `-vvv` trace; RUST_LOG wins.
-fn init_tracing(verbose: u8) {
+/// Colour per `--color` (auto: a terminal and no NO_COLOR).
+fn init_tracing(verbose: u8, color: dwbase_node::term::ColorWhen) {
     use tracing_subscriber::EnvFilter;
     let default = match verbose {
         0 => "warn",
@@ -152,7 +159,7 @@ fn init_tracing(verbose: u8) {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_ansi(color.stderr())
         .with_target(false)
         .init();
 }

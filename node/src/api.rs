@@ -376,15 +376,14 @@ async fn health(State(node): State<Node>) -> Response {
     }
 }
 
-async fn metrics(State(node): State<Node>) -> Response {
-    let text = tokio::task::spawn_blocking(move || node.metrics_text()).await.unwrap_or_default();
-    (
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
-        )],
-        text,
-    )
+/// Classic Prometheus text unless `Accept` asks for OpenMetrics (see [`crate::metrics`]).
+async fn metrics(State(node): State<Node>, headers: HeaderMap) -> Response {
+    let format = crate::metrics::negotiate(
+        headers.get_all(header::ACCEPT).iter().filter_map(|v| v.to_str().ok()),
+    );
+    let text =
+        tokio::task::spawn_blocking(move || node.metrics_as(format)).await.unwrap_or_default();
+    ([(header::CONTENT_TYPE, HeaderValue::from_static(format.content_type()))], text)
         .into_response()
 }
 

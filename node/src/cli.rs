@@ -11,6 +11,7 @@ use clap::Parser;
 
 use crate::config::Config;
 use crate::node::Node;
+use crate::term::ColorWhen;
 
 /// Exit code for a configuration error (bad file, env or flags).
 pub const EXIT_CONFIG: u8 = 2;
@@ -33,6 +34,10 @@ pub struct NodeArgs {
     /// Node id. Beats DWBASE_NODE_ID.
     #[arg(long, value_name = "ID")]
     pub node_id: Option<String>,
+    /// Colour in log lines: auto (only when stderr is a terminal and NO_COLOR is not set),
+    /// always or never.
+    #[arg(long, value_enum, value_name = "WHEN", default_value_t)]
+    pub color: ColorWhen,
 }
 
 impl NodeArgs {
@@ -67,16 +72,21 @@ impl NodeArgs {
 
 /// `main` of the `dwbase-node` binary: parses the flags and runs.
 pub fn main() -> ExitCode {
-    run(NodeArgs::parse())
+    let color = ColorWhen::from_args(std::env::args_os());
+    let matches = <NodeArgs as clap::CommandFactory>::command().color(color.clap()).get_matches();
+    match <NodeArgs as clap::FromArgMatches>::from_arg_matches(&matches) {
+        Ok(args) => run(args),
+        Err(e) => e.exit(),
+    }
 }
 
 /// Installs the stderr log subscriber (`RUST_LOG`, default `info`) unless one is already set.
-pub fn init_tracing() {
+/// Colour per `color` ([`ColorWhen::stderr`]): under the supervisor stderr is a pipe into the
+/// node's log file, where escape sequences are noise, so `auto` writes none there.
+pub fn init_tracing(color: ColorWhen) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    // No colour codes unless a person is watching: under the supervisor stderr is a pipe into
-    // the node's log file, where escape sequences are noise.
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let ansi = color.stderr();
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -87,7 +97,7 @@ pub fn init_tracing() {
 /// Runs a node with these flags until SIGTERM or Ctrl+C; exit 0 after a clean shutdown,
 /// [`EXIT_CONFIG`] for configuration errors, [`EXIT_FAILURE`] otherwise.
 pub fn run(args: NodeArgs) -> ExitCode {
-    init_tracing();
+    init_tracing(args.color);
     let config = match args.load_config() {
         Ok(c) => c,
         Err(e) => {

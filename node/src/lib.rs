@@ -28,6 +28,7 @@ pub mod server;
 pub mod snapshot;
 pub mod storage;
 pub mod swarm;
+pub mod term;
 
 pub use config::Config;
 pub use node::Node;

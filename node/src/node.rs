@@ -89,11 +89,13 @@ impl Node {
             tracing::info!(key_id, "encryption at rest: atoms and world records are sealed");
         }
         let limits = Limits::new(n.security.remember_per_sec, n.security.ask_per_min);
+        let metrics = Metrics::new();
+        metrics.set_caps(n.limits.max_disk_mb, n.limits.max_ram_mb);
         let node = Node {
             inner: Arc::new(Inner {
                 store,
                 index: Index::new(index_budget),
-                metrics: Arc::new(Metrics::new()),
+                metrics: Arc::new(metrics),
                 limits,
                 started: Instant::now(),
                 sample: RwLock::new(Sample::default()),
@@ -306,7 +308,7 @@ impl Node {
         if let Some(swarm) = self.inner.swarm.get() {
             swarm.publish(Arc::new(atom));
         }
-        self.inner.metrics.remember_latency_ms.observe(started.elapsed().as_secs_f64() * 1000.0);
+        self.inner.metrics.remember_latency_seconds.observe(started.elapsed().as_secs_f64());
         Ok(id)
     }
 
@@ -391,7 +393,7 @@ impl Node {
                 atoms.push(atom);
             }
         }
-        self.inner.metrics.ask_latency_ms.observe(started.elapsed().as_secs_f64() * 1000.0);
+        self.inner.metrics.ask_latency_seconds.observe(started.elapsed().as_secs_f64());
         Ok(Answer { world: q.world, text: q.text, supporting_atoms: atoms, warnings })
     }
 
@@ -402,7 +404,7 @@ impl Node {
         self.check_read(&req.world)?;
         let filter = req.filter.unwrap_or_default().compile()?;
         let atoms = self.inner.store.replay(&req.world, &filter)?;
-        self.inner.metrics.replay_latency_ms.observe(started.elapsed().as_secs_f64() * 1000.0);
+        self.inner.metrics.replay_latency_seconds.observe(started.elapsed().as_secs_f64());
         Ok(atoms)
     }
 
@@ -614,8 +616,13 @@ impl Node {
         }
     }
 
-    /// Refreshes the gauges that are cheap to compute and renders `/metrics`.
+    /// Refreshes the gauges that are cheap to compute and renders `/metrics` (OpenMetrics).
     pub fn metrics_text(&self) -> String {
+        self.metrics_as(crate::metrics::Format::OpenMetrics)
+    }
+
+    /// Refreshes the gauges that are cheap to compute and renders `/metrics` in `format`.
+    pub fn metrics_as(&self, format: crate::metrics::Format) -> String {
         let m = &self.inner.metrics;
         let store = &self.inner.store;
         let stats = self.inner.index.stats();
@@ -623,14 +630,14 @@ impl Node {
         m.worlds.set(store.worlds().iter().filter(|(r, _)| !r.archived).count() as i64);
         m.index_docs.set(stats.docs as i64);
         m.index_terms.set(stats.terms as i64);
-        m.index_freshness_ms.set(stats.rebuild_lag_ms as i64);
+        m.index_freshness_seconds.set(stats.rebuild_lag_ms as f64 / 1000.0);
         m.index_memory_bytes.set(stats.approx_bytes as i64);
         m.index_unindexed_docs.set(stats.unindexed_docs as i64);
         m.ready.set(i64::from(self.health().ready));
         m.uptime_seconds.set(self.uptime_secs());
         m.data_dir_bytes.set(self.data_dir_bytes_estimate() as i64);
         m.swarm_queue_depth.set(self.inner.swarm.get().map_or(0, |s| s.queue_depth()) as i64);
-        m.encode()
+        m.encode_as(format)
     }
 
     /// Flushes the store (shutdown).

@@ -617,6 +617,16 @@ impl<R: io::BufRead> Read for Frames<R> {
 /// missing, unlisted, unsafe or undecodable entry is an error naming the file.
 pub fn read_archive(path: &Path, extract_to: Option<&Path>) -> Result<Metadata, SnapshotError> {
     let file = File::open(path).map_err(io_err("opening", path))?;
+    read_archive_from(path, file, extract_to)
+}
+
+/// [`read_archive`] of the archive `path` already opened as `file` (a caller can count the
+/// bytes read for a progress bar); errors name `path`.
+pub fn read_archive_from(
+    path: &Path,
+    file: impl Read,
+    extract_to: Option<&Path>,
+) -> Result<Metadata, SnapshotError> {
     let corrupt = |file: &str, e: &dyn std::fmt::Display| SnapshotError::Corrupt {
         archive: path.to_path_buf(),
         file: file.to_owned(),

@@ -381,26 +381,35 @@ async fn request_id_is_echoed_or_generated() {
     node.stop().await.unwrap();
 }
 
-/// Families every dashboard relies on: (sample name, TYPE line family name, type).
+/// Families every dashboard relies on: (sample name, OpenMetrics family name, type). In the
+/// classic text format `# HELP`/`# TYPE` name the sample (`_total` included).
 const FAMILIES: &[(&str, &str, &str)] = &[
     ("dwbase_http_requests_total", "dwbase_http_requests", "counter"),
-    ("dwbase_remember_latency_ms", "dwbase_remember_latency_ms", "histogram"),
-    ("dwbase_ask_latency_ms", "dwbase_ask_latency_ms", "histogram"),
-    ("dwbase_replay_latency_ms", "dwbase_replay_latency_ms", "histogram"),
+    ("dwbase_remember_latency_seconds", "dwbase_remember_latency_seconds", "histogram"),
+    ("dwbase_ask_latency_seconds", "dwbase_ask_latency_seconds", "histogram"),
+    ("dwbase_replay_latency_seconds", "dwbase_replay_latency_seconds", "histogram"),
     ("dwbase_atoms_stored", "dwbase_atoms_stored", "gauge"),
     ("dwbase_worlds", "dwbase_worlds", "gauge"),
     ("dwbase_disk_used_bytes", "dwbase_disk_used_bytes", "gauge"),
     ("dwbase_disk_total_bytes", "dwbase_disk_total_bytes", "gauge"),
     ("dwbase_disk_used_percent", "dwbase_disk_used_percent", "gauge"),
     ("dwbase_data_dir_bytes", "dwbase_data_dir_bytes", "gauge"),
+    ("dwbase_disk_cap_bytes", "dwbase_disk_cap_bytes", "gauge"),
+    ("dwbase_memory_cap_bytes", "dwbase_memory_cap_bytes", "gauge"),
     ("dwbase_index_docs", "dwbase_index_docs", "gauge"),
     ("dwbase_index_terms", "dwbase_index_terms", "gauge"),
-    ("dwbase_index_freshness_ms", "dwbase_index_freshness_ms", "gauge"),
+    ("dwbase_index_freshness_seconds", "dwbase_index_freshness_seconds", "gauge"),
     ("dwbase_ready", "dwbase_ready", "gauge"),
     ("dwbase_uptime_seconds", "dwbase_uptime_seconds", "gauge"),
     ("dwbase_rate_limited_total", "dwbase_rate_limited", "counter"),
     ("dwbase_refused_total", "dwbase_refused", "counter"),
     ("dwbase_swarm_pushes_total", "dwbase_swarm_pushes", "counter"),
+    ("dwbase_build_info", "dwbase_build_info", "gauge"),
+    ("process_cpu_seconds_total", "process_cpu_seconds", "counter"),
+    ("process_resident_memory_bytes", "process_resident_memory_bytes", "gauge"),
+    ("process_open_fds", "process_open_fds", "gauge"),
+    ("process_max_fds", "process_max_fds", "gauge"),
+    ("process_start_time_seconds", "process_start_time_seconds", "gauge"),
 ];
 
 /// One parsed sample line.
@@ -471,22 +480,48 @@ async fn metrics_are_prometheus_text_with_the_agreed_names() {
     node.get(&format!("/atoms/{id}")).await;
     node.get("/atoms/missing").await;
 
+    // No Accept header (curl, promtool): the classic text format.
     let resp = node.client.get(node.at("/metrics")).send().await.unwrap();
     assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-type"], "text/plain; version=0.0.4; charset=utf-8");
     let text = resp.text().await.unwrap();
+    assert!(!text.contains("# EOF"), "classic text has no # EOF");
     let samples = parse_prometheus(&text);
-    for (sample, family, kind) in FAMILIES {
-        if *family == "dwbase_swarm_pushes" {
+    for (sample, _, kind) in FAMILIES {
+        if *sample == "dwbase_swarm_pushes_total" {
             continue; // present once swarm peers are configured (checked in the swarm test)
         }
-        assert!(text.contains(&format!("# HELP {family} ")), "HELP for {family}");
-        assert!(text.contains(&format!("# TYPE {family} {kind}\n")), "TYPE for {family}");
+        assert!(text.contains(&format!("# HELP {sample} ")), "HELP for {sample}");
+        assert!(text.contains(&format!("# TYPE {sample} {kind}\n")), "TYPE for {sample}");
         if *kind == "histogram" {
             assert!(samples.iter().any(|s| s.name == format!("{sample}_bucket")), "{sample}");
             assert!(samples.iter().any(|s| s.name == format!("{sample}_count")), "{sample}");
         } else {
             assert!(samples.iter().any(|s| s.name == *sample), "sample {sample}");
         }
+    }
+    // Prometheus' own Accept header: OpenMetrics, families named without `_total`.
+    let resp = node
+        .client
+        .get(node.at("/metrics"))
+        .header(
+            "accept",
+            "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5",
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.headers()["content-type"],
+        "application/openmetrics-text; version=1.0.0; charset=utf-8"
+    );
+    let om = resp.text().await.unwrap();
+    assert!(om.ends_with("# EOF\n"));
+    for (sample, family, kind) in FAMILIES {
+        if *sample == "dwbase_swarm_pushes_total" {
+            continue;
+        }
+        assert!(om.contains(&format!("# TYPE {family} {kind}\n")), "OpenMetrics TYPE for {family}");
     }
     // Route label is the matched template, not the concrete path.
     assert_eq!(
@@ -505,7 +540,7 @@ async fn metrics_are_prometheus_text_with_the_agreed_names() {
         ),
         1.0
     );
-    assert_eq!(metric_value(&text, "dwbase_remember_latency_ms_count", &[]), 1.0);
+    assert_eq!(metric_value(&text, "dwbase_remember_latency_seconds_count", &[]), 1.0);
     assert_eq!(metric_value(&text, "dwbase_atoms_stored", &[]), 1.0);
     assert_eq!(metric_value(&text, "dwbase_ready", &[]), 1.0);
     assert!(metric_value(&text, "dwbase_disk_total_bytes", &[]) > 0.0, "sampled at start");
@@ -684,7 +719,7 @@ async fn swarm_pushes_atoms_and_ingest_is_idempotent() {
     assert_eq!(atoms.as_array().unwrap().len(), 1);
 
     let text = node_a.client.get(node_a.at("/metrics")).send().await.unwrap().text().await.unwrap();
-    assert!(text.contains("# TYPE dwbase_swarm_pushes counter\n"), "{text}");
+    assert!(text.contains("# TYPE dwbase_swarm_pushes_total counter\n"), "{text}");
     assert_eq!(
         metric_value(
             &text,

@@ -32,6 +32,7 @@ use crate::atomic::swap_in;
 use crate::cli::parse_duration;
 use crate::nodes::{find_node, refuse_if_running};
 use crate::output::human_bytes;
+use crate::progress::Progress;
 use crate::Usage;
 
 /// `dwbase backup …`
@@ -152,19 +153,22 @@ async fn create(paths: &Paths, args: CreateArgs) -> Result<()> {
     let source = resolve_source(paths, &args).await?;
     let partial = partial_path(&out);
     let _ = fs::remove_file(&partial);
+    let progress = Progress::on_stderr();
     let result = match &source {
         Source::Api { url, key, .. } => {
-            download(url, key.as_deref(), &partial, args.timeout).await?;
-            let p = partial.clone();
-            tokio::task::spawn_blocking(move || snapshot::read_archive(&p, None))
+            download(url, key.as_deref(), &partial, args.timeout, &progress).await?;
+            let (p, pr) = (partial.clone(), progress.clone());
+            tokio::task::spawn_blocking(move || verify_written(&p, &pr))
                 .await?
                 .with_context(|| format!("the node sent an archive that does not verify ({url})"))
         }
         Source::Offline { data_dir, node_id } => {
             let (d, n, p) = (data_dir.clone(), node_id.clone(), partial.clone());
-            tokio::task::spawn_blocking(move || offline_archive(&d, n, &p)).await?
+            let pr = progress.clone();
+            tokio::task::spawn_blocking(move || offline_archive(&d, n, &p, &pr)).await?
         }
     };
+    progress.finish();
     let meta = match result {
         Ok(m) => m,
         Err(e) => {
@@ -260,7 +264,13 @@ fn node_id_beside(data_dir: &Path) -> Option<String> {
 use crate::nodeapi::normalize_url;
 
 /// `POST <url>/admin/snapshot` into `dest`.
-async fn download(url: &str, key: Option<&str>, dest: &Path, timeout: Duration) -> Result<()> {
+async fn download(
+    url: &str,
+    key: Option<&str>,
+    dest: &Path,
+    timeout: Duration,
+    progress: &Progress,
+) -> Result<()> {
     let client = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(5))
         .timeout(timeout)
@@ -289,6 +299,7 @@ async fn download(url: &str, key: Option<&str>, dest: &Path, timeout: Duration) 
         bail!("{url} refused the snapshot: {status}: {}{hint}", msg.trim());
     }
     let mut file = File::create(dest).with_context(|| format!("creating {}", dest.display()))?;
+    progress.step(&format!("receiving the snapshot from {url}"), resp.content_length());
     let mut received = 0u64;
     while let Some(chunk) = resp
         .chunk()
@@ -297,13 +308,19 @@ async fn download(url: &str, key: Option<&str>, dest: &Path, timeout: Duration) 
     {
         file.write_all(&chunk).with_context(|| format!("writing {}", dest.display()))?;
         received += chunk.len() as u64;
+        progress.inc(chunk.len() as u64);
     }
     file.sync_all().with_context(|| format!("syncing {}", dest.display()))?;
     Ok(())
 }
 
 /// Snapshot of a stopped node's data dir, archived to `dest`.
-fn offline_archive(data_dir: &Path, node_id: Option<String>, dest: &Path) -> Result<Metadata> {
+fn offline_archive(
+    data_dir: &Path,
+    node_id: Option<String>,
+    dest: &Path,
+    progress: &Progress,
+) -> Result<Metadata> {
     if !data_dir.join("db").is_file() {
         if !data_dir.exists() {
             bail!("data dir {} does not exist", data_dir.display());
@@ -315,6 +332,7 @@ fn offline_archive(data_dir: &Path, node_id: Option<String>, dest: &Path) -> Res
         .with_context(|| format!("creating a temp folder in {}", parent.display()))?;
     let snap = tmp.path().join(DATA_DIR);
     let mut meta = Metadata::new("offline", node_id, Some(data_dir.to_path_buf()));
+    progress.step(&format!("copying the store of {}", data_dir.display()), None);
     meta.counts = match snapshot::snapshot_offline(data_dir, &snap) {
         Ok(c) => c,
         Err(SnapshotError::Storage(StorageError::Locked { .. })) => {
@@ -325,13 +343,27 @@ fn offline_archive(data_dir: &Path, node_id: Option<String>, dest: &Path) -> Res
         }
         Err(e) => return Err(e.into()),
     };
+    // A spinner with the compressed bytes written (the compressed size is not known ahead).
+    progress.step(
+        &format!("compressing {} of store into the archive", human_bytes(meta.counts.bytes)),
+        None,
+    );
     let file = File::create(dest).with_context(|| format!("creating {}", dest.display()))?;
-    let mut w = std::io::BufWriter::new(file);
+    let mut w = std::io::BufWriter::new(progress.writer(file));
     snapshot::write_archive(&snap, &mut meta, &mut w)?;
-    let file = w.into_inner().map_err(|e| e.into_error()).context("writing the archive")?;
+    let file =
+        w.into_inner().map_err(|e| e.into_error()).context("writing the archive")?.into_inner();
     file.sync_all().with_context(|| format!("syncing {}", dest.display()))?;
     // Read back what was written: a backup that does not verify is not a backup.
-    snapshot::read_archive(dest, None).context("verifying the archive just written")
+    verify_written(dest, progress).context("verifying the archive just written")
+}
+
+/// Reads back the archive at `path` in full (every file's sha256), counting into `progress`.
+fn verify_written(path: &Path, progress: &Progress) -> Result<Metadata> {
+    let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let size = file.metadata().map(|m| m.len()).ok();
+    progress.step("verifying the archive", size);
+    Ok(snapshot::read_archive_from(path, progress.reader(file), None)?)
 }
 
 /// `<out>.partial` beside `<out>`.
@@ -573,11 +605,18 @@ fn restore(paths: &Paths, args: &RestoreArgs) -> Result<()> {
         .with_context(|| format!("creating a staging folder in {}", parent.display()))?;
     let unchanged =
         || format!("{} was not restored; {} is unchanged", input.display(), target.display());
+    let progress = Progress::on_stderr();
     let meta = if snapshot::is_original_archive(&input).with_context(unchanged)? {
+        progress.step("converting the original DWBase backup", None);
         restore_original(&input, staging.path(), &parent, &name).with_context(unchanged)?
     } else {
-        snapshot::read_archive(&input, Some(staging.path())).with_context(unchanged)?
+        let file = File::open(&input).with_context(|| format!("opening {}", input.display()))?;
+        let size = file.metadata().map(|m| m.len()).ok();
+        progress.step(&format!("extracting and checking {}", input.display()), size);
+        snapshot::read_archive_from(&input, progress.reader(file), Some(staging.path()))
+            .with_context(unchanged)?
     };
+    progress.finish();
     let audit = Audit {
         restored_at: dwbase_node::model::now_rfc3339(),
         restored_from: &input,

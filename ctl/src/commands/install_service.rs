@@ -14,6 +14,7 @@
 //! anchor once, so a change of the shipped file that an edit no longer fits fails the unit
 //! tests instead of writing a half-edited unit.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -31,6 +32,9 @@ pub const UNIT_NAME: &str = "dwbase-supervisor";
 pub const LAUNCHD_LABEL: &str = "io.dwbase.supervisor";
 /// The user the system-wide unit runs as unless told otherwise (deploy/systemd/dwbase.sysusers.conf).
 pub const DEFAULT_RUN_AS: &str = "dwbase";
+/// Where the installed supervisor serves its metrics unless told otherwise: the address the
+/// shipped scrape config (deploy/prometheus/prometheus.yml) expects.
+pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9464";
 
 /// `dwbase deploy install-service`
 #[derive(Debug, Clone, clap::Args)]
@@ -60,6 +64,13 @@ pub struct InstallServiceArgs {
     /// System-wide systemd unit only: the user the supervisor runs as (default: dwbase).
     #[arg(long, value_name = "USER", conflicts_with_all = ["user", "launchd"])]
     pub run_as: Option<String>,
+    /// Where the supervisor serves its Prometheus metrics (`--metrics-addr` of `supervisor
+    /// run`; loopback, as deploy/prometheus/prometheus.yml scrapes it).
+    #[arg(long, value_name = "ADDR", default_value = DEFAULT_METRICS_ADDR)]
+    pub metrics_addr: SocketAddr,
+    /// Serve no metrics (the unit runs the supervisor without `--metrics-addr`).
+    #[arg(long, conflicts_with = "metrics_addr")]
+    pub no_metrics: bool,
 }
 
 /// Which service manager.
@@ -96,10 +107,13 @@ impl Supervisor {
     }
 
     /// The whole command line as words.
-    fn words(&self, root: &Path) -> Vec<String> {
+    fn words(&self, root: &Path, metrics: Option<SocketAddr>) -> Vec<String> {
         let mut w = vec![self.program.to_string_lossy().into_owned()];
         w.extend(self.args.iter().cloned());
         w.extend(["--root".into(), root.to_string_lossy().into_owned(), "--foreground".into()]);
+        if let Some(addr) = metrics {
+            w.extend(["--metrics-addr".into(), addr.to_string()]);
+        }
         w
     }
 }
@@ -115,6 +129,15 @@ pub struct UnitSpec {
     pub root: PathBuf,
     /// System-wide unit: `User=`.
     pub run_as: String,
+    /// `--metrics-addr` of the supervisor, if any.
+    pub metrics_addr: Option<SocketAddr>,
+}
+
+impl UnitSpec {
+    /// The supervisor's command line.
+    fn words(&self) -> Vec<String> {
+        self.supervisor.words(&self.root, self.metrics_addr)
+    }
 }
 
 /// `dwbase deploy install-service`.
@@ -143,6 +166,7 @@ pub fn run(args: InstallServiceArgs) -> Result<()> {
         supervisor: Supervisor::beside(&exe),
         root,
         run_as: args.run_as.clone().unwrap_or_else(|| DEFAULT_RUN_AS.to_owned()),
+        metrics_addr: (!args.no_metrics).then_some(args.metrics_addr),
     };
     if spec.run_as.is_empty() || spec.run_as.chars().any(|c| c.is_whitespace() || c == '%') {
         return Err(Usage(format!("--run-as {:?} is not a user name", spec.run_as)).into());
@@ -179,7 +203,7 @@ pub fn run(args: InstallServiceArgs) -> Result<()> {
     };
     let verb = if written { "wrote" } else { "unchanged (already installed)" };
     crate::outln!("{verb} {} ({what})", path.display())?;
-    crate::outln!("  runs        {}", shell_words(&spec.supervisor.words(&spec.root)))?;
+    crate::outln!("  runs        {}", shell_words(&spec.words()))?;
     crate::outln!("  state root  {}", spec.root.display())?;
     if manager == Manager::SystemdSystem {
         crate::outln!("  as user     {}", spec.run_as)?;
@@ -423,7 +447,7 @@ fn state_directory(root: &Path) -> Option<String> {
 }
 
 fn header(spec: &UnitSpec, template: &str) -> String {
-    let words = shell_words(&spec.supervisor.words(&spec.root));
+    let words = shell_words(&spec.words());
     let (scope, enable) = match spec.manager {
         Manager::SystemdSystem => {
             ("system-wide", "systemctl daemon-reload && systemctl enable --now")
@@ -522,7 +546,7 @@ fn render_system(spec: &UnitSpec) -> Result<String> {
         "Environment=DWBASE_DATA_DIR=",
         format!("Environment={}", unit_value(&format!("DWBASE_DATA_DIR={root}"))),
     )?;
-    u.set("ExecStart=", format!("ExecStart={}", exec_line(&spec.supervisor.words(&spec.root))))?;
+    u.set("ExecStart=", format!("ExecStart={}", exec_line(&spec.words())))?;
     match state_directory(&spec.root) {
         Some(rel) => u.set("StateDirectory=", format!("StateDirectory={rel}"))?,
         None => {
@@ -549,7 +573,7 @@ fn render_user(spec: &UnitSpec) -> Result<String> {
         "ExecStartPre=",
         format!("ExecStartPre={}", exec_line(&["/bin/mkdir".into(), "-p".into(), root.clone()])),
     )?;
-    u.set("ExecStart=", format!("ExecStart={}", exec_line(&spec.supervisor.words(&spec.root))))?;
+    u.set("ExecStart=", format!("ExecStart={}", exec_line(&spec.words())))?;
     Ok(u.text(&header(spec, file)))
 }
 
@@ -579,6 +603,11 @@ fn render_launchd(spec: &UnitSpec) -> Result<String> {
         "exec dwbase-supervisor run ",
         &xml_escape(&format!("exec {} ", shell_words(&program))),
     )?;
+    let metrics = match spec.metrics_addr {
+        Some(addr) => format!(" --metrics-addr {addr}"),
+        None => String::new(),
+    };
+    replace(&format!(" --metrics-addr {DEFAULT_METRICS_ADDR}"), &metrics)?;
     // Our own comment instead of the generic install notes (no "--" inside an XML comment).
     let start = text.find("<!--").ok_or_else(|| anyhow!("{file}: no comment"))?;
     let end = text.find("-->").ok_or_else(|| anyhow!("{file}: no comment end"))? + 3;
@@ -657,6 +686,7 @@ mod tests {
             supervisor: Supervisor { program: program.to_owned(), args: vec!["run".into()] },
             root: root.to_owned(),
             run_as: DEFAULT_RUN_AS.into(),
+            metrics_addr: Some(DEFAULT_METRICS_ADDR.parse().unwrap()),
         }
     }
 
@@ -714,7 +744,7 @@ mod tests {
         let quoted_sup = format!("\"{}\"", sup.display());
         assert!(
             text.contains(&format!(
-                "\nExecStart={quoted_sup} run --root \"{}\" --foreground\n",
+                "\nExecStart={quoted_sup} run --root \"{}\" --foreground --metrics-addr 127.0.0.1:9464\n",
                 root.display()
             )),
             "{text}"
@@ -747,7 +777,7 @@ mod tests {
         let text = render(&s).unwrap();
         assert!(text.contains(&format!("\nExecStartPre=/bin/mkdir -p {}\n", root.display())));
         assert!(text.contains(&format!(
-            "\nExecStart=\"{}\" run --root {} --foreground\n",
+            "\nExecStart=\"{}\" run --root {} --foreground --metrics-addr 127.0.0.1:9464\n",
             sup.display(),
             root.display()
         )));
@@ -769,6 +799,7 @@ mod tests {
             },
             root: "/Users/me/Library/Application Support/dwbase".into(),
             run_as: DEFAULT_RUN_AS.into(),
+            metrics_addr: Some("127.0.0.1:9500".parse().unwrap()),
         };
         let text = render(&s).unwrap();
         assert!(
@@ -778,6 +809,9 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("exec /Users/me/bin/dwbase supervisor run --root"), "{text}");
+        assert!(text.contains("--foreground --metrics-addr 127.0.0.1:9500 2&gt;&gt;"), "{text}");
+        let quiet = render(&UnitSpec { metrics_addr: None, ..s.clone() }).unwrap();
+        assert!(!quiet.contains("--metrics-addr"), "{quiet}");
         assert!(!text.contains("$HOME/Library"), "{text}");
         let comment = &text[text.find("<!--").unwrap() + 4..text.find("-->").unwrap()];
         assert!(!comment.contains("--"), "{comment}");

@@ -5,6 +5,7 @@ pub mod atoms;
 pub mod backup;
 pub mod bundle;
 pub mod clean;
+pub mod completions;
 pub mod deploy;
 pub mod install_service;
 pub mod k8s;

@@ -348,13 +348,13 @@ impl Shared {
         let fresh: Vec<usize> =
             (0..n).filter(|i| !tried.contains(i) && avoid[*i].is_none_or(|t| t <= now)).collect();
         if !fresh.is_empty() {
-            return fresh[rng.gen_range(0..fresh.len())];
+            return fresh[rng.random_range(0..fresh.len())];
         }
         let untried: Vec<usize> = (0..n).filter(|i| !tried.contains(i)).collect();
         if !untried.is_empty() {
-            return untried[rng.gen_range(0..untried.len())];
+            return untried[rng.random_range(0..untried.len())];
         }
-        rng.gen_range(0..n)
+        rng.random_range(0..n)
     }
 }
 
@@ -429,30 +429,30 @@ async fn worker(shared: Arc<Shared>, task: u32, seed: u64, deadline: Instant) {
     let mut n: u64 = 0;
     while Instant::now() < deadline && !shared.stop.load(Ordering::Relaxed) {
         n += 1;
-        let roll = rng.gen_range(0..100);
+        let roll = rng.random_range(0..100);
         let op = match roll {
             0..=59 => Op::Remember,
             60..=84 => Op::Ask,
             _ => Op::Replay,
         };
-        let world = format!("soak-{}", rng.gen_range(0..WORLDS));
+        let world = format!("soak-{}", rng.random_range(0..WORLDS));
         let worker_name = format!("soak-w{task}-{}", n % 64);
         let (path, body, payload) = match op {
             Op::Remember => {
                 let words: Vec<&str> =
-                    (0..4).map(|_| WORDS[rng.gen_range(0..WORDS.len())]).collect();
+                    (0..4).map(|_| WORDS[rng.random_range(0..WORDS.len())]).collect();
                 let payload = serde_json::json!({
                     "text": words.join(" "),
                     "task": task,
                     "n": n,
-                    "nonce": rng.gen::<u64>(),
+                    "nonce": rng.random::<u64>(),
                 })
                 .to_string();
                 let body = serde_json::json!({
                     "world": world,
                     "worker": worker_name,
-                    "kind": KINDS[rng.gen_range(0..KINDS.len())],
-                    "importance": rng.gen_range(0.0..1.0),
+                    "kind": KINDS[rng.random_range(0..KINDS.len())],
+                    "importance": rng.random_range(0.0..1.0),
                     "payload_json": payload,
                     "labels": ["soak"],
                 });
@@ -461,8 +461,8 @@ async fn worker(shared: Arc<Shared>, task: u32, seed: u64, deadline: Instant) {
             Op::Ask => {
                 let text = format!(
                     "{} {}",
-                    WORDS[rng.gen_range(0..WORDS.len())],
-                    WORDS[rng.gen_range(0..WORDS.len())]
+                    WORDS[rng.random_range(0..WORDS.len())],
+                    WORDS[rng.random_range(0..WORDS.len())]
                 );
                 ("/ask", serde_json::json!({"world": world, "text": text}), None)
             }
@@ -1151,7 +1151,7 @@ fn ready_node<'a>(status: &'a StatusReport, rng: &mut StdRng) -> Option<&'a Node
         .iter()
         .filter(|n| n.group == Group::Devnet && n.state == NodeState::Ready && n.pid.is_some())
         .collect();
-    (!ready.is_empty()).then(|| ready[rng.gen_range(0..ready.len())])
+    (!ready.is_empty()).then(|| ready[rng.random_range(0..ready.len())])
 }
 
 async fn inject(
