@@ -43,14 +43,26 @@ impl<T: DeserializeOwned> FromRequest<Node> for ApiJson<T> {
 
     async fn from_request(req: Request, node: &Node) -> Result<Self, ApiError> {
         let limit = node.config().node.security.max_body_bytes;
-        let buf = read_body(req, limit).await?;
+        let buf = read_body(req, limit, body_timeout(node)).await?;
         parse_json(&buf).map(ApiJson)
     }
 }
 
+/// How long a request may take to send its body (`node.limits.body_timeout_secs`).
+fn body_timeout(node: &Node) -> Duration {
+    Duration::from_secs(node.config().node.limits.body_timeout_secs.max(1))
+}
+
 /// Reads a request body of at most `limit` bytes (413 JSON past it, before reading when the
-/// declared length is already too large).
-pub async fn read_body(req: Request, limit: u64) -> Result<Vec<u8>, ApiError> {
+/// declared length is already too large) within `timeout` (408 past it: a client trickling
+/// its body must not hold a connection for ever).
+pub async fn read_body(req: Request, limit: u64, timeout: Duration) -> Result<Vec<u8>, ApiError> {
+    tokio::time::timeout(timeout, read_body_inner(req, limit))
+        .await
+        .unwrap_or_else(|_| Err(ApiError::body_timeout(timeout)))
+}
+
+async fn read_body_inner(req: Request, limit: u64) -> Result<Vec<u8>, ApiError> {
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -317,7 +329,7 @@ enum IngestBody {
 async fn swarm_ingest(State(node): State<Node>, req: Request) -> Result<Response, ApiError> {
     // Peers send batches of atoms that were each accepted under max_body_bytes.
     let limit = node.config().node.security.max_body_bytes.saturating_mul(2).max(INGEST_MIN_LIMIT);
-    let body = read_body(req, limit).await?;
+    let body = read_body(req, limit, body_timeout(&node)).await?;
     // Parse as Vec first to get field paths for the common (array) case.
     let atoms = match parse_json::<Vec<Atom>>(&body) {
         Ok(atoms) => atoms,

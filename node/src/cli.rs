@@ -172,8 +172,7 @@ async fn run_async(config: Config) -> anyhow::Result<()> {
     let node = tokio::task::spawn_blocking(move || Node::open(config))
         .await
         .context("opening the store")??;
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
+    let listener = crate::connections::bind(listen)
         .with_context(|| format!("binding {listen} (node.listen / --listen / DWBASE_LISTEN)"))?;
     let addr = listener.local_addr()?;
     let data_dir = std::fs::canonicalize(&data_dir).unwrap_or(data_dir);

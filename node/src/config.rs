@@ -271,13 +271,40 @@ impl StorageConfig {
 }
 
 /// `[node.limits]`: resource caps (ours; the original read them but never enforced them).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsConfig {
     /// Memory cap in MiB; 0 = no cap. sled's cache gets a quarter, the text index half.
     pub max_ram_mb: u64,
     /// Data dir size cap in MiB; 0 = no cap. Past it remember answers 507 and `/readyz` 503.
     pub max_disk_mb: u64,
+    /// Most client connections open at once (kept below the open-file limit); past it new
+    /// clients get 503 at once.
+    pub max_connections: u64,
+    /// Seconds a connection has to send a complete request head, counted from the accept and
+    /// again after each response on a keep-alive connection (so idle connections close too).
+    pub header_timeout_secs: u64,
+    /// Seconds a request has to send its whole body; past it the answer is 408.
+    pub body_timeout_secs: u64,
+}
+
+/// Default `node.limits.max_connections`.
+pub const DEFAULT_MAX_CONNECTIONS: u64 = 4096;
+/// Default `node.limits.header_timeout_secs`.
+pub const DEFAULT_HEADER_TIMEOUT_SECS: u64 = 10;
+/// Default `node.limits.body_timeout_secs`.
+pub const DEFAULT_BODY_TIMEOUT_SECS: u64 = 30;
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_ram_mb: 0,
+            max_disk_mb: 0,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            header_timeout_secs: DEFAULT_HEADER_TIMEOUT_SECS,
+            body_timeout_secs: DEFAULT_BODY_TIMEOUT_SECS,
+        }
+    }
 }
 
 /// `[node.swarm]`: push remembered atoms to peers (off by default).
@@ -406,6 +433,9 @@ const SCHEMA: &[(&str, Kind)] = &[
     ("node.limits", Kind::Table),
     ("node.limits.max_ram_mb", Kind::UInt),
     ("node.limits.max_disk_mb", Kind::UInt),
+    ("node.limits.max_connections", Kind::UInt),
+    ("node.limits.header_timeout_secs", Kind::UInt),
+    ("node.limits.body_timeout_secs", Kind::UInt),
     ("node.swarm", Kind::Table),
     ("node.swarm.enabled", Kind::Bool),
     ("node.swarm.peers", Kind::StrArray),
@@ -788,6 +818,16 @@ impl Config {
         }
         if sec.max_body_bytes == 0 {
             push("node.security.max_body_bytes", "must be > 0".into());
+        }
+        let limits = &node.limits;
+        for (key, value) in [
+            ("node.limits.max_connections", limits.max_connections),
+            ("node.limits.header_timeout_secs", limits.header_timeout_secs),
+            ("node.limits.body_timeout_secs", limits.body_timeout_secs),
+        ] {
+            if value == 0 {
+                push(key, "must be > 0".into());
+            }
         }
         let degraded = node.health.disk_usage_degraded;
         if !(0.0..=1.0).contains(&degraded) {

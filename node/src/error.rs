@@ -85,6 +85,19 @@ impl ApiError {
         .refused("body_too_large")
     }
 
+    /// 408: the body did not arrive within `node.limits.body_timeout_secs`.
+    pub fn body_timeout(timeout: std::time::Duration) -> Self {
+        Self::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "body_timeout",
+            format!(
+                "the request body did not arrive within {}s (node.limits.body_timeout_secs)",
+                timeout.as_secs()
+            ),
+        )
+        .refused("body_timeout")
+    }
+
     /// 401: missing or wrong bearer token.
     pub fn unauthorized() -> Self {
         Self::new(

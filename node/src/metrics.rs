@@ -58,6 +58,10 @@ pub const METRIC_NAMES: &[&str] = &[
     "process_max_fds",
     "process_start_time_seconds",
     "process_threads",
+    "dwbase_http_connections",
+    "dwbase_http_connections_refused_total",
+    "dwbase_http_connections_evicted_total",
+    "dwbase_http_header_timeouts_total",
 ];
 
 /// Every `reason` of `dwbase_refused_total`.
@@ -68,6 +72,7 @@ pub const REFUSAL_REASONS: &[&str] = &[
     "bad_request",
     "body_too_large",
     "archived",
+    "body_timeout",
 ];
 
 /// Labels of `dwbase_http_requests_total`.
@@ -169,6 +174,16 @@ pub struct Metrics {
     pub disk_cap_bytes: Gauge,
     /// `dwbase_memory_cap_bytes` (node.limits.max_ram_mb in bytes; 0 = no cap).
     pub memory_cap_bytes: Gauge,
+    /// `dwbase_http_connections` (client connections open).
+    pub connections: Gauge,
+    /// `dwbase_http_connections_refused_total` (503 at the connection limit).
+    pub connections_refused: Counter,
+    /// `dwbase_http_connections_evicted_total` (idle connections closed at the limit to make
+    /// room for a new client).
+    pub connections_evicted: Counter,
+    /// `dwbase_http_header_timeouts_total` (connections closed for a slow or missing request
+    /// head, idle keep-alive included).
+    pub header_timeouts: Counter,
 }
 
 impl Default for Metrics {
@@ -207,6 +222,10 @@ impl Metrics {
             swarm_queue_depth: Gauge::default(),
             disk_cap_bytes: Gauge::default(),
             memory_cap_bytes: Gauge::default(),
+            connections: Gauge::default(),
+            connections_refused: Counter::default(),
+            connections_evicted: Counter::default(),
+            header_timeouts: Counter::default(),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -312,6 +331,23 @@ impl Metrics {
             .set(1);
         r.register("dwbase_build_info", "Always 1; the labels name this build", build_info);
         r.register_collector(Box::new(ProcessCollector));
+        r.register("dwbase_http_connections", "Client connections open", m.connections.clone());
+        r.register(
+            "dwbase_http_connections_refused",
+            "Connections answered 503 and closed at node.limits.max_connections",
+            m.connections_refused.clone(),
+        );
+        r.register(
+            "dwbase_http_connections_evicted",
+            "Idle connections closed at node.limits.max_connections to make room for a new client",
+            m.connections_evicted.clone(),
+        );
+        r.register(
+            "dwbase_http_header_timeouts",
+            "Connections closed for not sending a complete request head within \
+             node.limits.header_timeout_secs (idle keep-alive connections included)",
+            m.header_timeouts.clone(),
+        );
         // Pre-create the refusal series so alert rules see zeros rather than nothing.
         for reason in REFUSAL_REASONS {
             let _ = m.refused.get_or_create(&ReasonLabels { reason: (*reason).to_owned() });

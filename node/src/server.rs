@@ -3,8 +3,7 @@
 //! Tests call it in-process on a `127.0.0.1:0` listener; only [`crate::cli`] turns OS signals
 //! into the shutdown future.
 
-use std::future::{Future, IntoFuture};
-use std::net::SocketAddr;
+use std::future::Future;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -13,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::api::{self, DRAIN_TIMEOUT};
+use crate::connections::{self, ConnLimits};
 use crate::node::Node;
 use crate::swarm::Swarm;
 
@@ -58,29 +58,19 @@ where
         tracing::warn!("swarm enabled but node.swarm.peers is empty; nothing to push to");
     }
 
-    let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
     let signal = async move {
         shutdown.await;
         tracing::info!("shutdown requested: no new connections; finishing in-flight requests");
-        let _ = drain_tx.send(());
     };
     let app = api::router(node.clone());
-    let server = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(signal)
-        .into_future();
-    let drain_deadline = async move {
-        match drain_rx.await {
-            Ok(()) => tokio::time::sleep(DRAIN_TIMEOUT).await,
-            Err(_) => std::future::pending().await,
-        }
-    };
-    let (served, clean) = tokio::select! {
-        result = server => (result.context("serving HTTP"), true),
-        () = drain_deadline => {
-            tracing::warn!(timeout = ?DRAIN_TIMEOUT, "in-flight requests did not finish in time; closing them");
-            (Ok(()), false)
-        }
-    };
+    let nofile = connections::raise_nofile_limit();
+    let limits = ConnLimits::from_config(&node.config().node.limits, nofile);
+    let clean =
+        connections::serve(listener, app, limits, node.metrics().clone(), signal, DRAIN_TIMEOUT)
+            .await;
+    if !clean {
+        tracing::warn!(timeout = ?DRAIN_TIMEOUT, "in-flight requests did not finish in time; closing them");
+    }
 
     node.request_stop();
     cancel.cancel();
@@ -95,7 +85,7 @@ where
         .context("flushing the store at shutdown")?;
     write_summary(&node, clean);
     tracing::info!(atoms = node.store().atom_count(), "stopped; store flushed");
-    served
+    Ok(())
 }
 
 /// Writes `summaries_dir/last-run.json`: what this run did, for operators and the supervisor.
