@@ -158,6 +158,7 @@ pub async fn run(opts: RunOptions, shutdown: CancellationToken) -> anyhow::Resul
         socket: instance.socket().to_owned(),
         metrics_url,
         started_unix_ms: unix_ms(SystemTime::now()),
+        startup: Default::default(),
     };
     let cfg = runner::RunnerConfig {
         paths: paths.clone(),
@@ -171,6 +172,8 @@ pub async fn run(opts: RunOptions, shutdown: CancellationToken) -> anyhow::Resul
         probe_timeout: Duration::from_secs(1),
     };
     let (runner, handle) = runner::Runner::new(cfg)?;
+    let mut info = info;
+    info.startup = runner.startup().clone();
     let runner_task = tokio::spawn(runner.run());
 
     let background = CancellationToken::new();
@@ -244,7 +247,7 @@ async fn feed_metrics(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let age = taken.elapsed();
-        for n in snapshot.iter() {
+        for n in snapshot.nodes.iter() {
             let up = n.pid.is_some();
             m.set_node(
                 &n.name,
@@ -267,7 +270,7 @@ async fn feed_metrics(
             }
         }
         restarts.retain(|name, _| {
-            let keep = snapshot.iter().any(|n| &n.name == name);
+            let keep = snapshot.nodes.iter().any(|n| &n.name == name);
             if !keep {
                 m.remove_node(name);
             }

@@ -7,7 +7,8 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 
-use dwbase_proto::{DevnetSpec, ErrorKind, ErrorReply, Group, LocalSpec, Paths};
+use dwbase_proto::{DevnetSpec, ErrorKind, ErrorReply, Group, LivenessSpec, LocalSpec, Paths, Template};
+use sha2::{Digest, Sha256};
 
 /// The built-in devnet template.
 pub const DEVNET_TEMPLATE: &str = include_str!("../../deploy/devnet.toml");
@@ -37,12 +38,50 @@ pub struct RenderedNode {
     pub config_path: PathBuf,
     /// `<dir>/logs/node.log`.
     pub log_path: PathBuf,
-    /// The config text to write.
+    /// The config text to write (a comment header, then [`RenderedNode::body`]).
     pub text: String,
+    /// The TOML itself, without the header: what the fingerprint covers.
+    pub body: String,
+    /// The template's `[liveness]` table, if it had one (removed from the node's config: the
+    /// node does not read it, the supervisor does).
+    pub liveness: Option<LivenessSpec>,
+}
+
+impl RenderedNode {
+    /// The fingerprint of what a process of this node is started from: its config and the
+    /// environment it gets. Two deploys with the same fingerprint need no restart.
+    pub fn fingerprint(&self, env: &[(String, String)]) -> String {
+        fingerprint(&self.body, env)
+    }
+}
+
+/// sha256 over a config body and an environment (order-independent), hex.
+pub fn fingerprint(body: &str, env: &[(String, String)]) -> String {
+    let mut env: Vec<&(String, String)> = env.iter().collect();
+    env.sort();
+    let mut h = Sha256::new();
+    h.update(body.as_bytes());
+    for (k, v) in env {
+        h.update([0]);
+        h.update(k.as_bytes());
+        h.update([b'=']);
+        h.update(v.as_bytes());
+    }
+    hex::encode(h.finalize())
+}
+
+/// The body of a rendered config file as written by [`write_node`] (header comments
+/// dropped), for fingerprinting a node recorded by an older build.
+pub fn body_of(text: &str) -> &str {
+    let mut rest = text;
+    while rest.starts_with('#') {
+        rest = rest.split_once('\n').map_or("", |(_, r)| r);
+    }
+    rest.trim_start_matches('\n')
 }
 
 fn err(kind: ErrorKind, message: impl Into<String>) -> ErrorReply {
-    ErrorReply { kind, message: message.into() }
+    ErrorReply::new(kind, message)
 }
 
 /// node-a … node-z, node-aa, node-ab, … (bijective base 26).
@@ -94,17 +133,50 @@ fn header(origin: &str) -> String {
     )
 }
 
-fn read_template(
-    path: &Option<PathBuf>,
-    builtin: &str,
-    what: &str,
-) -> Result<(String, String), ErrorReply> {
-    match path {
-        None => Ok((builtin.to_owned(), format!("the built-in {what} template"))),
-        Some(p) => std::fs::read_to_string(p)
-            .map(|t| (t, p.display().to_string()))
-            .map_err(|e| err(ErrorKind::BadConfig, format!("reading {}: {e}", p.display()))),
+fn read_template(template: &Option<Template>, builtin: &str, what: &str) -> (String, String) {
+    match template {
+        None => (builtin.to_owned(), format!("the built-in {what} template")),
+        Some(t) => (t.text.clone(), t.path.display().to_string()),
     }
+}
+
+/// Takes the top-level `[liveness]` table out of a template: `period` and `timeout` as
+/// durations ("5s", "500ms") or milliseconds, `failures` as a count; `period = 0` turns
+/// liveness probing off. Unknown keys are an error naming the key.
+fn take_liveness(doc: &mut toml::Table, origin: &str) -> Result<Option<LivenessSpec>, ErrorReply> {
+    let Some(v) = doc.remove("liveness") else { return Ok(None) };
+    let bad = |m: String| err(ErrorKind::BadConfig, format!("{origin}: [liveness] {m}"));
+    let toml::Value::Table(t) = v else { return Err(bad("must be a table".into())) };
+    let mut spec = LivenessSpec::DEFAULT;
+    let ms = |key: &str, v: &toml::Value| -> Result<u64, ErrorReply> {
+        match v {
+            toml::Value::Integer(n) if *n >= 0 => Ok(*n as u64),
+            toml::Value::String(s) => humantime::parse_duration(s)
+                .map(|d| d.as_millis() as u64)
+                .map_err(|e| bad(format!("{key} = {s:?}: {e} (e.g. \"5s\")"))),
+            other => Err(bad(format!("{key} must be a duration like \"5s\", not {other}"))),
+        }
+    };
+    for (key, v) in &t {
+        match key.as_str() {
+            "period" => spec.period_ms = ms(key, v)?,
+            "timeout" => spec.timeout_ms = ms(key, v)?,
+            "failures" => match v {
+                toml::Value::Integer(n) if *n >= 1 => spec.failures = *n as u32,
+                other => return Err(bad(format!("failures must be a whole number ≥ 1, not {other}"))),
+            },
+            other => {
+                return Err(bad(format!("unknown key {other:?} (expected period, timeout, failures)")))
+            }
+        }
+    }
+    if spec.enabled() && spec.timeout_ms >= spec.period_ms {
+        return Err(bad(format!(
+            "timeout ({} ms) must be shorter than period ({} ms)",
+            spec.timeout_ms, spec.period_ms
+        )));
+    }
+    Ok(Some(spec))
 }
 
 /// Renders every devnet node's config (nothing is written yet).
@@ -127,9 +199,10 @@ pub fn render_devnet(paths: &Paths, spec: &DevnetSpec) -> Result<Vec<RenderedNod
             ),
         ));
     }
-    let (text, origin) = read_template(&spec.template, DEVNET_TEMPLATE, "devnet")?;
-    let template = parse_template(&text, &origin)?;
-    let base_dir = spec.template.as_ref().and_then(|p| p.parent().map(Path::to_path_buf));
+    let (text, origin) = read_template(&spec.template, DEVNET_TEMPLATE, "devnet");
+    let mut template = parse_template(&text, &origin)?;
+    let liveness = take_liveness(&mut template, &origin)?;
+    let base_dir = spec.template.as_ref().and_then(|t| t.path.parent().map(Path::to_path_buf));
     let ports: Vec<u16> = (0..n).map(|i| spec.base_port + i as u16).collect();
     let mut out = Vec::with_capacity(n);
     for (i, port) in ports.iter().enumerate() {
@@ -153,18 +226,27 @@ pub fn render_devnet(paths: &Paths, spec: &DevnetSpec) -> Result<Vec<RenderedNod
         let swarm = sub_table(node, "swarm", &origin)?;
         swarm.insert("enabled".into(), toml::Value::Boolean(spec.swarm));
         swarm.insert("peers".into(), toml::Value::Array(peers));
-        let text = header(&origin)
-            + &toml::to_string(&doc).map_err(|e| err(ErrorKind::Internal, e.to_string()))?;
-        out.push(RenderedNode { id: name.clone(), name, group: Group::Devnet, listen, text, ..r });
+        let body = toml::to_string(&doc).map_err(|e| err(ErrorKind::Internal, e.to_string()))?;
+        out.push(RenderedNode {
+            id: name.clone(),
+            name,
+            group: Group::Devnet,
+            listen,
+            text: header(&origin) + &body,
+            body,
+            liveness,
+            ..r
+        });
     }
     Ok(out)
 }
 
 /// Renders the local node's config (nothing is written yet).
 pub fn render_local(paths: &Paths, spec: &LocalSpec) -> Result<RenderedNode, ErrorReply> {
-    let (text, origin) = read_template(&spec.config, LOCAL_TEMPLATE, "local")?;
+    let (text, origin) = read_template(&spec.config, LOCAL_TEMPLATE, "local");
     let mut doc = parse_template(&text, &origin)?;
-    let base_dir = spec.config.as_ref().and_then(|p| p.parent().map(Path::to_path_buf));
+    let liveness = take_liveness(&mut doc, &origin)?;
+    let base_dir = spec.config.as_ref().and_then(|t| t.path.parent().map(Path::to_path_buf));
     let dir = paths.node_dir(Group::Local, "local");
     let node = node_table(&mut doc, &origin)?;
     let id = match node.get("id") {
@@ -198,9 +280,17 @@ pub fn render_local(paths: &Paths, spec: &LocalSpec) -> Result<RenderedNode, Err
         ));
     }
     let r = rewrite_dirs(node, &dir, base_dir.as_deref(), &origin)?;
-    let text = header(&origin)
-        + &toml::to_string(&doc).map_err(|e| err(ErrorKind::Internal, e.to_string()))?;
-    Ok(RenderedNode { name: id.clone(), id, group: Group::Local, listen, text, ..r })
+    let body = toml::to_string(&doc).map_err(|e| err(ErrorKind::Internal, e.to_string()))?;
+    Ok(RenderedNode {
+        name: id.clone(),
+        id,
+        group: Group::Local,
+        listen,
+        text: header(&origin) + &body,
+        body,
+        liveness,
+        ..r
+    })
 }
 
 /// Points data/log/summaries dirs into `dir` and makes a relative `api_key_file` absolute
@@ -241,6 +331,8 @@ fn rewrite_dirs(
         log_dir,
         summaries_dir,
         text: String::new(),
+        body: String::new(),
+        liveness: None,
     })
 }
 
@@ -250,17 +342,16 @@ pub fn write_node(node: &RenderedNode) -> Result<(), ErrorReply> {
         std::fs::create_dir_all(d)
             .map_err(|e| err(ErrorKind::Internal, format!("creating {}: {e}", d.display())))?;
     }
-    let partial = node.config_path.with_extension("toml.partial");
-    std::fs::write(&partial, &node.text)
-        .and_then(|()| std::fs::rename(&partial, &node.config_path))
-        .map_err(|e| {
-            err(ErrorKind::Internal, format!("writing {}: {e}", node.config_path.display()))
-        })
+    // 0600: a config can hold an API key.
+    dwbase_proto::fsutil::atomic_write(&node.config_path, node.text.as_bytes(), 0o600).map_err(
+        |e| err(ErrorKind::Internal, format!("writing {}: {e}", node.config_path.display())),
+    )
 }
 
-/// Validates a written config with the node's own loader.
+/// Validates a rendered config with the node's own parser, as if it were already written at
+/// its path (nothing is written).
 pub fn validate(node: &RenderedNode) -> Result<(), ErrorReply> {
-    dwbase_node::config::Config::load(&node.config_path)
+    dwbase_node::config::Config::from_toml_str(&node.text, &node.config_path)
         .map(|_| ())
         .map_err(|e| err(ErrorKind::BadConfig, format!("node {}: {e}", node.name)))
 }
@@ -300,6 +391,10 @@ pub fn probe_addr(listen: SocketAddr) -> SocketAddr {
 mod tests {
     use super::*;
 
+    fn tpl(p: &Path) -> Template {
+        Template { path: p.to_path_buf(), text: std::fs::read_to_string(p).unwrap() }
+    }
+
     fn spec(nodes: u32) -> DevnetSpec {
         DevnetSpec {
             nodes,
@@ -309,6 +404,8 @@ mod tests {
             restart_policy: Default::default(),
             env: vec![],
             stop_timeout_ms: 1000,
+            liveness: None,
+            options: Default::default(),
         }
     }
 
@@ -374,7 +471,7 @@ mod tests {
         std::fs::write(&t, "[node\nid=").unwrap();
         let paths = Paths::new(dir.path()).unwrap();
         let mut s = spec(1);
-        s.template = Some(t.clone());
+        s.template = Some(tpl(&t));
         let e = render_devnet(&paths, &s).unwrap_err();
         assert_eq!(e.kind, ErrorKind::BadConfig);
         assert!(e.message.contains("t.toml"), "{}", e.message);
@@ -391,10 +488,12 @@ mod tests {
         .unwrap();
         let paths = Paths::new(&dir.path().join("root")).unwrap();
         let spec = LocalSpec {
-            config: Some(cfg),
+            config: Some(tpl(&cfg)),
             restart_policy: Default::default(),
             env: vec![],
             stop_timeout_ms: 1,
+            liveness: None,
+            options: Default::default(),
         };
         let n = render_local(&paths, &spec).unwrap();
         assert_eq!(n.name, "edge-1");
@@ -412,6 +511,8 @@ mod tests {
                 restart_policy: Default::default(),
                 env: vec![],
                 stop_timeout_ms: 1,
+                liveness: None,
+                options: Default::default(),
             },
         )
         .unwrap();
@@ -425,10 +526,12 @@ mod tests {
         std::fs::write(&cfg, "[node]\nlisten = \"127.0.0.1:0\"\n").unwrap();
         let paths = Paths::new(&dir.path().join("root")).unwrap();
         let spec = LocalSpec {
-            config: Some(cfg.clone()),
+            config: Some(tpl(&cfg)),
             restart_policy: Default::default(),
             env: vec![],
             stop_timeout_ms: 1,
+            liveness: None,
+            options: Default::default(),
         };
         let e = render_local(&paths, &spec).unwrap_err();
         assert_eq!(e.kind, ErrorKind::BadConfig);
@@ -439,6 +542,37 @@ mod tests {
                 cfg.display()
             )
         );
+    }
+
+    #[test]
+    fn the_liveness_table_is_taken_out_of_the_template_and_checked() {
+        let paths = Paths::new(Path::new("/tmp/root")).unwrap();
+        let mut s = spec(1);
+        let text = format!("{DEVNET_TEMPLATE}\n[liveness]\nperiod = \"2s\"\ntimeout = 500\nfailures = 4\n");
+        s.template = Some(Template { path: PathBuf::from("/t/devnet.toml"), text });
+        let n = &render_devnet(&paths, &s).unwrap()[0];
+        assert_eq!(
+            n.liveness,
+            Some(LivenessSpec { period_ms: 2000, timeout_ms: 500, failures: 4 })
+        );
+        assert!(!n.body.contains("liveness"), "the node never sees it");
+        let text = format!("{DEVNET_TEMPLATE}\n[liveness]\nperiods = \"2s\"\n");
+        s.template = Some(Template { path: PathBuf::from("/t/devnet.toml"), text });
+        let e = render_devnet(&paths, &s).unwrap_err();
+        assert!(e.message.contains("/t/devnet.toml") && e.message.contains("periods"), "{}", e.message);
+    }
+
+    #[test]
+    fn fingerprints_cover_config_and_env_but_not_the_header() {
+        let paths = Paths::new(Path::new("/tmp/root")).unwrap();
+        let a = &render_devnet(&paths, &spec(1)).unwrap()[0];
+        let env = vec![("DWBASE_MAX_DISK_MB".to_owned(), "8".to_owned())];
+        assert_eq!(a.fingerprint(&[]), fingerprint(body_of(&a.text), &[]));
+        assert_ne!(a.fingerprint(&[]), a.fingerprint(&env));
+        let mut other = spec(1);
+        other.base_port = 7100;
+        let b = &render_devnet(&paths, &other).unwrap()[0];
+        assert_ne!(a.fingerprint(&[]), b.fingerprint(&[]));
     }
 
     #[test]

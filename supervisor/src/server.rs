@@ -3,14 +3,18 @@
 //! request at a time by [`crate::handlers`].
 //!
 //! A bad connection only ever closes itself: every failure below ends that connection's task
-//! and nothing else.
+//! and nothing else. The socket is fair: at [`MAX_CONNECTIONS`], a new connection evicts the
+//! oldest one that is not in the middle of a request — first one still in its handshake, then
+//! an idle one, then a stream (which ends with `EndOfStream::Evicted`) — so no number of idle
+//! connections from one client keeps another client's command out.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use dwbase_proto::codec::{self, HANDSHAKE_TIMEOUT};
-use dwbase_proto::{ErrorKind, ErrorReply, Request, Response, SupervisorInfo};
+use dwbase_proto::{ErrorKind, ErrorReply, Paths, Request, Response, SupervisorInfo};
 use interprocess::local_socket::tokio::{Listener, Stream};
 use interprocess::local_socket::traits::tokio::Listener as _;
 use interprocess::local_socket::traits::StreamCommon as _;
@@ -22,11 +26,105 @@ use tracing::{debug, info, warn, Instrument};
 use crate::metrics::SupervisorMetrics;
 use crate::runner::RunnerHandle;
 
-/// Connections served at once; more are accepted and closed at once.
+/// Connections served at once; at the limit a new one evicts the oldest evictable one.
 pub const MAX_CONNECTIONS: usize = 256;
 
 /// A connection that sends no request for this long is closed.
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What a connection is doing, for eviction at the connection limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum ConnState {
+    /// Accepted, handshake not done: evicted first.
+    Handshake,
+    /// Waiting for its next request.
+    Idle,
+    /// Following a stream (logs -f, events): evicted last, with `EndOfStream::Evicted`.
+    Streaming,
+    /// Serving a request: never evicted.
+    Busy,
+}
+
+#[derive(Debug)]
+struct ConnEntry {
+    state: ConnState,
+    since: Instant,
+    evict: CancellationToken,
+}
+
+/// Every open connection, for the limit and for eviction.
+#[derive(Debug, Default)]
+pub struct Connections {
+    inner: Mutex<HashMap<u64, ConnEntry>>,
+    evicted: AtomicU64,
+}
+
+impl Connections {
+    /// Registers a new connection. At the limit, evicts the oldest connection in the lowest
+    /// evictable state first; `false` when every connection is busy serving a request.
+    fn admit(&self, id: u64, evict: CancellationToken) -> bool {
+        let Ok(mut map) = self.inner.lock() else { return false };
+        if map.len() >= MAX_CONNECTIONS {
+            let victim = map
+                .iter()
+                .filter(|(_, e)| e.state != ConnState::Busy && !e.evict.is_cancelled())
+                .min_by_key(|(_, e)| (e.state, e.since))
+                .map(|(id, _)| *id);
+            match victim {
+                Some(v) => {
+                    if let Some(e) = map.get(&v) {
+                        e.evict.cancel();
+                    }
+                    let n = self.evicted.fetch_add(1, Ordering::Relaxed) + 1;
+                    if n.is_power_of_two() {
+                        warn!("{n} connection(s) evicted so far: {MAX_CONNECTIONS} were open");
+                    }
+                }
+                None => return false,
+            }
+        }
+        map.insert(id, ConnEntry { state: ConnState::Handshake, since: Instant::now(), evict });
+        true
+    }
+
+    /// Records what connection `id` is doing now.
+    pub fn set(&self, id: u64, state: ConnState) {
+        if let Ok(mut map) = self.inner.lock() {
+            if let Some(e) = map.get_mut(&id) {
+                e.state = state;
+                e.since = Instant::now();
+            }
+        }
+    }
+
+    fn remove(&self, id: u64) {
+        if let Ok(mut map) = self.inner.lock() {
+            map.remove(&id);
+        }
+    }
+
+    /// Connections open now.
+    pub fn len(&self) -> usize {
+        self.inner.lock().map(|m| m.len()).unwrap_or(0)
+    }
+
+    /// Whether none is open.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The tokens a request handler watches: the supervisor shutting down, and this connection
+/// being evicted (streams end with `EndOfStream::Evicted`).
+#[derive(Debug, Clone)]
+pub struct ConnTokens {
+    /// The supervisor is shutting down.
+    pub shutdown: CancellationToken,
+    /// This connection was evicted at the connection limit.
+    pub evicted: CancellationToken,
+    /// Its id in [`Connections`].
+    pub id: u64,
+}
 
 /// How long one reply may take to write before the client is considered gone.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -69,7 +167,13 @@ pub struct Ctx {
     /// Cancelled when the supervisor starts shutting down (before nodes are stopped), so log
     /// followers end with `SupervisorShutdown` rather than `NodeStopped`.
     pub streams: CancellationToken,
-    active: AtomicUsize,
+    /// The state root.
+    pub paths: Paths,
+    /// One deploy at a time: a second waits, then finds the first one's result in place (the
+    /// same spec twice is a no-op).
+    pub deploys: tokio::sync::Mutex<()>,
+    /// Open connections.
+    pub conns: Connections,
     next_id: AtomicU64,
 }
 
@@ -80,28 +184,31 @@ impl Ctx {
         info: SupervisorInfo,
         metrics: Option<Arc<SupervisorMetrics>>,
     ) -> Self {
+        let paths = Paths { root: info.root.clone() };
         Self {
             runner,
             info,
             exit: ExitRequest::default(),
             metrics,
             streams: CancellationToken::new(),
-            active: AtomicUsize::new(0),
+            paths,
+            deploys: tokio::sync::Mutex::new(()),
+            conns: Connections::default(),
             next_id: AtomicU64::new(1),
         }
     }
 
     /// Connections open now.
     pub fn active_connections(&self) -> usize {
-        self.active.load(Ordering::SeqCst)
+        self.conns.len()
     }
 }
 
-struct Slot(Arc<Ctx>);
+struct Slot(Arc<Ctx>, u64);
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.0.active.fetch_sub(1, Ordering::SeqCst);
+        self.0.conns.remove(self.1);
     }
 }
 
@@ -116,7 +223,7 @@ pub fn peer_allowed(peer_euid: Option<u32>, our_euid: u32) -> bool {
 pub async fn serve(listener: Listener, ctx: Arc<Ctx>, shutdown: CancellationToken) {
     let tracker = TaskTracker::new();
     let our_euid = nix::unistd::geteuid().as_raw();
-    let mut refused_over_cap: u64 = 0;
+    let mut refused_busy: u64 = 0;
     loop {
         let accepted = tokio::select! {
             biased;
@@ -134,35 +241,29 @@ pub async fn serve(listener: Listener, ctx: Arc<Ctx>, shutdown: CancellationToke
                 }
             }
         };
-        if ctx.active.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
-            ctx.active.fetch_sub(1, Ordering::SeqCst);
-            refused_over_cap += 1;
-            if refused_over_cap.is_power_of_two() {
+        let id = ctx.next_id.fetch_add(1, Ordering::Relaxed);
+        let evicted = CancellationToken::new();
+        if !ctx.conns.admit(id, evicted.clone()) {
+            refused_busy += 1;
+            if refused_busy.is_power_of_two() {
                 warn!(
-                    "{refused_over_cap} connection(s) closed at once: already {MAX_CONNECTIONS} open"
+                    "{refused_busy} connection(s) closed at once: {MAX_CONNECTIONS} open, all busy"
                 );
             }
             drop(stream);
             continue;
         }
-        let slot = Slot(ctx.clone());
-        let id = ctx.next_id.fetch_add(1, Ordering::Relaxed);
+        let slot = Slot(ctx.clone(), id);
+        let tokens = ConnTokens { shutdown: shutdown.clone(), evicted, id };
         let span = tracing::debug_span!("conn", id);
-        tracker.spawn(
-            connection(stream, ctx.clone(), shutdown.clone(), our_euid, slot).instrument(span),
-        );
+        tracker.spawn(connection(stream, ctx.clone(), tokens, our_euid, slot).instrument(span));
     }
     tracker.close();
     tracker.wait().await;
 }
 
-async fn connection(
-    stream: Stream,
-    ctx: Arc<Ctx>,
-    shutdown: CancellationToken,
-    our_euid: u32,
-    _slot: Slot,
-) {
+async fn connection(stream: Stream, ctx: Arc<Ctx>, tokens: ConnTokens, our_euid: u32, _slot: Slot) {
+    let (shutdown, evicted) = (&tokens.shutdown, &tokens.evicted);
     match stream.peer_creds() {
         Ok(creds) if peer_allowed(creds.euid(), our_euid) => {}
         Ok(creds) => {
@@ -181,6 +282,7 @@ async fn connection(
     let mut conn = codec::framed(stream);
     let hs = tokio::select! {
         _ = shutdown.cancelled() => return,
+        _ = evicted.cancelled() => return,
         r = codec::server_handshake(&mut conn, HANDSHAKE_TIMEOUT) => r,
     };
     match hs {
@@ -191,8 +293,13 @@ async fn connection(
         }
     }
     loop {
+        ctx.conns.set(tokens.id, ConnState::Idle);
         let next = tokio::select! {
             _ = shutdown.cancelled() => return,
+            _ = evicted.cancelled() => {
+                debug!("evicted while idle (connection limit)");
+                return;
+            }
             r = tokio::time::timeout(IDLE_TIMEOUT, codec::recv::<_, Request>(&mut conn, "request")) => r,
         };
         let req = match next {
@@ -206,10 +313,10 @@ async fn connection(
                 // Either an undecodable payload or a frame over MAX_FRAME_LEN: the stream may
                 // be out of step, so answer once and close.
                 debug!("bad frame: {e}");
-                let reply = Response::Error(ErrorReply {
-                    kind: ErrorKind::BadRequest,
-                    message: format!("unreadable request: {e}"),
-                });
+                let reply = Response::Error(ErrorReply::new(
+                    ErrorKind::BadRequest,
+                    format!("unreadable request: {e}"),
+                ));
                 let _ = send(&mut conn, &reply).await;
                 return;
             }
@@ -221,7 +328,8 @@ async fn connection(
         if let Some(m) = &ctx.metrics {
             m.inc_request(crate::handlers::kind(&req));
         }
-        match crate::handlers::handle(req, &mut conn, &ctx, &shutdown).await {
+        ctx.conns.set(tokens.id, ConnState::Busy);
+        match crate::handlers::handle(req, &mut conn, &ctx, &tokens).await {
             Ok(crate::handlers::Flow::Continue) => {}
             Ok(crate::handlers::Flow::Close) => return,
             Err(e) => {

@@ -53,8 +53,9 @@ impl Client {
     /// Dials the socket and completes the handshake.
     pub async fn connect(socket: &Path) -> Result<Self, ClientError> {
         let io = |source| ClientError::Io { socket: socket.to_owned(), source };
-        #[cfg(unix)]
-        if !socket.exists() {
+        // Look at the path itself before dialling: a planted link to another root's socket
+        // must not let a command act on that root.
+        if crate::fsutil::check_socket(socket)? == crate::fsutil::SocketPath::Missing {
             return Err(ClientError::NotRunning { socket: socket.to_owned() });
         }
         let name = socket_name(socket).map_err(io)?;

@@ -117,4 +117,8 @@ pub enum ClientError {
         #[source]
         source: std::io::Error,
     },
+    /// The socket path is not a socket of ours (a symlink, another user's, a plain file):
+    /// never dialled.
+    #[error(transparent)]
+    Unsafe(#[from] crate::fsutil::UnsafePath),
 }

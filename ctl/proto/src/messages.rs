@@ -8,6 +8,8 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::state::Desired;
+
 /// A request from a client to the supervisor.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Request {
@@ -15,10 +17,14 @@ pub enum Request {
     Ping,
     /// The status of every node. Answered with [`Response::Status`].
     Status,
-    /// Start (or extend) the devnet. Answered with [`Response::Status`] once every node is
-    /// spawned (not yet ready: clients poll `Status` to watch readiness).
+    /// Make the devnet match this spec (declarative: the supervisor diffs it against what runs
+    /// and applies the plan). Answered with a stream: [`Response::Plan`] first, then
+    /// [`Response::Event`]s of the group while the plan is carried out, then
+    /// [`Response::Deployed`] once every node the plan touched is ready, or
+    /// [`Response::Error`] (kind `RolloutFailed` names the node that halted it). With
+    /// `options.dry_run` the stream is `Plan` then `Done`, and nothing changes.
     DeployDevnet(DevnetSpec),
-    /// Start the single local node. Answered like [`Request::DeployDevnet`].
+    /// Make the local node match this spec. Answered like [`Request::DeployDevnet`].
     DeployLocal(LocalSpec),
     /// Restart one node; clears a crash loop. Answered with [`Response::Done`].
     Restart(NodeRef),
@@ -29,6 +35,9 @@ pub enum Request {
     Shutdown(ShutdownSpec),
     /// Node log lines: a stream of [`Response::LogLine`] closed by [`Response::EndOfStream`].
     Logs(LogsSpec),
+    /// Supervisor notices: [`Response::Status`] (the snapshot to start from), then one
+    /// [`Response::Event`] per change, closed by [`Response::EndOfStream`].
+    Events(EventsSpec),
 }
 
 /// A response from the supervisor.
@@ -46,6 +55,12 @@ pub enum Response {
     LogLine(LogLine),
     /// The stream is over; the reason says why.
     EndOfStream(EndOfStream),
+    /// What a deploy will do (first frame of a deploy stream).
+    Plan(Plan),
+    /// Something happened to a node (streams only).
+    Event(Event),
+    /// A deploy finished: every node it touched is ready (last frame of a deploy stream).
+    Deployed(DeployReport),
 }
 
 /// Which deployment a node belongs to.
@@ -105,7 +120,65 @@ impl std::fmt::Display for RestartPolicy {
     }
 }
 
-/// What the supervisor should make of a devnet.
+/// A node config template as the CLI read it: its contents travel with the spec, so the
+/// supervisor applies exactly what the operator had on disk when they ran the command.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Template {
+    /// Where it was read from (absolute): names it in messages, and relative paths inside it
+    /// (`api_key_file`) resolve against its folder.
+    pub path: PathBuf,
+    /// Its text.
+    pub text: String,
+}
+
+/// How the supervisor decides that a running node is hung: `GET /healthz` every `period_ms`,
+/// each with `timeout_ms`; `failures` failures in a row stop the node's group and restart it
+/// per policy (reason `liveness`). Readiness (`/readyz`) never restarts a node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LivenessSpec {
+    /// Time between probes, in milliseconds (0 turns liveness probing off).
+    pub period_ms: u64,
+    /// Timeout of one probe, in milliseconds.
+    pub timeout_ms: u64,
+    /// Consecutive failures that restart the node.
+    pub failures: u32,
+}
+
+impl LivenessSpec {
+    /// The defaults: 5 s period, 2 s timeout, 3 failures — a hung node is restarted within
+    /// about 20 s, a node busy for a few seconds is not.
+    pub const DEFAULT: Self = Self { period_ms: 5_000, timeout_ms: 2_000, failures: 3 };
+
+    /// Whether probing is on.
+    pub fn enabled(&self) -> bool {
+        self.period_ms > 0 && self.failures > 0
+    }
+}
+
+impl Default for LivenessSpec {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
+
+/// How a deploy is carried out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeployOptions {
+    /// Only compute and return the plan; change nothing.
+    pub dry_run: bool,
+    /// Delete the data of nodes the spec removes (default: stop them, keep their folders).
+    pub prune: bool,
+    /// How long each started or replaced node has to become ready before the rollout halts.
+    pub ready_timeout_ms: u64,
+}
+
+impl Default for DeployOptions {
+    fn default() -> Self {
+        Self { dry_run: false, prune: false, ready_timeout_ms: 30_000 }
+    }
+}
+
+/// What the devnet should be.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DevnetSpec {
     /// How many nodes (≥ 1).
@@ -115,26 +188,173 @@ pub struct DevnetSpec {
     /// Give every node the others as swarm peers.
     pub swarm: bool,
     /// Base node config that is rewritten per node; `None` means the built-in devnet template.
-    pub template: Option<PathBuf>,
+    pub template: Option<Template>,
     /// Restart policy of every node.
     pub restart_policy: RestartPolicy,
-    /// Environment overrides passed on to every node (DWBASE_MAX_RAM_MB, …).
+    /// Environment overrides passed on to every node (DWBASE_MAX_DISK_MB, …).
     pub env: Vec<(String, String)>,
     /// How long `stop` waits after SIGTERM before SIGKILL, in milliseconds.
     pub stop_timeout_ms: u64,
+    /// Liveness probing; `None` takes the template's `[liveness]` table, else the defaults.
+    pub liveness: Option<LivenessSpec>,
+    /// How to carry it out.
+    pub options: DeployOptions,
 }
 
-/// What the supervisor should make of the local node.
+/// What the local node should be.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LocalSpec {
-    /// The node config (absolute path); `None` means the built-in local template.
-    pub config: Option<PathBuf>,
+    /// The node config; `None` means the built-in local template.
+    pub config: Option<Template>,
     /// Restart policy.
     pub restart_policy: RestartPolicy,
     /// Environment overrides passed on to the node.
     pub env: Vec<(String, String)>,
     /// How long `stop` waits after SIGTERM before SIGKILL, in milliseconds.
     pub stop_timeout_ms: u64,
+    /// Liveness probing; `None` takes the config's `[liveness]` table, else the defaults.
+    pub liveness: Option<LivenessSpec>,
+    /// How to carry it out.
+    pub options: DeployOptions,
+}
+
+/// Which notices an [`Request::Events`] stream carries.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventsSpec {
+    /// Only this group's nodes; `None` for all.
+    pub group: Option<Group>,
+}
+
+/// What a deploy does to one node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PlanAction {
+    /// Matches the spec and runs: left alone (same pid).
+    Unchanged,
+    /// New: created and started.
+    Add,
+    /// Its config or environment changed: stopped and started again with the new one, one
+    /// node at a time.
+    Replace,
+    /// Only supervision settings changed (restart policy, stop timeout, liveness): applied in
+    /// place, the process keeps running.
+    Update,
+    /// Matches the spec but is stopped (`deploy stop NODE`): started.
+    Start,
+    /// Not in the spec any more: stopped and forgotten; its folder is kept.
+    Remove,
+    /// Not in the spec any more: stopped, forgotten and its folder deleted (`--prune`).
+    Prune,
+}
+
+impl PlanAction {
+    /// The word the plan prints.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Unchanged => "unchanged",
+            Self::Add => "add",
+            Self::Replace => "replace",
+            Self::Update => "update",
+            Self::Start => "start",
+            Self::Remove => "remove",
+            Self::Prune => "prune",
+        }
+    }
+}
+
+/// One node's line of a plan.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlanStep {
+    /// The node.
+    pub node: String,
+    /// What happens to it.
+    pub action: PlanAction,
+    /// Its port after the deploy (before, for a removal).
+    pub port: u16,
+    /// What differs, for people ("config: node.listen 127.0.0.1:7000 → 127.0.0.1:7100",
+    /// "env: DWBASE_MAX_DISK_MB unset → 8192").
+    pub changes: Vec<String>,
+}
+
+/// What a deploy will do, node by node, in the order it does it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Plan {
+    /// The group deployed.
+    pub group: Group,
+    /// One step per node of the spec and per node the spec removes.
+    pub steps: Vec<PlanStep>,
+}
+
+impl Plan {
+    /// Whether the plan changes nothing.
+    pub fn is_noop(&self) -> bool {
+        self.steps.iter().all(|s| s.action == PlanAction::Unchanged)
+    }
+}
+
+/// The end of a successful deploy.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeployReport {
+    /// What was done.
+    pub plan: Plan,
+    /// Everything, after the deploy.
+    pub status: StatusReport,
+    /// Things the operator should know that did not fail the deploy (e.g. a node the plan
+    /// left alone is in crash-loop).
+    pub warnings: Vec<String>,
+}
+
+/// What happened to a node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EventKind {
+    /// The node was added to the supervisor's set (deploy, or found at start-up).
+    Added,
+    /// A process was spawned for it.
+    Spawned {
+        /// Its pid.
+        pid: u32,
+    },
+    /// A process of an earlier supervisor was taken over.
+    Adopted {
+        /// Its pid.
+        pid: u32,
+    },
+    /// Its state word changed (starting → ready, ready → degraded, … → crash-loop).
+    State {
+        /// Before.
+        from: NodeState,
+        /// After.
+        to: NodeState,
+    },
+    /// Its process exited.
+    Exited(LastExit),
+    /// A liveness probe failed (the count is of failures in a row).
+    LivenessFailed {
+        /// Failures in a row so far.
+        failures: u32,
+        /// What the probe saw.
+        reason: String,
+    },
+    /// A deploy is working on it (e.g. "replacing (2/3)").
+    Rollout(String),
+    /// It was removed from the supervisor's set.
+    Removed,
+}
+
+/// A notice of the supervisor, with the node's status after it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    /// When (Unix milliseconds).
+    pub at_unix_ms: i64,
+    /// Which node.
+    pub node: String,
+    /// Its group.
+    pub group: Group,
+    /// What happened.
+    pub kind: EventKind,
+    /// The node's status afterwards (`None` once removed).
+    pub status: Option<NodeStatus>,
 }
 
 /// Names one node.
@@ -191,6 +411,47 @@ pub struct SupervisorInfo {
     pub metrics_url: Option<String>,
     /// When it started (Unix milliseconds).
     pub started_unix_ms: i64,
+    /// What it found and did when it started.
+    pub startup: StartupReport,
+}
+
+/// What a supervisor found when it started on a root, and what it did about it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StartupReport {
+    /// Nodes of an earlier supervisor that still ran and were taken over.
+    pub adopted: Vec<String>,
+    /// Recorded nodes that had died while no supervisor ran, restarted per policy.
+    pub restarted: Vec<String>,
+    /// Running nodes that no state file listed (lost or corrupt state.json), found through
+    /// their folders or command lines and adopted.
+    pub recovered: Vec<String>,
+    /// Problems with the state files (moved aside, unreadable, not writable).
+    pub warnings: Vec<String>,
+}
+
+impl StartupReport {
+    /// One line for people: "adopted 3 nodes, restarted node-a", or `None` when there is
+    /// nothing to say.
+    pub fn summary(&self) -> Option<String> {
+        let mut parts = Vec::new();
+        let list = |v: &[String]| {
+            if v.len() > 4 {
+                format!("{} nodes", v.len())
+            } else {
+                v.join(", ")
+            }
+        };
+        if !self.adopted.is_empty() {
+            parts.push(format!("adopted {}", list(&self.adopted)));
+        }
+        if !self.recovered.is_empty() {
+            parts.push(format!("recovered {} (not in state.json)", list(&self.recovered)));
+        }
+        if !self.restarted.is_empty() {
+            parts.push(format!("restarted {}", list(&self.restarted)));
+        }
+        (!parts.is_empty()).then(|| parts.join(", "))
+    }
 }
 
 /// The supervisor and every node it owns.
@@ -200,6 +461,8 @@ pub struct StatusReport {
     pub supervisor: SupervisorInfo,
     /// Every node, devnet first in name order, then local.
     pub nodes: Vec<NodeStatus>,
+    /// Problems the operator should see (e.g. state.json cannot be written).
+    pub warnings: Vec<String>,
 }
 
 /// What a node is doing.
@@ -270,6 +533,30 @@ impl std::fmt::Display for ExitKind {
     }
 }
 
+/// Why a process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ExitCause {
+    /// By itself (a crash, or an exit nobody asked for).
+    #[default]
+    Unexpected,
+    /// It was asked to: stop, restart, or a deploy replacing it.
+    Requested,
+    /// Its liveness probe failed too often, so the supervisor stopped it.
+    Liveness,
+}
+
+impl ExitCause {
+    /// The word status prints.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Unexpected => "crash",
+            Self::Requested => "requested",
+            Self::Liveness => "liveness",
+        }
+    }
+}
+
 /// The last exit of a node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LastExit {
@@ -277,6 +564,9 @@ pub struct LastExit {
     pub kind: ExitKind,
     /// When (Unix milliseconds).
     pub at_unix_ms: i64,
+    /// Why.
+    #[serde(default)]
+    pub cause: ExitCause,
 }
 
 /// One node, as `status` shows it.
@@ -296,7 +586,7 @@ pub struct NodeStatus {
     pub state: NodeState,
     /// `/readyz` answered 200 at the last probe.
     pub ready: bool,
-    /// Restarts since it was deployed (or since `restart` cleared a crash loop).
+    /// Restarts since it was deployed: after exits, manual `restart`s and liveness restarts.
     pub restarts: u32,
     /// Time since the current process started, in milliseconds.
     pub uptime_ms: Option<u64>,
@@ -316,6 +606,12 @@ pub struct NodeStatus {
     pub message: Option<String>,
     /// The last log lines, filled in when the node is in a crash loop or failed to start.
     pub last_log_lines: Vec<String>,
+    /// Whether the operator wants it running.
+    pub desired: Desired,
+    /// Its liveness probing.
+    pub liveness: LivenessSpec,
+    /// Liveness probes failed in a row right now.
+    pub liveness_failures: u32,
 }
 
 /// Success with a message for people.
@@ -341,18 +637,31 @@ pub enum ErrorKind {
     Process,
     /// Something else failed inside the supervisor.
     Internal,
-    /// The request needs a state the nodes are not in (e.g. deploying over a running devnet
-    /// of another size).
+    /// The request needs a state the nodes are not in.
     Conflict,
+    /// A deploy's rollout halted at a node that did not become ready; the nodes of the
+    /// reply show which and why. Every other node was left running.
+    RolloutFailed,
+    /// The supervisor has too many connections and none could be freed.
+    Busy,
 }
 
 /// A refusal or failure, with a message for people.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ErrorReply {
     /// Which kind.
     pub kind: ErrorKind,
     /// What went wrong, naming the node, port or file.
     pub message: String,
+    /// The nodes concerned, with their state and last log lines (a failed rollout).
+    pub nodes: Vec<NodeStatus>,
+}
+
+impl ErrorReply {
+    /// A reply without node details.
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self { kind, message: message.into(), nodes: Vec::new() }
+    }
 }
 
 /// One log line.
@@ -377,6 +686,9 @@ pub enum EndOfStream {
     SupervisorShutdown,
     /// The stream failed; the message says why.
     Failed(String),
+    /// The supervisor closed this stream to make room for a new connection (it was the
+    /// oldest, at the connection limit).
+    Evicted,
 }
 
 /// The one wording of "no such node", used by the supervisor's `UnknownNode` replies and by

@@ -7,12 +7,11 @@
 //! data_dir, log_path, config_path}]}`), which still loads.
 
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::messages::{Group, LastExit, RestartPolicy};
+use crate::messages::{Group, LastExit, LivenessSpec, RestartPolicy};
 
 /// The format version this build writes.
 pub const STATE_VERSION: u32 = 1;
@@ -106,6 +105,42 @@ pub struct NodeRecord {
     /// Environment overrides given at deploy time.
     #[serde(default)]
     pub env: Vec<(String, String)>,
+    /// Liveness probing.
+    #[serde(default)]
+    pub liveness: LivenessSpec,
+    /// Fingerprint of what the process was started from (rendered config and environment):
+    /// a deploy replaces the node when the new spec's fingerprint differs. Absent in files of
+    /// older builds: then the config file on disk is compared.
+    #[serde(default)]
+    pub fingerprint: Option<String>,
+}
+
+/// The file in every node's folder that records the node itself (the same record as in
+/// state.json, written when it is spawned or changed), so that a supervisor finds and adopts
+/// its nodes even when state.json is lost or corrupt.
+pub const NODE_RECORD_FILE: &str = "node.json";
+
+impl NodeRecord {
+    /// `<dir>/node.json`.
+    pub fn record_path(&self) -> PathBuf {
+        self.dir.join(NODE_RECORD_FILE)
+    }
+
+    /// Writes `<dir>/node.json` atomically.
+    pub fn save_beside(&self) -> Result<(), StateError> {
+        let path = self.record_path();
+        let err = |source| StateError::Write { path: path.clone(), source };
+        let mut bytes = serde_json::to_vec_pretty(self).map_err(|e| err(std::io::Error::other(e)))?;
+        bytes.push(b'\n');
+        crate::fsutil::atomic_write(&path, &bytes, 0o600).map_err(err)
+    }
+
+    /// Reads a node folder's record; `None` when missing or unreadable (a damaged record is
+    /// no worse than a missing one: the node is then found by its command line).
+    pub fn load_from(dir: &Path) -> Option<Self> {
+        let text = fs::read(dir.join(NODE_RECORD_FILE)).ok()?;
+        serde_json::from_slice(&text).ok()
+    }
 }
 
 fn default_group() -> Group {
@@ -157,19 +192,19 @@ pub enum Loaded {
     Missing,
     /// A good file.
     Ok(StateFile),
-    /// The file did not parse; it was moved to `moved_to` and should be reported loudly.
+    /// The file did not parse and must be reported loudly. [`StateFile::load`] (the owner's
+    /// read) moved it to `moved_to`; [`StateFile::read`] (a reader's) left it in place.
     Corrupt {
-        /// Where the unreadable file now is.
-        moved_to: PathBuf,
+        /// Where the unreadable file now is, if it was moved.
+        moved_to: Option<PathBuf>,
         /// Why it did not parse.
         reason: String,
     },
 }
 
 impl StateFile {
-    /// Loads `path`. A file that does not parse is moved aside (never silently dropped) and
-    /// reported as [`Loaded::Corrupt`].
-    pub fn load(path: &Path) -> Result<Loaded, StateError> {
+    /// Reads `path` without changing anything (for readers: the CLI without the root lock).
+    pub fn read(path: &Path) -> Result<Loaded, StateError> {
         let text = match fs::read(path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Loaded::Missing),
@@ -187,36 +222,38 @@ impl StateFile {
                 }
                 Ok(Loaded::Ok(state))
             }
-            Err(e) => {
+            Err(e) => Ok(Loaded::Corrupt { moved_to: None, reason: e.to_string() }),
+        }
+    }
+
+    /// Loads `path` as its owner (the supervisor, or the CLI holding the root lock): a file
+    /// that does not parse is moved aside (never silently dropped) and reported as
+    /// [`Loaded::Corrupt`] with where it went.
+    pub fn load(path: &Path) -> Result<Loaded, StateError> {
+        match Self::read(path)? {
+            Loaded::Corrupt { reason, .. } => {
                 let stamp = time::OffsetDateTime::now_utc().unix_timestamp();
                 let moved_to = path.with_extension(format!("json.corrupt-{stamp}"));
                 fs::rename(path, &moved_to)
                     .map_err(|source| StateError::Write { path: moved_to.clone(), source })?;
-                Ok(Loaded::Corrupt { moved_to, reason: e.to_string() })
+                Ok(Loaded::Corrupt { moved_to: Some(moved_to), reason })
             }
+            other => Ok(other),
         }
     }
 
-    /// Writes `path` atomically: `state.json.partial`, fsync, rename, fsync the folder. A
-    /// crash at any point leaves either the old file or the new one, never half of one.
+    /// Writes `path` atomically ([`crate::fsutil::atomic_write`]: `state.json.partial`
+    /// created exclusively without following links, fsync, rename, fsync the folder). A crash
+    /// at any point leaves either the old file or the new one, never half of one.
     pub fn save(&self, path: &Path) -> Result<(), StateError> {
         let err = |source| StateError::Write { path: path.to_owned(), source };
         let dir = path.parent().unwrap_or(Path::new("."));
         fs::create_dir_all(dir).map_err(err)?;
-        let partial = path.with_extension("json.partial");
         let mut doc = self.clone();
         doc.version = STATE_VERSION;
         let mut bytes =
             serde_json::to_vec_pretty(&doc).map_err(|e| err(std::io::Error::other(e)))?;
         bytes.push(b'\n');
-        {
-            let mut f = fs::File::create(&partial).map_err(err)?;
-            f.write_all(&bytes).map_err(err)?;
-            f.sync_all().map_err(err)?;
-        }
-        fs::rename(&partial, path).map_err(err)?;
-        #[cfg(unix)]
-        fs::File::open(dir).and_then(|d| d.sync_all()).map_err(err)?;
-        Ok(())
+        crate::fsutil::atomic_write(path, &bytes, 0o600).map_err(err)
     }
 }

@@ -38,6 +38,8 @@ fn arb_request() -> impl Strategy<Value = Request> {
                     restart_policy,
                     env,
                     stop_timeout_ms,
+                    liveness: swarm.then_some(LivenessSpec::DEFAULT),
+                    options: DeployOptions { dry_run: swarm, ..DeployOptions::default() },
                 })
             }),
         s.prop_map(|node| Request::Restart(NodeRef { node })),

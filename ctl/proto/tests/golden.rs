@@ -19,7 +19,21 @@ fn hello_layout_is_fixed() {
 
 #[test]
 fn protocol_version_is_pinned() {
-    assert_eq!(PROTOCOL_VERSION, 1, "bumping the version? update these golden bytes too");
+    assert_eq!(PROTOCOL_VERSION, 2, "bumping the version? update these golden bytes too");
+}
+
+fn devnet_spec() -> DevnetSpec {
+    DevnetSpec {
+        nodes: 3,
+        base_port: 7000,
+        swarm: true,
+        template: Some(Template { path: PathBuf::from("/t.toml"), text: "x".into() }),
+        restart_policy: RestartPolicy::OnFailure,
+        env: vec![("DWBASE_MAX_RAM_MB".into(), "64".into())],
+        stop_timeout_ms: 10_000,
+        liveness: Some(LivenessSpec { period_ms: 5000, timeout_ms: 2000, failures: 3 }),
+        options: DeployOptions { dry_run: true, prune: false, ready_timeout_ms: 30_000 },
+    }
 }
 
 #[test]
@@ -27,26 +41,17 @@ fn request_variant_indexes_are_pinned() {
     let cases: Vec<(Request, &str)> = vec![
         (Request::Ping, "00"),
         (Request::Status, "01"),
-        (
-            Request::DeployDevnet(DevnetSpec {
-                nodes: 3,
-                base_port: 7000,
-                swarm: true,
-                template: None,
-                restart_policy: RestartPolicy::OnFailure,
-                env: vec![("DWBASE_MAX_RAM_MB".into(), "64".into())],
-                stop_timeout_ms: 10_000,
-            }),
-            "0203fb581b01000101114457424153455f4d41585f52414d5f4d42023634fb1027",
-        ),
+        (Request::DeployDevnet(devnet_spec()), "0203fb581b0101072f742e746f6d6c01780101114457424153455f4d41585f52414d5f4d42023634fb102701fb8813fbd007030100fb3075"),
         (
             Request::DeployLocal(LocalSpec {
-                config: Some(PathBuf::from("/c.toml")),
+                config: None,
                 restart_policy: RestartPolicy::Always,
                 env: vec![],
                 stop_timeout_ms: 5,
+                liveness: None,
+                options: DeployOptions::default(),
             }),
-            "030107 2f632e746f6d6c000005",
+            "0300000005000000fb3075",
         ),
         (Request::Restart(NodeRef { node: "node-b".into() }), "04066e6f64652d62"),
         (
@@ -63,6 +68,7 @@ fn request_variant_indexes_are_pinned() {
             }),
             "07000132 0100",
         ),
+        (Request::Events(EventsSpec { group: Some(Group::Local) }), "080101"),
     ];
     for (req, want) in cases {
         let got = hex(&codec::encode("request", &req).unwrap());
@@ -75,11 +81,21 @@ fn request_variant_indexes_are_pinned() {
 
 #[test]
 fn response_variant_indexes_are_pinned() {
+    let plan = Plan {
+        group: Group::Devnet,
+        steps: vec![PlanStep {
+            node: "node-a".into(),
+            action: PlanAction::Replace,
+            port: 7000,
+            changes: vec!["env".into()],
+        }],
+    };
     let cases: Vec<(Response, &str)> = vec![
         (Response::Done(Done { message: "ok".into() }), "02026f6b"),
+        (Response::Error(ErrorReply::new(ErrorKind::PortInUse, "x")), "0302017800"),
         (
-            Response::Error(ErrorReply { kind: ErrorKind::PortInUse, message: "x".into() }),
-            "03020178",
+            Response::Error(ErrorReply::new(ErrorKind::RolloutFailed, "x")),
+            "0307017800",
         ),
         (
             Response::LogLine(LogLine { node: "a".into(), at_unix_ms: 1, text: "hi".into() }),
@@ -87,6 +103,18 @@ fn response_variant_indexes_are_pinned() {
         ),
         (Response::EndOfStream(EndOfStream::NodeStopped), "0501"),
         (Response::EndOfStream(EndOfStream::Failed("e".into())), "05030165"),
+        (Response::EndOfStream(EndOfStream::Evicted), "0504"),
+        (Response::Plan(plan), "060001066e6f64652d6102fb581b0103656e76"),
+        (
+            Response::Event(Event {
+                at_unix_ms: 1,
+                node: "a".into(),
+                group: Group::Devnet,
+                kind: EventKind::Spawned { pid: 7 },
+                status: None,
+            }),
+            "0702016100010700",
+        ),
     ];
     for (resp, want) in cases {
         let got = hex(&codec::encode("response", &resp).unwrap());
@@ -100,9 +128,9 @@ fn exit_kind_variant_indexes_are_pinned() {
     let cases: Vec<(ExitKind, &str)> =
         vec![(ExitKind::Code(3), "0006"), (ExitKind::Signal(9), "0112"), (ExitKind::Unknown, "02")];
     for (kind, want) in cases {
-        let last = LastExit { kind, at_unix_ms: 1 };
+        let last = LastExit { kind, at_unix_ms: 1, cause: ExitCause::Liveness };
         let got = hex(&codec::encode("last exit", &last).unwrap());
-        assert_eq!(got, format!("{want}02"), "{kind:?}");
+        assert_eq!(got, format!("{want}0202"), "{kind:?}");
         let back: LastExit =
             codec::decode("last exit", &codec::encode("last exit", &last).unwrap()).unwrap();
         assert_eq!(back, last);

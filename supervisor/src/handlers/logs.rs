@@ -7,14 +7,13 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use dwbase_proto::{EndOfStream, LogLine, LogsSpec, Response};
+use dwbase_proto::{EventKind, NodeState};
 use futures::StreamExt;
 use tokio::sync::broadcast::error::RecvError;
-use tokio_util::sync::CancellationToken;
 
 use super::Flow;
 use crate::logs::{merge_by_time, tail, Follower, MultiFollower};
-use crate::runner::NodeNotice;
-use crate::server::{send, Conn, Ctx};
+use crate::server::{send, Conn, ConnState, ConnTokens, Ctx};
 
 /// After the last followed node stopped, how long its log pipe gets to write the last lines.
 const FINAL_GRACE: Duration = Duration::from_millis(300);
@@ -42,10 +41,10 @@ pub(super) async fn handle(
     ctx: &Ctx,
     spec: LogsSpec,
     conn: &mut Conn,
-    shutdown: &CancellationToken,
+    tokens: &ConnTokens,
 ) -> std::io::Result<Flow> {
     // Subscribe before looking at the nodes, so no stop between the two is missed.
-    let mut notices = ctx.runner.notices();
+    let mut notices = ctx.runner.events();
     let targets = match ctx.runner.log_targets(spec.node.clone()).await {
         Err(e) => {
             send(conn, &super::gone(e)).await?;
@@ -97,10 +96,15 @@ pub(super) async fn handle(
         end(conn, EndOfStream::NodeStopped).await?;
         return Ok(Flow::Continue);
     }
+    ctx.conns.set(tokens.id, ConnState::Streaming);
     loop {
         tokio::select! {
-            _ = shutdown.cancelled() => {
+            _ = tokens.shutdown.cancelled() => {
                 return finish_on_shutdown(conn, &mut follow).await;
+            }
+            _ = tokens.evicted.cancelled() => {
+                end(conn, EndOfStream::Evicted).await?;
+                return Ok(Flow::Close);
             }
             _ = ctx.streams.cancelled() => {
                 return finish_on_shutdown(conn, &mut follow).await;
@@ -112,8 +116,10 @@ pub(super) async fn handle(
                     return Ok(Flow::Continue);
                 }
             },
-            notice = notices.recv() => match notice {
-                Ok(NodeNotice::Stopped(name)) if followed.contains(&name) => {
+            notice = notices.recv() => match notice.map(|e| (e.node, e.kind)) {
+                Ok((name, EventKind::State { to: NodeState::Stopped, .. } | EventKind::Removed))
+                    if followed.contains(&name) =>
+                {
                     running.remove(&name);
                     if running.is_empty() {
                         tokio::time::sleep(FINAL_GRACE).await;
@@ -124,7 +130,7 @@ pub(super) async fn handle(
                         return Ok(Flow::Continue);
                     }
                 }
-                Ok(NodeNotice::Spawned(name)) if followed.contains(&name) => {
+                Ok((name, EventKind::Spawned { .. })) if followed.contains(&name) => {
                     running.insert(name);
                 }
                 Ok(_) | Err(RecvError::Lagged(_)) => {}

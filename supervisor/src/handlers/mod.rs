@@ -2,6 +2,7 @@
 //! the answer (or, for `Logs`, a stream of frames) to the connection.
 
 mod deploy;
+mod events;
 mod logs;
 mod ping;
 mod restart;
@@ -10,10 +11,9 @@ mod status;
 mod stop;
 
 use dwbase_proto::{ErrorReply, Request, Response};
-use tokio_util::sync::CancellationToken;
 
 use crate::runner::Gone;
-use crate::server::{send, Conn, Ctx};
+use crate::server::{send, Conn, ConnTokens, Ctx};
 
 /// What the connection does after a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,6 +35,7 @@ pub fn kind(req: &Request) -> &'static str {
         Request::Stop(_) => "stop",
         Request::Shutdown(_) => "shutdown",
         Request::Logs(_) => "logs",
+        Request::Events(_) => "events",
     }
 }
 
@@ -43,26 +44,24 @@ pub async fn handle(
     req: Request,
     conn: &mut Conn,
     ctx: &Ctx,
-    shutdown: &CancellationToken,
+    tokens: &ConnTokens,
 ) -> std::io::Result<Flow> {
     tracing::debug!(kind = kind(&req), "request");
     let reply = match req {
-        Request::Ping => ping::handle(ctx),
+        Request::Ping => ping::handle(ctx).await,
         Request::Status => status::handle(ctx).await,
-        Request::DeployDevnet(spec) => deploy::devnet(ctx, spec).await,
-        Request::DeployLocal(spec) => deploy::local(ctx, spec).await,
+        Request::DeployDevnet(spec) => return deploy::devnet(ctx, spec, conn, tokens).await,
+        Request::DeployLocal(spec) => return deploy::local(ctx, spec, conn, tokens).await,
         Request::Restart(node) => restart::handle(ctx, node).await,
         Request::Stop(spec) => stop::handle(ctx, spec).await,
         Request::Shutdown(spec) => return shutdown::handle(ctx, spec, conn).await,
-        Request::Logs(spec) => return logs::handle(ctx, spec, conn, shutdown).await,
+        Request::Logs(spec) => return logs::handle(ctx, spec, conn, tokens).await,
+        Request::Events(spec) => return events::handle(ctx, spec, conn, tokens).await,
     };
     send(conn, &reply).await?;
     Ok(Flow::Continue)
 }
 
-fn gone(_: Gone) -> Response {
-    Response::Error(ErrorReply {
-        kind: dwbase_proto::ErrorKind::Internal,
-        message: "the supervisor is shutting down".into(),
-    })
+fn gone(g: Gone) -> Response {
+    Response::Error(ErrorReply::from(g))
 }

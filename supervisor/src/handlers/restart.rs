@@ -17,20 +17,20 @@ pub(super) async fn handle(ctx: &Ctx, node: NodeRef) -> Response {
         Ok(Ok(w)) => w,
     };
     match tokio::time::timeout(RESTART_LIMIT, waiter).await {
-        Ok(Ok(Ok(pid))) => {
-            Response::Done(Done { message: format!("restarted {} (pid {pid})", node.node) })
-        }
-        Ok(Ok(Err(msg))) => Response::Error(ErrorReply {
-            kind: ErrorKind::Process,
-            message: format!("restarting {}: {msg}", node.node),
+        Ok(Ok(Ok(spawned))) => Response::Done(Done {
+            message: format!("restarted {} (pid {})", node.node, spawned.pid),
         }),
-        Ok(Err(_)) => Response::Error(ErrorReply {
-            kind: ErrorKind::Process,
-            message: format!("{} was stopped before it could restart", node.node),
-        }),
-        Err(_) => Response::Error(ErrorReply {
-            kind: ErrorKind::Process,
-            message: format!("{} did not restart within {RESTART_LIMIT:?}", node.node),
-        }),
+        Ok(Ok(Err(msg))) => Response::Error(ErrorReply::new(
+            ErrorKind::Process,
+            format!("restarting {}: {msg}", node.node),
+        )),
+        Ok(Err(_)) => Response::Error(ErrorReply::new(
+            ErrorKind::Process,
+            format!("{} was stopped before it could restart", node.node),
+        )),
+        Err(_) => Response::Error(ErrorReply::new(
+            ErrorKind::Process,
+            format!("{} did not restart within {RESTART_LIMIT:?}", node.node),
+        )),
     }
 }

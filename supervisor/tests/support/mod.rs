@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use dwbase_proto::state::{Loaded, StateFile};
 use dwbase_proto::{
-    Client, DevnetSpec, Group, NodeStatus, Paths, Request, Response, RestartPolicy, StatusReport,
+    Client, DeployOptions, DevnetSpec, Done, ErrorKind, Event, Group, NodeStatus, Paths, Plan,
+    Request, Response, RestartPolicy, StatusReport, Template,
 };
 use dwbase_supervisor::{Invocation, RestartRules, RunOptions};
 use tokio::task::JoinHandle;
@@ -108,8 +109,20 @@ impl Fixture {
         self.status().await.nodes.into_iter().find(|n| n.name == name).expect(name)
     }
 
-    pub async fn deploy(&self, nodes: u32, policy: RestartPolicy) -> Response {
-        self.request(Request::DeployDevnet(devnet(nodes, free_ports(nodes as u16), policy))).await
+    /// Sends a deploy request and reads its stream to the end.
+    pub async fn deploy_request(&self, req: Request) -> DeployStream {
+        let mut c = self.client().await;
+        c.send(&req).await.unwrap();
+        read_deploy(&mut c).await
+    }
+
+    /// Deploys `nodes` fake nodes (on free ports) and reads the deploy to its end: the fake
+    /// nodes never become ready, so it ends with `RolloutFailed` once they are all spawned.
+    pub async fn deploy(&self, nodes: u32, policy: RestartPolicy) -> DeployStream {
+        let spec = devnet(nodes, free_ports(nodes as u16), policy);
+        let out = self.deploy_request(Request::DeployDevnet(spec)).await;
+        assert!(out.plan.is_some(), "the deploy was refused: {:?}", out.last);
+        out
     }
 
     pub fn state(&self, group: Group) -> Option<StateFile> {
@@ -120,7 +133,8 @@ impl Fixture {
     }
 }
 
-/// A devnet spec with a short stop timeout and no swarm.
+/// A devnet spec with a short stop timeout, no swarm, and a short ready timeout (the fake
+/// nodes never answer HTTP, so a deploy of them ends with `RolloutFailed` after it).
 pub fn devnet(nodes: u32, base_port: u16, policy: RestartPolicy) -> DevnetSpec {
     DevnetSpec {
         nodes,
@@ -130,6 +144,53 @@ pub fn devnet(nodes: u32, base_port: u16, policy: RestartPolicy) -> DevnetSpec {
         restart_policy: policy,
         env: vec![("FAKE_NODE_EXTRA".into(), "1".into())],
         stop_timeout_ms: 500,
+        liveness: None,
+        options: DeployOptions { ready_timeout_ms: 300, ..DeployOptions::default() },
+    }
+}
+
+/// A template for a spec, read from a file.
+pub fn template(path: &std::path::Path) -> Template {
+    Template { path: path.to_path_buf(), text: std::fs::read_to_string(path).unwrap() }
+}
+
+/// What a deploy stream said.
+#[derive(Debug)]
+pub struct DeployStream {
+    /// The plan (absent when the spec was refused outright).
+    pub plan: Option<Plan>,
+    /// The events on the way.
+    pub events: Vec<Event>,
+    /// The last frame: `Deployed`, `Done` (dry run) or `Error`.
+    pub last: Response,
+}
+
+impl DeployStream {
+    /// The error kind of the last frame (panics if it is not an error).
+    pub fn error_kind(&self) -> ErrorKind {
+        match &self.last {
+            Response::Error(e) => e.kind,
+            other => panic!("expected an error, got {other:?}"),
+        }
+    }
+}
+
+/// Reads a deploy's frames until its last one.
+pub async fn read_deploy(c: &mut Client) -> DeployStream {
+    let mut out = DeployStream { plan: None, events: vec![], last: Response::Done(Done { message: String::new() }) };
+    loop {
+        let r = tokio::time::timeout(Duration::from_secs(120), c.recv())
+            .await
+            .expect("deploy stream frame")
+            .expect("deploy stream");
+        match r {
+            Response::Plan(p) => out.plan = Some(p),
+            Response::Event(e) => out.events.push(e),
+            other => {
+                out.last = other;
+                return out;
+            }
+        }
     }
 }
 

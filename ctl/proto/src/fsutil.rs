@@ -1,0 +1,216 @@
+//! Files that cannot be aimed elsewhere: atomic writes whose temp file is created exclusively
+//! without following links, and checks of the socket and folders before they are trusted.
+//!
+//! The threat is a same-host process (or a careless script) planting a symlink where we are
+//! about to write or dial: `state.json.partial → ~/.bashrc`, or `supervisor.sock → another
+//! root's socket`. Every check here looks at the path itself (`lstat`), never through it.
+
+use std::fs;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+/// Writes `bytes` to `path` atomically: `<path>.partial` is created exclusively (`O_EXCL |
+/// O_NOFOLLOW`, mode `mode`) after removing whatever sat there (a stale file or a planted
+/// link — `unlink` removes the link, never its target), written, fsynced, renamed over
+/// `path`, and the folder is fsynced. A crash leaves the old file or the new one.
+pub fn atomic_write(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut partial = path.as_os_str().to_owned();
+    partial.push(".partial");
+    let partial = PathBuf::from(partial);
+    match fs::remove_file(&partial) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    {
+        let mut f = create_exclusive(&partial, mode)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    fs::rename(&partial, path)?;
+    #[cfg(unix)]
+    fs::File::open(dir)?.sync_all()?;
+    Ok(())
+}
+
+#[cfg(unix)]
+fn create_exclusive(path: &Path, mode: u32) -> io::Result<fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .custom_flags(nix::libc::O_NOFOLLOW)
+        .open(path)
+}
+
+#[cfg(not(unix))]
+fn create_exclusive(path: &Path, _mode: u32) -> io::Result<fs::File> {
+    fs::OpenOptions::new().write(true).create_new(true).open(path)
+}
+
+/// What is at a socket path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SocketPath {
+    /// Nothing.
+    Missing,
+    /// A socket owned by us: safe to dial or to remove.
+    Ours,
+}
+
+/// A path we were about to trust is not what it must be.
+#[derive(Debug, thiserror::Error)]
+pub enum UnsafePath {
+    /// A symlink where a file or socket of ours must be.
+    #[error("refusing {path}: it is a symbolic link (to {target}); remove it if you did not put it there")]
+    Symlink {
+        /// The path.
+        path: PathBuf,
+        /// Where it points.
+        target: String,
+    },
+    /// Something other than a socket where our socket must be.
+    #[error("refusing {path}: it is not a socket; remove it if you did not put it there")]
+    NotASocket {
+        /// The path.
+        path: PathBuf,
+    },
+    /// Owned by another user.
+    #[error("refusing {path}: it belongs to uid {owner}, not to us (uid {ours})")]
+    Foreign {
+        /// The path.
+        path: PathBuf,
+        /// Its owner.
+        owner: u32,
+        /// Our effective uid.
+        ours: u32,
+    },
+    /// A private folder that others may write to.
+    #[error(
+        "refusing {path}: its mode {mode:04o} lets other users write to it; `chmod 700 {path}`"
+    )]
+    OpenToOthers {
+        /// The path.
+        path: PathBuf,
+        /// Its mode.
+        mode: u32,
+    },
+    /// The check itself failed.
+    #[error("checking {path}: {source}")]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+}
+
+#[cfg(unix)]
+fn euid() -> u32 {
+    nix::unistd::geteuid().as_raw()
+}
+
+/// Checks a control-socket path before it is dialled or removed: it must be missing, or a
+/// socket (not a link to one) owned by our effective uid.
+#[cfg(unix)]
+pub fn check_socket(path: &Path) -> Result<SocketPath, UnsafePath> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let meta = match fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(SocketPath::Missing),
+        Err(source) => return Err(UnsafePath::Io { path: path.to_owned(), source }),
+    };
+    let ft = meta.file_type();
+    if ft.is_symlink() {
+        let target = fs::read_link(path).map(|t| t.display().to_string()).unwrap_or_default();
+        return Err(UnsafePath::Symlink { path: path.to_owned(), target });
+    }
+    if !ft.is_socket() {
+        return Err(UnsafePath::NotASocket { path: path.to_owned() });
+    }
+    if meta.uid() != euid() {
+        return Err(UnsafePath::Foreign { path: path.to_owned(), owner: meta.uid(), ours: euid() });
+    }
+    Ok(SocketPath::Ours)
+}
+
+/// Checks a control-socket path (named pipes have no path to plant: always fine).
+#[cfg(not(unix))]
+pub fn check_socket(_path: &Path) -> Result<SocketPath, UnsafePath> {
+    Ok(SocketPath::Ours)
+}
+
+/// Checks a folder that must be private to us (the state root, the socket fallback folder):
+/// owned by our effective uid and not writable by group or others. A symlink to such a folder
+/// is fine (operators point roots at other disks); the folder it names is what is checked.
+/// A missing folder passes (it will be created 0700).
+#[cfg(unix)]
+pub fn check_private_dir(path: &Path) -> Result<(), UnsafePath> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = match fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(source) => return Err(UnsafePath::Io { path: path.to_owned(), source }),
+    };
+    if meta.uid() != euid() {
+        return Err(UnsafePath::Foreign { path: path.to_owned(), owner: meta.uid(), ours: euid() });
+    }
+    if meta.mode() & 0o022 != 0 {
+        return Err(UnsafePath::OpenToOthers { path: path.to_owned(), mode: meta.mode() & 0o7777 });
+    }
+    Ok(())
+}
+
+/// Checks a private folder (not on this platform).
+#[cfg(not(unix))]
+pub fn check_private_dir(_path: &Path) -> Result<(), UnsafePath> {
+    Ok(())
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_planted_link_at_the_partial_path_is_replaced_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        fs::write(&victim, "precious").unwrap();
+        let target = dir.path().join("state.json");
+        std::os::unix::fs::symlink(&victim, dir.path().join("state.json.partial")).unwrap();
+        atomic_write(&target, b"{}", 0o600).unwrap();
+        assert_eq!(fs::read_to_string(&victim).unwrap(), "precious");
+        assert_eq!(fs::read_to_string(&target).unwrap(), "{}");
+        assert!(!dir.path().join("state.json.partial").exists());
+    }
+
+    #[test]
+    fn sockets_are_checked_without_following_links() {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("s.sock");
+        assert_eq!(check_socket(&sock).unwrap(), SocketPath::Missing);
+        let _l = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+        assert_eq!(check_socket(&sock).unwrap(), SocketPath::Ours);
+        let link = dir.path().join("link.sock");
+        std::os::unix::fs::symlink(&sock, &link).unwrap();
+        assert!(matches!(check_socket(&link), Err(UnsafePath::Symlink { .. })));
+        let file = dir.path().join("plain");
+        fs::write(&file, "").unwrap();
+        assert!(matches!(check_socket(&file), Err(UnsafePath::NotASocket { .. })));
+    }
+
+    #[test]
+    fn private_dirs_must_not_be_writable_by_others() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().join("root");
+        check_private_dir(&d).unwrap();
+        fs::create_dir(&d).unwrap();
+        fs::set_permissions(&d, fs::Permissions::from_mode(0o700)).unwrap();
+        check_private_dir(&d).unwrap();
+        fs::set_permissions(&d, fs::Permissions::from_mode(0o777)).unwrap();
+        assert!(matches!(check_private_dir(&d), Err(UnsafePath::OpenToOthers { .. })));
+    }
+}

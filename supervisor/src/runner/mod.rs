@@ -1,0 +1,848 @@
+//! The runner: one task that owns every node's state (the single writer of it, and of
+//! state.json).
+//!
+//! It receives [`Command`]s from connection handlers (each with a oneshot for the answer) and
+//! facts from the tasks it starts — a process exited, probes answered, a timer ran out — all
+//! over one channel. Each fact or request becomes an [`crate::fsm::Event`] for the node's FSM
+//! (the only writer of a node's supervision state); the [`crate::fsm::Action`]s that come out
+//! are performed here, every change is published to event subscribers, and state.json (plus
+//! the node's own `node.json`) is saved after every change.
+//!
+//! - [`handle`]: the commands and the cloneable handle;
+//! - [`node`]: a node as the runner holds it;
+//! - [`restore`]: what a starting supervisor finds on its root (state files, node folders,
+//!   live processes) — adoption without duplicates;
+//! - [`reconcile`]: declarative deploys — desired nodes diffed into a plan and steps;
+//! - [`probe`]: the batched readiness and liveness prober.
+//!
+//! Tasks it starts per running node: an exit watcher (`Child::wait` for our children, a pidfd
+//! for adopted ones). None of them touches node state; they only send messages.
+
+pub mod handle;
+mod node;
+pub mod probe;
+pub mod reconcile;
+mod restore;
+
+use std::collections::{BTreeMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use dwbase_proto::process::{self as pc, ProcessId, Signal};
+use dwbase_proto::state::{Desired, NodeRecord, StateFile, SupervisorRecord};
+use dwbase_proto::{
+    ErrorKind, ErrorReply, Event as NodeEvent, EventKind, ExitKind, Group, NodeState, NodeStatus,
+    Paths, StartupReport, StatusReport, StopSpec, SupervisorInfo,
+};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+pub use handle::{
+    Applied, Command, Gone, LogTarget, Planned, RunnerHandle, Snapshot, Spawned, StopTicket,
+    STOP_MARGIN,
+};
+pub use node::LAST_LOG_LINES;
+pub use reconcile::{DesiredNode, Step};
+
+use crate::fsm::{Action, Event, Phase, RestartRules};
+use crate::process::{self, Invocation, LogSink, SpawnSpec};
+use crate::render;
+use node::{Node, Removal};
+use probe::{Kind, Outcome, ProbeConfig, Prober, Verdict};
+
+/// Everything the runner needs to know up front.
+#[derive(Debug, Clone)]
+pub struct RunnerConfig {
+    /// The state root.
+    pub paths: Paths,
+    /// The node program.
+    pub node: Invocation,
+    /// Where node output goes.
+    pub sink: LogSink,
+    /// Restart rules.
+    pub rules: RestartRules,
+    /// Who we are (for status and state.json).
+    pub supervisor: SupervisorInfo,
+    /// Our start time in clock ticks (for state.json).
+    pub supervisor_start_time: Option<u64>,
+    /// Probe period while a node is not ready.
+    pub probe_fast: Duration,
+    /// Probe period once a node is ready.
+    pub probe_slow: Duration,
+    /// Timeout of one readiness probe.
+    pub probe_timeout: Duration,
+}
+
+enum Msg {
+    Cmd(Command),
+    Exited { name: String, generation: u64, kind: Option<ExitKind> },
+    Probes(Vec<Outcome>),
+    Timer { name: String, generation: Option<u64>, event: Event },
+}
+
+impl std::fmt::Debug for Msg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Msg::Cmd(c) => write!(f, "Cmd({c:?})"),
+            Msg::Exited { name, generation, kind } => {
+                write!(f, "Exited({name}#{generation}, {kind:?})")
+            }
+            Msg::Probes(v) => write!(f, "Probes({})", v.len()),
+            Msg::Timer { name, event, .. } => write!(f, "Timer({name}, {event:?})"),
+        }
+    }
+}
+
+fn unix_ms_now() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn err(kind: ErrorKind, message: impl Into<String>) -> ErrorReply {
+    ErrorReply::new(kind, message)
+}
+
+/// Reads a config's `node.listen`, for the probe address of a node found on disk.
+fn listen_of(config: &std::path::Path) -> Option<SocketAddr> {
+    let text = std::fs::read_to_string(config).ok()?;
+    let doc: toml::Table = text.parse().ok()?;
+    doc.get("node")?.get("listen")?.as_str()?.parse().ok()
+}
+
+/// The runner itself; build with [`Runner::new`], then `tokio::spawn(runner.run())`.
+pub struct Runner {
+    cfg: RunnerConfig,
+    nodes: BTreeMap<String, Node>,
+    tx: mpsc::UnboundedSender<Msg>,
+    rx: mpsc::UnboundedReceiver<Msg>,
+    prober: Prober,
+    cancel: CancellationToken,
+    dirty: bool,
+    events: broadcast::Sender<NodeEvent>,
+    status_tx: watch::Sender<Arc<Snapshot>>,
+    finishing: bool,
+    startup: StartupReport,
+    save_error: Option<String>,
+}
+
+impl Runner {
+    /// Builds the runner and its handle: loads both state files and every node folder's
+    /// record, finds node processes no record lists, adopts every live node, restarts the
+    /// dead ones per policy and stops duplicates. Returns what it found in
+    /// [`Runner::startup`].
+    pub fn new(cfg: RunnerConfig) -> anyhow::Result<(Self, RunnerHandle)> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (events, _) = broadcast::channel(1024);
+        let (status_tx, status_rx) = watch::channel(Arc::new(Snapshot::default()));
+        let cancel = CancellationToken::new();
+        let prober = Prober::start(
+            ProbeConfig { fast: cfg.probe_fast, slow: cfg.probe_slow, timeout: cfg.probe_timeout },
+            tx.clone(),
+            cancel.clone(),
+        )?;
+        let handle = RunnerHandle { tx: tx.clone(), events: events.clone(), status: status_rx };
+        let mut runner = Self {
+            cfg,
+            nodes: BTreeMap::new(),
+            tx,
+            rx,
+            prober,
+            cancel,
+            dirty: true,
+            events,
+            status_tx,
+            finishing: false,
+            startup: StartupReport::default(),
+            save_error: None,
+        };
+        runner.restore();
+        Ok((runner, handle))
+    }
+
+    /// What the runner found and did at start-up.
+    pub fn startup(&self) -> &StartupReport {
+        &self.startup
+    }
+
+    fn restore(&mut self) {
+        let mut report = StartupReport::default();
+        let found = restore::gather(&self.cfg.paths, &mut report);
+        for (name, id) in found.duplicates {
+            warn!(node = %name, pid = id.pid, "stopping a duplicate process of this node");
+            let target = pc::StopTarget { id, grace: Duration::from_secs(5), whole_group: true };
+            // Detached: start-up does not wait for it; the duplicate is never adopted.
+            tokio::spawn(async move {
+                pc::terminate(&[target]).await;
+            });
+        }
+        for f in found.nodes {
+            let rec = f.rec;
+            let listen = listen_of(&rec.config_path)
+                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], rec.port)));
+            let name = rec.name.clone();
+            let recorded = rec.pid.map(|pid| ProcessId { pid, start_time: rec.start_time });
+            let mut node = Node::new(rec, render::probe_addr(listen), self.cfg.rules);
+            match recorded.filter(ProcessId::is_alive) {
+                Some(id) => {
+                    info!(node = %name, pid = id.pid, "adopting a node that still runs");
+                    if f.recovered {
+                        report.recovered.push(name.clone());
+                    } else {
+                        report.adopted.push(name.clone());
+                    }
+                    self.nodes.insert(name.clone(), node);
+                    self.drive(&name, Event::Adopted(id));
+                    self.watch_adopted(&name);
+                    self.emit(&name, EventKind::Adopted { pid: id.pid });
+                }
+                None if node.fsm.desired == Desired::Running => {
+                    if let Some(pid) = recorded.map(|r| r.pid) {
+                        info!(node = %name, pid, "recorded process is gone; restarting per policy");
+                    }
+                    // It was running and died while nobody watched: an exit of unknown status.
+                    node.fsm.phase = Phase::Spawning;
+                    self.nodes.insert(name.clone(), node);
+                    self.drive(&name, Event::Exited { kind: None, at_unix_ms: unix_ms_now() });
+                    if let Some(n) = self.nodes.get_mut(&name) {
+                        n.fsm.message = Some("exited while no supervisor was running".into());
+                        if n.fsm.process.is_some() {
+                            report.restarted.push(name.clone());
+                        }
+                    }
+                }
+                None => {
+                    debug!(node = %name, "recorded as stopped");
+                    self.nodes.insert(name, node);
+                }
+            }
+        }
+        if let Some(s) = report.summary() {
+            info!("start-up: {s}");
+        }
+        self.startup = report;
+        self.dirty = true;
+    }
+
+    /// Runs until [`RunnerHandle::finish`].
+    pub async fn run(mut self) {
+        self.save();
+        self.publish();
+        while let Some(msg) = self.rx.recv().await {
+            let mut finish = self.handle(msg);
+            // Take whatever else is already queued before saving once (a probe batch and an
+            // exit arriving together cost one write).
+            while finish.is_none() {
+                match self.rx.try_recv() {
+                    Ok(m) => finish = self.handle(m),
+                    Err(_) => break,
+                }
+            }
+            if self.dirty {
+                self.save();
+            }
+            self.publish();
+            if let Some(reply) = finish {
+                self.cancel.cancel();
+                let _ = reply.send(());
+                break;
+            }
+        }
+    }
+
+    fn publish(&mut self) {
+        let nodes: Vec<NodeStatus> = self.sorted().iter().map(|n| n.status(false)).collect();
+        self.status_tx.send_if_modified(|cur| {
+            if cur.nodes == nodes {
+                false
+            } else {
+                *cur = Arc::new(Snapshot { seq: cur.seq + 1, nodes });
+                true
+            }
+        });
+    }
+
+    fn emit(&self, name: &str, kind: EventKind) {
+        if self.events.receiver_count() == 0 {
+            return;
+        }
+        let n = self.nodes.get(name);
+        let event = NodeEvent {
+            at_unix_ms: unix_ms_now(),
+            node: name.to_owned(),
+            group: n.map_or(Group::Devnet, |n| n.rec.group),
+            kind,
+            status: n.map(|n| n.status(false)),
+        };
+        let _ = self.events.send(event);
+    }
+
+    fn sorted(&self) -> Vec<&Node> {
+        let mut v: Vec<&Node> = self.nodes.values().collect();
+        v.sort_by_key(|n| node::order(&n.rec));
+        v
+    }
+
+    fn supervisor_record(&self) -> SupervisorRecord {
+        SupervisorRecord {
+            pid: self.cfg.supervisor.pid,
+            start_time: self.cfg.supervisor_start_time,
+            socket: self.cfg.supervisor.socket.clone(),
+            version: self.cfg.supervisor.version.clone(),
+            started_unix_ms: self.cfg.supervisor.started_unix_ms,
+        }
+    }
+
+    fn save(&mut self) {
+        self.dirty = false;
+        let mut problem = None;
+        for group in [Group::Devnet, Group::Local] {
+            let nodes: Vec<NodeRecord> = self
+                .sorted()
+                .into_iter()
+                .filter(|n| n.rec.group == group)
+                .map(Node::record)
+                .collect();
+            let path = self.cfg.paths.state_file(group);
+            if nodes.is_empty() && !path.exists() && !path.parent().is_some_and(|p| p.exists()) {
+                continue;
+            }
+            let file = StateFile {
+                version: dwbase_proto::state::STATE_VERSION,
+                supervisor: if self.finishing { None } else { Some(self.supervisor_record()) },
+                nodes,
+            };
+            if let Err(e) = file.save(&path) {
+                problem = Some(format!("state is not being saved: {e}"));
+            }
+        }
+        for n in self.nodes.values_mut().filter(|n| n.record_dirty) {
+            n.record_dirty = false;
+            if !n.rec.dir.exists() {
+                continue;
+            }
+            let rec = n.record();
+            if let Err(e) = rec.save_beside() {
+                problem.get_or_insert(format!("node records are not being saved: {e}"));
+            }
+        }
+        if problem != self.save_error {
+            match &problem {
+                Some(p) => error!("{p}"),
+                None => info!("state is saved again"),
+            }
+            self.save_error = problem;
+        }
+    }
+
+    fn status(&self) -> StatusReport {
+        let mut supervisor = self.cfg.supervisor.clone();
+        supervisor.startup = self.startup.clone();
+        let mut warnings = self.startup.warnings.clone();
+        warnings.extend(self.save_error.clone());
+        StatusReport {
+            supervisor,
+            nodes: self.sorted().iter().map(|n| n.status(true)).collect(),
+            warnings,
+        }
+    }
+
+    fn handle(&mut self, msg: Msg) -> Option<oneshot::Sender<()>> {
+        match msg {
+            Msg::Cmd(cmd) => return self.command(cmd),
+            Msg::Exited { name, generation, kind } => self.on_exit(&name, generation, kind),
+            Msg::Probes(batch) => {
+                for o in batch {
+                    self.on_probe(o);
+                }
+            }
+            Msg::Timer { name, generation, event } => {
+                let node = self.nodes.get(&name)?;
+                if generation.is_some_and(|g| g != node.fsm.generation) {
+                    return None;
+                }
+                self.drive(&name, event);
+            }
+        }
+        None
+    }
+
+    fn on_probe(&mut self, o: Outcome) {
+        let Some(node) = self.nodes.get(&o.name) else { return };
+        if node.fsm.generation != o.generation || node.fsm.process.is_none() {
+            return;
+        }
+        let event = match (o.kind, o.verdict) {
+            (Kind::Readiness, Verdict::Ok) => Event::ProbeReady,
+            (Kind::Readiness, Verdict::NotOk(r)) => Event::ProbeNotReady(r),
+            (Kind::Readiness, Verdict::Failed(r)) => Event::ProbeFailed(r),
+            (Kind::Liveness, Verdict::Ok) => Event::LivenessOk,
+            (Kind::Liveness, Verdict::NotOk(r) | Verdict::Failed(r)) => Event::LivenessFailed(r),
+        };
+        let liveness_reason = match &event {
+            Event::LivenessFailed(r) => Some(r.clone()),
+            _ => None,
+        };
+        let before = node.fsm.liveness_failures;
+        self.drive(&o.name, event);
+        if let (Some(reason), Some(n)) = (liveness_reason, self.nodes.get(&o.name)) {
+            let failures = n.fsm.liveness_failures;
+            if failures > before {
+                warn!(node = %o.name, failures, "liveness probe failed: {reason}");
+                self.emit(&o.name, EventKind::LivenessFailed { failures, reason });
+            }
+        }
+    }
+
+    fn command(&mut self, cmd: Command) -> Option<oneshot::Sender<()>> {
+        match cmd {
+            Command::Status(reply) => {
+                let _ = reply.send(self.status());
+            }
+            Command::Plan { group, desired, prune, reply } => {
+                let _ = reply.send(reconcile::plan(&self.nodes, group, desired, prune));
+            }
+            Command::Apply(step, reply) => {
+                let r = self.apply(step);
+                let _ = reply.send(r);
+            }
+            Command::Restart(name, reply) => {
+                let r = self.restart(&name);
+                let _ = reply.send(r);
+            }
+            Command::Stop(spec, reply) => {
+                let r = self.stop(&spec);
+                let _ = reply.send(r);
+            }
+            Command::LogTargets(node, reply) => {
+                let r = self.log_targets(node.as_deref());
+                let _ = reply.send(r);
+            }
+            Command::Notice(node, message) => self.emit(&node, EventKind::Rollout(message)),
+            Command::Finish(reply) => {
+                self.finishing = true;
+                self.dirty = true;
+                return Some(reply);
+            }
+        }
+        None
+    }
+
+    fn unknown_node(&self, name: &str) -> ErrorReply {
+        let known: Vec<&str> = self.sorted().iter().map(|n| n.rec.name.as_str()).collect();
+        err(ErrorKind::UnknownNode, dwbase_proto::unknown_node_message(name, &known))
+    }
+
+    fn log_targets(&self, node: Option<&str>) -> Result<Vec<LogTarget>, ErrorReply> {
+        let pick = |n: &Node| LogTarget {
+            name: n.rec.name.clone(),
+            log_path: n.rec.log_path.clone(),
+            running: n.fsm.node_state() != NodeState::Stopped,
+        };
+        match node {
+            Some(name) => {
+                self.nodes.get(name).map(|n| vec![pick(n)]).ok_or_else(|| self.unknown_node(name))
+            }
+            None => Ok(self.sorted().into_iter().map(pick).collect()),
+        }
+    }
+
+    fn spawn_waiter(&mut self, name: &str) -> oneshot::Receiver<Result<Spawned, String>> {
+        let (tx, rx) = oneshot::channel();
+        if let Some(n) = self.nodes.get_mut(name) {
+            n.spawn_waiters.push(tx);
+        }
+        rx
+    }
+
+    fn restart(
+        &mut self,
+        name: &str,
+    ) -> Result<oneshot::Receiver<Result<Spawned, String>>, ErrorReply> {
+        if !self.nodes.contains_key(name) {
+            return Err(self.unknown_node(name));
+        }
+        let rx = self.spawn_waiter(name);
+        if let Some(n) = self.nodes.get_mut(name) {
+            n.last_log_lines.clear();
+        }
+        info!(node = %name, "restart requested");
+        self.drive(name, Event::RestartRequested);
+        Ok(rx)
+    }
+
+    fn stop(&mut self, spec: &StopSpec) -> Result<StopTicket, ErrorReply> {
+        let in_group = |n: &Node| spec.group.is_none_or(|g| g == n.rec.group);
+        let names: Vec<String> = if spec.nodes.is_empty() {
+            self.sorted().into_iter().filter(|n| in_group(n)).map(|n| n.rec.name.clone()).collect()
+        } else {
+            for name in &spec.nodes {
+                match self.nodes.get(name) {
+                    Some(n) if in_group(n) => {}
+                    _ => return Err(self.unknown_node(name)),
+                }
+            }
+            spec.nodes.clone()
+        };
+        let mut waits = vec![];
+        let mut longest = 0;
+        for name in &names {
+            let Some(n) = self.nodes.get_mut(name) else { continue };
+            n.stop_timeout_override = spec.timeout_ms;
+            longest = longest.max(spec.timeout_ms.unwrap_or(n.rec.stop_timeout_ms));
+            if n.fsm.process.is_some() {
+                let (tx, rx) = oneshot::channel();
+                n.stop_waiters.push(tx);
+                waits.push(rx);
+            }
+            info!(node = %name, "stop requested");
+            self.drive(name, Event::StopRequested);
+        }
+        Ok(StopTicket { nodes: names, waits, limit: Duration::from_millis(longest) + STOP_MARGIN })
+    }
+
+    /// Carries out one step of a deploy.
+    fn apply(&mut self, step: Step) -> Result<Applied, ErrorReply> {
+        match step {
+            Step::Add(d) => {
+                if self.nodes.contains_key(&d.record.name) {
+                    return Err(err(
+                        ErrorKind::Conflict,
+                        format!("{} exists already (a concurrent deploy?)", d.record.name),
+                    ));
+                }
+                render::validate(&d.rendered)?;
+                render::check_port(&d.rendered)?;
+                render::write_node(&d.rendered)?;
+                let name = d.record.name.clone();
+                info!(node = %name, port = d.record.port, "adding");
+                let node = Node::new(d.record.clone(), d.probe_addr(), self.cfg.rules);
+                self.nodes.insert(name.clone(), node);
+                self.dirty = true;
+                self.emit(&name, EventKind::Added);
+                let rx = self.spawn_waiter(&name);
+                self.drive(&name, Event::StartRequested);
+                Ok(Applied::Spawning(rx))
+            }
+            Step::Replace(d) => {
+                let name = d.record.name.clone();
+                if !self.nodes.contains_key(&name) {
+                    return Err(self.unknown_node(&name));
+                }
+                info!(node = %name, "replacing with a new spec");
+                let rx = self.spawn_waiter(&name);
+                if let Some(n) = self.nodes.get_mut(&name) {
+                    n.pending = Some(d);
+                    n.last_log_lines.clear();
+                }
+                self.drive(&name, Event::ReplaceRequested);
+                Ok(Applied::Spawning(rx))
+            }
+            Step::Update(d) => {
+                let name = d.record.name.clone();
+                let Some(n) = self.nodes.get_mut(&name) else { return Err(self.unknown_node(&name)) };
+                n.rec.restart_policy = d.record.restart_policy;
+                n.rec.stop_timeout_ms = d.record.stop_timeout_ms;
+                n.rec.liveness = d.record.liveness;
+                n.fsm.policy = d.record.restart_policy;
+                n.fsm.liveness = d.record.liveness;
+                n.record_dirty = true;
+                let watch = n.fsm.process.map(|_| (n.fsm.generation, n.probe_addr, n.fsm.liveness));
+                if let Some((generation, addr, liveness)) = watch {
+                    self.prober.watch(&name, generation, addr, liveness);
+                }
+                info!(node = %name, "supervision settings updated in place");
+                self.dirty = true;
+                self.emit(&name, EventKind::Rollout("updated in place".into()));
+                Ok(Applied::Done)
+            }
+            Step::Start(name) => {
+                if !self.nodes.contains_key(&name) {
+                    return Err(self.unknown_node(&name));
+                }
+                let rx = self.spawn_waiter(&name);
+                self.drive(&name, Event::StartRequested);
+                Ok(Applied::Spawning(rx))
+            }
+            Step::Remove { name, prune } => {
+                let Some(n) = self.nodes.get_mut(&name) else { return Err(self.unknown_node(&name)) };
+                n.removal = Some(if prune { Removal::Prune } else { Removal::Forget });
+                let wait = n.fsm.process.map(|_| {
+                    let (tx, rx) = oneshot::channel();
+                    n.stop_waiters.push(tx);
+                    rx
+                });
+                info!(node = %name, prune, "removing");
+                self.drive(&name, Event::StopRequested);
+                self.finish_removal(&name);
+                Ok(Applied::Removing(wait))
+            }
+        }
+    }
+
+    fn on_exit(&mut self, name: &str, generation: u64, kind: Option<ExitKind>) {
+        let Some(node) = self.nodes.get_mut(name) else { return };
+        if node.fsm.generation != generation || node.fsm.process.is_none() {
+            return;
+        }
+        let pid = node.fsm.pid();
+        let requested = matches!(node.fsm.phase, Phase::Stopping { .. });
+        // Our own children report their status; adopted processes cannot.
+        let k = kind.unwrap_or(ExitKind::Unknown);
+        if requested {
+            info!(node = %name, ?pid, "stopped ({k})");
+        } else if k == ExitKind::Unknown {
+            warn!(node = %name, ?pid, "exited unexpectedly ({k}: not our child, adopted)");
+        } else {
+            warn!(node = %name, ?pid, "exited unexpectedly ({k})");
+        }
+        self.prober.unwatch(name);
+        for w in node.stop_waiters.drain(..) {
+            let _ = w.send(());
+        }
+        self.dirty = true;
+        self.drive(name, Event::Exited { kind: Some(k), at_unix_ms: unix_ms_now() });
+        if let Some(n) = self.nodes.get_mut(name) {
+            if k == ExitKind::Unknown && n.fsm.message.is_none() {
+                n.fsm.message = Some("exited (status unknown: the process was adopted)".into());
+            }
+            if let Some(exit) = n.fsm.last_exit {
+                self.emit(name, EventKind::Exited(exit));
+            }
+        }
+        self.finish_removal(name);
+    }
+
+    /// A node being removed that has no process left is forgotten (its folder deleted with
+    /// `--prune`).
+    fn finish_removal(&mut self, name: &str) {
+        let Some(n) = self.nodes.get(name) else { return };
+        let Some(removal) = n.removal else { return };
+        if n.fsm.phase != Phase::Stopped {
+            return;
+        }
+        let n = self.nodes.remove(name).expect("checked");
+        self.prober.unwatch(name);
+        if removal == Removal::Prune {
+            if let Err(e) = std::fs::remove_dir_all(&n.rec.dir) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    error!(node = %name, dir = %n.rec.dir.display(), "pruning: {e}");
+                }
+            } else {
+                info!(node = %name, dir = %n.rec.dir.display(), "pruned");
+            }
+        } else {
+            // Its folder stays; its record there must not bring it back at the next start.
+            let _ = std::fs::remove_file(n.rec.record_path());
+            info!(node = %name, "removed (folder kept: {})", n.rec.dir.display());
+        }
+        self.dirty = true;
+        self.emit(name, EventKind::Removed);
+    }
+
+    /// Applies an event and performs the resulting actions (which may produce more events).
+    fn drive(&mut self, name: &str, event: Event) {
+        let before = self.nodes.get(name).map(|n| n.fsm.node_state());
+        let mut queue = VecDeque::from([event]);
+        while let Some(ev) = queue.pop_front() {
+            let Some(node) = self.nodes.get_mut(name) else { return };
+            if let Event::SpawnFailed(msg) = &ev {
+                for w in node.spawn_waiters.drain(..) {
+                    let _ = w.send(Err(msg.clone()));
+                }
+            }
+            let actions = node.fsm.apply(ev, Instant::now());
+            for action in actions {
+                match action {
+                    Action::SaveState => self.dirty = true,
+                    Action::Spawn => match self.spawn(name) {
+                        Ok(id) => queue.push_back(Event::Spawned(id)),
+                        Err(msg) => queue.push_back(Event::SpawnFailed(msg)),
+                    },
+                    Action::ScheduleRestart(after) => {
+                        info!(node = %name, "restarting in {after:?}");
+                        self.timer(name, None, after, Event::BackoffElapsed);
+                    }
+                    Action::SignalStop => self.signal_stop(name),
+                    Action::Kill => {
+                        if let Some(pid) = self.nodes.get(name).and_then(|n| n.fsm.pid()) {
+                            warn!(node = %name, pid, "did not exit in time; SIGKILL to its process group");
+                            if let Err(e) = pc::signal_group(pid, Signal::SIGKILL) {
+                                error!(node = %name, pid, "SIGKILL: {e}");
+                            }
+                        }
+                    }
+                    Action::EnterCrashLoop => {
+                        if let Some(n) = self.nodes.get_mut(name) {
+                            n.last_log_lines = process::tail_lines(&n.rec.log_path, LAST_LOG_LINES);
+                            error!(
+                                node = %name, restarts = n.fsm.restarts,
+                                "crash loop: more than {} exits within {:?}; restarting every {:?} until `dwbase deploy restart {name}`",
+                                n.fsm.rules.crash_max_exits, n.fsm.rules.crash_window, n.fsm.rules.max_backoff
+                            );
+                        }
+                    }
+                    Action::LivenessRestart(why) => {
+                        warn!(node = %name, "{why}; stopping its process group to restart it");
+                    }
+                }
+            }
+        }
+        let Some(n) = self.nodes.get_mut(name) else { return };
+        if n.fsm.phase == Phase::Stopped {
+            for w in n.spawn_waiters.drain(..) {
+                let _ = w.send(Err("it was stopped before it could start".into()));
+            }
+        }
+        let after = n.fsm.node_state();
+        if before != Some(after) {
+            if let Some(from) = before {
+                info!(node = %name, pid = ?n.fsm.pid(), "{from} → {after}");
+                self.emit(name, EventKind::State { from, to: after });
+            }
+        }
+    }
+
+    fn timer(&self, name: &str, generation: Option<u64>, after: Duration, event: Event) {
+        let tx = self.tx.clone();
+        let cancel = self.cancel.clone();
+        let name = name.to_owned();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = cancel.cancelled() => {}
+                _ = tokio::time::sleep(after) => {
+                    let _ = tx.send(Msg::Timer { name, generation, event });
+                }
+            }
+        });
+    }
+
+    fn signal_stop(&mut self, name: &str) {
+        let Some(n) = self.nodes.get_mut(name) else { return };
+        let Some(pid) = n.fsm.pid() else { return };
+        let timeout = n.stop_timeout_override.take().unwrap_or(n.rec.stop_timeout_ms);
+        let generation = n.fsm.generation;
+        info!(node = %name, pid, "SIGTERM to its process group (SIGKILL after {timeout} ms)");
+        if let Err(e) = pc::terminate_group(pid) {
+            error!(node = %name, pid, "SIGTERM: {e}");
+        }
+        self.timer(name, Some(generation), Duration::from_millis(timeout), Event::StopTimedOut);
+    }
+
+    fn spawn(&mut self, name: &str) -> Result<ProcessId, String> {
+        let Some(n) = self.nodes.get_mut(name) else { return Err("unknown node".into()) };
+        if let Some(d) = n.pending.take() {
+            // A deploy's replacement: its config goes in place right before its process starts.
+            if let Err(e) = render::write_node(&d.rendered) {
+                return Err(e.message);
+            }
+            n.rec = d.record;
+            n.probe_addr = render::probe_addr(d.rendered.listen);
+            n.fsm.policy = n.rec.restart_policy;
+            n.fsm.liveness = n.rec.liveness;
+        }
+        let spec = SpawnSpec {
+            node: &self.cfg.node,
+            sink: &self.cfg.sink,
+            config_path: &n.rec.config_path,
+            log_path: &n.rec.log_path,
+            stop_timeout_ms: n.rec.stop_timeout_ms,
+            data_dir: &n.rec.data_dir,
+            node_id: &n.rec.id,
+            env: &n.rec.env,
+        };
+        for d in [&n.rec.data_dir, &n.rec.dir.join("summaries")] {
+            let _ = std::fs::create_dir_all(d);
+        }
+        let next_seq = self.status_tx.borrow().seq + 1;
+        let spawned = match process::spawn_node(&spec) {
+            Err(e) => {
+                error!(node = %name, "spawn failed: {e}");
+                return Err(e.to_string());
+            }
+            Ok(s) => s,
+        };
+        let id = ProcessId { pid: spawned.pid, start_time: spawned.start_time };
+        // The Spawned event that follows makes this the FSM's next generation.
+        let generation = n.fsm.generation + 1;
+        info!(node = %name, pid = id.pid, restarts = n.fsm.restarts, "spawned");
+        let info = Spawned { pid: id.pid, restarts: n.fsm.restarts, seq: next_seq };
+        for w in n.spawn_waiters.drain(..) {
+            let _ = w.send(Ok(info));
+        }
+        n.record_dirty = true;
+        self.dirty = true;
+        let tx = self.tx.clone();
+        let owned = name.to_owned();
+        let grace = sweep_grace(n.rec.stop_timeout_ms);
+        let cancel = self.cancel.clone();
+        let (addr, liveness) = (n.probe_addr, n.rec.liveness);
+        tokio::spawn(async move {
+            tokio::select! {
+                // The runner ended, leaving the node running (the next supervisor adopts
+                // it); dropping the Child neither kills nor leaks it (tokio reaps it when it
+                // exits).
+                _ = cancel.cancelled() => {}
+                kind = async {
+                    let kind = process::wait_child(spawned.child).await;
+                    // The exit is reported once the whole group is gone, so a restart never
+                    // races leftovers for the port and `Stop` answers when nothing is left.
+                    sweep(&owned, id.pid, grace).await;
+                    kind
+                } => {
+                    let _ = tx.send(Msg::Exited { name: owned, generation, kind });
+                }
+            }
+        });
+        self.prober.watch(name, generation, addr, liveness);
+        self.emit(name, EventKind::Spawned { pid: id.pid });
+        Ok(id)
+    }
+
+    fn watch_adopted(&mut self, name: &str) {
+        let Some(n) = self.nodes.get(name) else { return };
+        let Some(id) = n.fsm.process else { return };
+        let generation = n.fsm.generation;
+        let grace = sweep_grace(n.rec.stop_timeout_ms);
+        let tx = self.tx.clone();
+        let owned = name.to_owned();
+        let cancel = self.cancel.clone();
+        self.prober.watch(name, generation, n.probe_addr, n.fsm.liveness);
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = cancel.cancelled() => {}
+                _ = async {
+                    process::wait_adopted(id.pid, id.start_time).await;
+                    sweep(&owned, id.pid, grace).await;
+                } => {
+                    // Not our child: its exit status went to whoever reaped it.
+                    let kind = Some(ExitKind::Unknown);
+                    let _ = tx.send(Msg::Exited { name: owned, generation, kind });
+                }
+            }
+        });
+    }
+}
+
+/// How long a sweep waits after SIGTERM: the node's stop timeout, capped at
+/// [`pc::SWEEP_GRACE`] (the main process is gone; only leftovers and the log pipe wait).
+fn sweep_grace(stop_timeout_ms: u64) -> Duration {
+    Duration::from_millis(stop_timeout_ms).clamp(Duration::from_millis(100), pc::SWEEP_GRACE)
+}
+
+/// Sweeps a node's process group after its main process exited, and says what it found.
+async fn sweep(name: &str, pgid: u32, grace: Duration) {
+    match pc::sweep_group(pgid, grace).await {
+        pc::Sweep::Empty => {}
+        pc::Sweep::Terminated => {
+            info!(node = %name, pgid, "processes the node left in its group ended after SIGTERM")
+        }
+        pc::Sweep::Killed => warn!(
+            node = %name, pgid,
+            "processes the node left in its group outlived SIGTERM for {grace:?}; SIGKILLed the group"
+        ),
+    }
+}

@@ -1,0 +1,299 @@
+//! The prober: one task that probes every running node — readiness (`GET /readyz`) and
+//! liveness (`GET /healthz`) — and reports to the runner in batches.
+//!
+//! Steady-state probes run on a shared grid (multiples of the period since the prober
+//! started), so an idle devnet of 50 nodes wakes the supervisor once per period for all of
+//! them instead of 50 times at scattered moments, and their results reach the runner as one
+//! message (one state save, one status publish). A node that is starting is probed at once,
+//! then after 5 ms, 10 ms, … up to the fast period, so a restarted node is seen ready within
+//! milliseconds of answering.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use dwbase_proto::LivenessSpec;
+use futures::future::BoxFuture;
+use futures::stream::{FuturesUnordered, StreamExt};
+use futures::FutureExt;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::Msg;
+
+/// The first pause between readiness probes of a node that is not ready yet; it doubles up
+/// to the fast period.
+const STARTING_PROBE_FIRST: Duration = Duration::from_millis(5);
+
+/// Probes due within this much of each other run in the same batch.
+const BATCH_SLACK: Duration = Duration::from_millis(5);
+
+/// Which probe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Kind {
+    /// `GET /readyz`.
+    Readiness,
+    /// `GET /healthz`.
+    Liveness,
+}
+
+/// What a probe saw.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Verdict {
+    /// 200.
+    Ok,
+    /// Answered, but not 200 (readiness: the reason from the body).
+    NotOk(String),
+    /// No answer (refused, timed out).
+    Failed(String),
+}
+
+/// One probe's result, for the runner.
+#[derive(Debug)]
+pub(super) struct Outcome {
+    /// The node.
+    pub name: String,
+    /// The process generation it probed (stale ones are ignored).
+    pub generation: u64,
+    /// Which probe.
+    pub kind: Kind,
+    /// What it saw.
+    pub verdict: Verdict,
+}
+
+/// How the prober probes.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct ProbeConfig {
+    /// Readiness period while a node is not ready (the cap of the doubling pause).
+    pub fast: Duration,
+    /// Readiness period once a node is ready.
+    pub slow: Duration,
+    /// Timeout of a readiness probe.
+    pub timeout: Duration,
+}
+
+enum ProbeCmd {
+    Watch { name: String, generation: u64, addr: SocketAddr, liveness: LivenessSpec },
+    Unwatch { name: String },
+}
+
+/// Tells the prober what to probe.
+#[derive(Debug, Clone)]
+pub(super) struct Prober {
+    tx: mpsc::UnboundedSender<ProbeCmd>,
+}
+
+impl std::fmt::Debug for ProbeCmd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Watch { name, generation, .. } => write!(f, "Watch({name}#{generation})"),
+            Self::Unwatch { name } => write!(f, "Unwatch({name})"),
+        }
+    }
+}
+
+impl Prober {
+    /// Starts the prober task; it reports to `runner` and ends with `cancel`.
+    pub fn start(
+        cfg: ProbeConfig,
+        runner: mpsc::UnboundedSender<Msg>,
+        cancel: CancellationToken,
+    ) -> anyhow::Result<Self> {
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .connect_timeout(cfg.timeout)
+            .pool_max_idle_per_host(1)
+            .build()?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(run(cfg, http, rx, runner, cancel));
+        Ok(Self { tx })
+    }
+
+    /// Probes this process of `name` from now on (replacing an older one).
+    pub fn watch(&self, name: &str, generation: u64, addr: SocketAddr, liveness: LivenessSpec) {
+        let _ = self.tx.send(ProbeCmd::Watch { name: name.to_owned(), generation, addr, liveness });
+    }
+
+    /// Stops probing `name`.
+    pub fn unwatch(&self, name: &str) {
+        let _ = self.tx.send(ProbeCmd::Unwatch { name: name.to_owned() });
+    }
+}
+
+struct Target {
+    generation: u64,
+    addr: SocketAddr,
+    liveness: LivenessSpec,
+    ready: bool,
+    pause: Duration,
+    next_ready: Instant,
+    next_live: Option<Instant>,
+    busy: bool,
+}
+
+/// The first multiple of `period` after `epoch` that is at or after `t`.
+fn align(epoch: Instant, t: Instant, period: Duration) -> Instant {
+    if period.is_zero() {
+        return t;
+    }
+    let since = t.saturating_duration_since(epoch).as_nanos();
+    let p = period.as_nanos();
+    let k = since.div_ceil(p);
+    epoch + Duration::from_nanos((k * p) as u64)
+}
+
+type Batch = BoxFuture<'static, Vec<Outcome>>;
+
+async fn run(
+    cfg: ProbeConfig,
+    http: reqwest::Client,
+    mut rx: mpsc::UnboundedReceiver<ProbeCmd>,
+    runner: mpsc::UnboundedSender<Msg>,
+    cancel: CancellationToken,
+) {
+    let epoch = Instant::now();
+    let mut targets: HashMap<String, Target> = HashMap::new();
+    let mut inflight: FuturesUnordered<Batch> = FuturesUnordered::new();
+    let first = STARTING_PROBE_FIRST.min(cfg.fast);
+    loop {
+        let next = targets
+            .values()
+            .filter(|t| !t.busy)
+            .flat_map(|t| [Some(t.next_ready), t.next_live])
+            .flatten()
+            .min();
+        tokio::select! {
+            biased;
+            _ = cancel.cancelled() => return,
+            cmd = rx.recv() => match cmd {
+                None => return,
+                Some(ProbeCmd::Watch { name, generation, addr, liveness }) => {
+                    let now = Instant::now();
+                    let next_live = liveness
+                        .enabled()
+                        .then(|| align(epoch, now + Duration::from_millis(liveness.period_ms), Duration::from_millis(liveness.period_ms)));
+                    targets.insert(name, Target {
+                        generation, addr, liveness, ready: false, pause: first,
+                        next_ready: now, next_live, busy: false,
+                    });
+                }
+                Some(ProbeCmd::Unwatch { name }) => {
+                    targets.remove(&name);
+                }
+            },
+            Some(batch) = inflight.next(), if !inflight.is_empty() => {
+                let now = Instant::now();
+                for o in &batch {
+                    let Some(t) = targets.get_mut(&o.name) else { continue };
+                    if t.generation != o.generation {
+                        continue;
+                    }
+                    t.busy = false;
+                    match o.kind {
+                        Kind::Readiness => {
+                            if o.verdict == Verdict::Ok {
+                                t.ready = true;
+                                t.next_ready = align(epoch, now + cfg.slow, cfg.slow);
+                            } else if t.ready {
+                                // Was ready: keep the slow, shared cadence (a degraded node
+                                // stays visible without a probe storm).
+                                t.next_ready = align(epoch, now + cfg.slow, cfg.slow);
+                            } else {
+                                t.next_ready = now + t.pause;
+                                t.pause = (t.pause * 2).min(cfg.fast);
+                            }
+                        }
+                        Kind::Liveness => {
+                            let p = Duration::from_millis(t.liveness.period_ms);
+                            t.next_live = Some(align(epoch, now + p, p));
+                        }
+                    }
+                }
+                if runner.send(Msg::Probes(batch)).is_err() {
+                    return;
+                }
+            }
+            _ = sleep_until(next), if next.is_some() => {
+                let due_by = Instant::now() + BATCH_SLACK;
+                let mut probes = Vec::new();
+                for (name, t) in targets.iter_mut().filter(|(_, t)| !t.busy) {
+                    let ready_due = t.next_ready <= due_by;
+                    let live_due = t.next_live.is_some_and(|l| l <= due_by);
+                    if !(ready_due || live_due) {
+                        continue;
+                    }
+                    t.busy = true;
+                    if ready_due {
+                        probes.push(probe(&http, name, t, Kind::Readiness, cfg.timeout));
+                    }
+                    if live_due {
+                        let timeout = Duration::from_millis(t.liveness.timeout_ms.max(1));
+                        probes.push(probe(&http, name, t, Kind::Liveness, timeout));
+                    }
+                }
+                if !probes.is_empty() {
+                    inflight.push(futures::future::join_all(probes).boxed());
+                }
+            }
+        }
+    }
+}
+
+async fn sleep_until(t: Option<Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => futures::future::pending().await,
+    }
+}
+
+fn probe(
+    http: &reqwest::Client,
+    name: &str,
+    t: &Target,
+    kind: Kind,
+    timeout: Duration,
+) -> BoxFuture<'static, Outcome> {
+    let path = match kind {
+        Kind::Readiness => "readyz",
+        Kind::Liveness => "healthz",
+    };
+    let url = format!("http://{}/{path}", t.addr);
+    let req = http.get(url).timeout(timeout);
+    let (name, generation) = (name.to_owned(), t.generation);
+    async move {
+        let verdict = match req.send().await {
+            Ok(resp) if resp.status().is_success() => Verdict::Ok,
+            Ok(resp) => {
+                let status = resp.status();
+                let body = resp.text().await.unwrap_or_default();
+                let body: String = body.trim().chars().take(300).collect();
+                Verdict::NotOk(format!("/{path} answered {status}: {body}"))
+            }
+            Err(e) if e.is_timeout() => {
+                Verdict::Failed(format!("/{path} timed out after {} ms", timeout.as_millis()))
+            }
+            Err(e) if e.is_connect() => Verdict::Failed(format!("/{path} refused the connection")),
+            Err(e) => Verdict::Failed(format!("/{path}: {e}")),
+        };
+        Outcome { name, generation, kind, verdict }
+    }
+    .boxed()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn alignment_puts_every_node_on_the_same_grid() {
+        let epoch = Instant::now();
+        let p = Duration::from_secs(5);
+        let a = align(epoch, epoch + Duration::from_millis(1200), p);
+        let b = align(epoch, epoch + Duration::from_millis(4999), p);
+        assert_eq!(a, b);
+        assert_eq!(a, epoch + p);
+        assert_eq!(align(epoch, epoch + p, p), epoch + p);
+        assert_eq!(align(epoch, epoch + p + Duration::from_nanos(1), p), epoch + 2 * p);
+    }
+}
