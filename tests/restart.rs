@@ -46,9 +46,13 @@ fn a_node_that_exits_at_once_reaches_crash_loop() {
     std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
     let _sup = start_supervisor(&d, &["--node-bin", script.to_str().unwrap()]);
     let socket = d.paths().socket();
-    match request(&socket, &dwbase_proto::Request::DeployDevnet(devnet_spec(1, free_port_range(1))))
+    // The rollout halts at the node that never gets ready; the supervisor keeps it per policy.
+    match deploy(&socket, &dwbase_proto::Request::DeployDevnet(devnet_spec(1, free_port_range(1))))
     {
-        Ok(dwbase_proto::Response::Status(_)) => {}
+        Ok(dwbase_proto::Response::Error(e)) => {
+            assert_eq!(e.kind, dwbase_proto::ErrorKind::RolloutFailed, "{e:?}");
+            assert!(e.message.contains("node-a"), "{}", e.message);
+        }
         other => panic!("{other:?}"),
     }
     let n = poll_until("crash loop", Duration::from_secs(30), || {

@@ -18,8 +18,11 @@ use dwbase_proto::RestartPolicy;
     about = "Deploy and operate DWBase nodes",
     long_about = "Deploy and operate DWBase nodes.\n\nThe state root is $DWBASE_DATA_DIR, else \
                   ./.dwbase. A supervisor daemon is started in the background when a command \
-                  needs one; `status` and `stop` also work without it, from state.json.\n\n\
-                  Exit codes: 0 success, 1 failure, 2 usage."
+                  needs one (and when it finds recorded nodes and none runs: the new one \
+                  adopts them); with --no-start, `status`, `logs` and `stop` work from \
+                  state.json alone.\n\n\
+                  Exit codes: 0 success, 1 failure, 2 usage; `deploy status`: 3 when the \
+                  supervisor or a node that should run is down."
 )]
 pub struct Cli {
     /// More log output on stderr (-v info, -vv debug, -vvv trace); RUST_LOG overrides.
@@ -29,6 +32,12 @@ pub struct Cli {
     /// never.
     #[arg(long, value_enum, value_name = "WHEN", default_value_t, global = true)]
     pub color: dwbase_node::term::ColorWhen,
+    /// Never start a supervisor: `status`, `logs` and `stop` read state.json (and stop by
+    /// signal, holding the root lock) when none runs. Without it, a command that finds
+    /// recorded nodes and no supervisor starts one, which adopts what runs and restarts
+    /// what died.
+    #[arg(long, global = true)]
+    pub no_start: bool,
     /// Node API base URL for the node commands (list-worlds, ask, replay, …), given before the
     /// command as with the original CLI; their own --api wins [default: http://127.0.0.1:8080].
     #[arg(long, value_name = "URL")]
@@ -114,9 +123,28 @@ pub struct CommonDeployArgs {
     /// Restart policy of the nodes.
     #[arg(long, default_value = "always", value_name = "always|on-failure|never")]
     pub restart: RestartPolicy,
-    /// How long to wait for every node to become ready.
+    /// How long each started node may take to become ready before the rollout halts.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub timeout: Duration,
+    /// Print what would change (per node: unchanged, add, replace, update, start, remove)
+    /// and change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Delete the folders (data included) of nodes the new spec removes; without it their
+    /// folders are kept.
+    #[arg(long)]
+    pub prune: bool,
+    /// Liveness probe period: every node's /healthz is probed this often; after
+    /// --liveness-failures failures in a row the node is restarted (0 turns it off).
+    /// Default 5s, or the template's [liveness] table.
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    pub liveness_period: Option<Duration>,
+    /// How long one liveness probe may take (default 2s).
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    pub liveness_timeout: Option<Duration>,
+    /// Liveness failures in a row that restart a node (default 3).
+    #[arg(long, value_name = "N")]
+    pub liveness_failures: Option<u32>,
     /// How long `stop` waits after SIGTERM before SIGKILL.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub stop_timeout: Duration,
@@ -127,15 +155,16 @@ pub struct CommonDeployArgs {
     /// Ctrl+C (SIGINT) or SIGTERM.
     #[arg(long)]
     pub foreground: bool,
-    /// Print the result as one JSON object on stdout: {group, state_file, supervisor, nodes,
-    /// timings: {supervisor_ms, spawned_ms, ready_ms}} (supervisor and nodes as in
-    /// `deploy status --json`).
+    /// Print the result as one JSON object on stdout: {group, state_file, plan, warnings,
+    /// supervisor, nodes, timings: {supervisor_ms, spawned_ms, ready_ms}} (supervisor and
+    /// nodes as in `deploy status --json`).
     #[arg(long)]
     pub json: bool,
 }
 
 /// `dwbase deploy devnet`
 #[derive(Debug, Clone, Args)]
+#[command(after_long_help = DEPLOY_HELP)]
 pub struct DevnetArgs {
     /// Number of nodes (at least 1).
     #[arg(long, default_value_t = 3, value_parser = parse_nodes)]
@@ -156,6 +185,7 @@ pub struct DevnetArgs {
 
 /// `dwbase deploy local`
 #[derive(Debug, Clone, Args)]
+#[command(after_long_help = DEPLOY_HELP)]
 pub struct LocalArgs {
     /// Node config (default: the built-in deploy/local.toml).
     #[arg(long, value_name = "FILE")]
@@ -164,6 +194,24 @@ pub struct LocalArgs {
     #[command(flatten)]
     pub common: CommonDeployArgs,
 }
+
+/// How a deploy works, for `--help`.
+const DEPLOY_HELP: &str = "\
+A deploy is declarative: the spec (node count, base port, template, the DWBASE_MAX_RAM_MB /
+DWBASE_MAX_DISK_MB of this environment, restart policy, swarm, liveness) goes to the supervisor,
+which compares it with what runs and applies a plan node by node:
+  unchanged  same spec and running: left alone (same pid)
+  replace    config or environment changed: stopped, started, ready — then the next node
+  update     only supervision settings changed: applied in place (same pid)
+  add        new node: started
+  start      same spec but stopped: started
+  remove     not in the spec any more: stopped, its folder kept (deleted with --prune)
+The first node that does not become ready halts the rollout; every other node keeps running
+and the error names the node, why, and its last log lines. The same spec twice changes
+nothing. The rollout belongs to the supervisor: if this command is interrupted, it goes on.
+
+Exit status: 0 when the plan was applied and every node of the spec is ready (or, with
+--dry-run, when the plan was printed), 1 when the rollout halted or was refused, 2 usage.";
 
 /// `dwbase deploy status`
 #[derive(Debug, Clone, Args)]
@@ -183,11 +231,21 @@ const STATUS_JSON_HELP: &str = "\
   supervisor.state_files    the state files read (when not running)
   nodes[].name, id, group (devnet|local), pid, port, ready, restarts, uptime_ms,
           restart_policy (always|on-failure|never), dir, data_dir, log_path, config_path,
-          message, last_exit {code, signal, at_unix_ms} or null
+          message, desired (running|stopped),
+          last_exit {code, signal, at_unix_ms, cause (unexpected|requested|liveness)} or null,
+          liveness {period_ms, timeout_ms, failures, failing} or null (from state.json)
   nodes[].state             starting|ready|degraded|unready|backoff|crash-loop|stopping|stopped
                             when supervised; alive|dead|pid-reused|stopped from state.json
+  warnings                  things to know (e.g. a state file moved aside)
 
-Exit status: 0 when the state could be read (nothing deployed included), 1 otherwise.";
+With recorded nodes and no supervisor running, a supervisor is started first: it adopts the
+nodes that run and restarts the dead ones per policy, and says so on stderr. --no-start
+reads state.json only.
+
+Exit status (as supervisorctl and systemctl):
+  0  the supervisor runs and every node that should run is ready (nothing deployed included)
+  3  the supervisor is down, or a node that should run is not ready
+  1  the status could not be found out";
 
 /// `dwbase deploy logs`
 #[derive(Debug, Clone, Args)]

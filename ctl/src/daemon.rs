@@ -54,7 +54,9 @@ pub struct StartOptions {
     pub foreground: bool,
 }
 
-/// Connects to the supervisor, starting one in the background if none runs.
+/// Connects to the supervisor, starting one in the background if none runs. A supervisor
+/// this starts adopts the nodes an earlier one left running and restarts dead ones per
+/// policy; what it did is said on stderr ("supervisor was down; adopted 3 nodes, …").
 pub async fn ensure_supervisor(paths: &Paths, opts: &StartOptions) -> Result<Connection> {
     if let Some(client) = connect(paths).await? {
         return Ok(Connection { client, started: None });
@@ -62,8 +64,64 @@ pub async fn ensure_supervisor(paths: &Paths, opts: &StartOptions) -> Result<Con
     let child = spawn_supervisor(paths, opts)?;
     tracing::info!(pid = child.id(), root = %paths.root.display(), "started a supervisor");
     let mut started = Started { child };
-    let client = wait_for_supervisor(paths, &mut started.child).await?;
+    let mut client = wait_for_supervisor(paths, &mut started.child).await?;
+    if let Ok(info) = ping(&mut client).await {
+        say_startup(&info);
+    }
     Ok(Connection { client, started: Some(started) })
+}
+
+/// Prints what a supervisor found at start-up, when there is something to say.
+pub fn say_startup(info: &SupervisorInfo) {
+    if let Some(summary) = info.startup.summary() {
+        eprintln!("supervisor was down; started pid {}: {summary}", info.pid);
+    }
+    for w in &info.startup.warnings {
+        eprintln!("warning: {w}");
+    }
+}
+
+/// Why a command works from state.json instead of a supervisor.
+#[derive(Debug)]
+pub enum Offline {
+    /// `--no-start`: a read-only view was asked for.
+    NoStart,
+    /// Nothing is recorded under the root: there is nothing to supervise.
+    NothingRecorded,
+    /// A supervisor could not be started (read-only root, …).
+    StartFailed(anyhow::Error),
+}
+
+/// Connects to the supervisor; when none runs but nodes are recorded under the root, starts
+/// one (self-healing: it adopts what runs and restarts what died). `Err(Offline)` says why
+/// the caller has only the state files; a supervisor that answers but refuses us (another
+/// protocol, an unsafe socket path) is an error.
+pub async fn attach(paths: &Paths, no_start: bool) -> Result<std::result::Result<Client, Offline>> {
+    if let Some(client) = connect(paths).await? {
+        return Ok(Ok(client));
+    }
+    if no_start {
+        return Ok(Err(Offline::NoStart));
+    }
+    if !crate::fallback::anything_recorded(paths) {
+        return Ok(Err(Offline::NothingRecorded));
+    }
+    match ensure_supervisor(paths, &StartOptions::default()).await {
+        Ok(c) => Ok(Ok(c.client)),
+        Err(e) => Ok(Err(Offline::StartFailed(e))),
+    }
+}
+
+impl Offline {
+    /// Says on stderr why the answer comes from state.json, when that is news.
+    pub fn warn(&self) {
+        if let Offline::StartFailed(e) = self {
+            eprintln!(
+                "warning: no supervisor runs and one could not be started ({e:#}); \
+                 read-only view from state.json"
+            );
+        }
+    }
 }
 
 /// The supervisor program: the sibling `dwbase-supervisor` of this executable, else this

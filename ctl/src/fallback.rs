@@ -1,18 +1,24 @@
 //! Working from state.json when no supervisor answers: what is recorded, what is still alive,
 //! and stopping recorded process groups by signal.
 //!
+//! Reading is side-effect free ([`StateFile::read`]): any command may look. Acting — signals,
+//! writing state.json — happens only while this process holds the root's instance lock
+//! ([`RootLock`]), so it can never race a supervisor, and changes only the records it acted on.
 //! A recorded pid is trusted only together with its recorded start time
 //! ([`process::liveness`]): a pid reused by a stranger is reported, never signalled.
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::Result;
-use dwbase_proto::process::{self, Liveness};
-use dwbase_proto::state::{Desired, Loaded, NodeRecord, StateFile, DEFAULT_STOP_TIMEOUT_MS};
+use anyhow::{bail, Context, Result};
+use dwbase_proto::lock::{LockError, RootLock};
+use dwbase_proto::process::{self, Liveness, ProcessId, StopOutcome, StopTarget};
+use dwbase_proto::state::{
+    Desired, Loaded, NodeRecord, StateFile, DEFAULT_STOP_TIMEOUT_MS, NODE_RECORD_FILE,
+};
 use dwbase_proto::{Group, Paths};
 
-/// One group's state file, loaded.
+/// One group's state file, read.
 #[derive(Debug)]
 pub struct GroupState {
     /// Devnet or local.
@@ -25,21 +31,21 @@ pub struct GroupState {
     pub present: bool,
 }
 
-/// Loads both state files. A corrupt one has been moved aside by [`StateFile::load`]: warn
-/// loudly, naming where it went, and carry on as if it were empty.
+/// Reads both state files without changing anything. A corrupt one is reported loudly and
+/// read as empty (the supervisor, its owner, moves it aside and recovers the nodes from their
+/// folders when it next starts).
 pub fn load_all(paths: &Paths) -> Result<Vec<GroupState>> {
     let mut out = Vec::new();
     for group in [Group::Devnet, Group::Local] {
         let path = paths.state_file(group);
-        let (state, present) = match StateFile::load(&path)? {
+        let (state, present) = match StateFile::read(&path)? {
             Loaded::Missing => (StateFile::default(), false),
             Loaded::Ok(s) => (s, true),
-            Loaded::Corrupt { moved_to, reason } => {
+            Loaded::Corrupt { reason, .. } => {
                 eprintln!(
-                    "WARNING: {} was unreadable ({reason}); it was moved to {}. Nodes it \
-                     recorded are not tracked any more: check for leftover dwbase-node processes.",
+                    "WARNING: {} is unreadable ({reason}). A supervisor started for this root \
+                     moves it aside and finds the nodes through their folders.",
                     path.display(),
-                    moved_to.display()
                 );
                 (StateFile::default(), false)
             }
@@ -47,6 +53,31 @@ pub fn load_all(paths: &Paths) -> Result<Vec<GroupState>> {
         out.push(GroupState { group, path, state, present });
     }
     Ok(out)
+}
+
+/// The records in the node folders of `group` (`<group dir>/<node>/node.json`).
+pub fn folder_records(paths: &Paths, group: Group) -> Vec<NodeRecord> {
+    let Ok(entries) = std::fs::read_dir(paths.group_dir(group)) else { return Vec::new() };
+    entries
+        .filter_map(Result::ok)
+        .filter(|e| e.path().join(NODE_RECORD_FILE).is_file())
+        .filter_map(|e| NodeRecord::load_from(&e.path()))
+        .collect()
+}
+
+/// Whether anything under the root should be running: a record (in a state file, or in a
+/// node folder when a state file is lost or corrupt) of a node that was not stopped on
+/// purpose. That is when a command starts a supervisor to heal the root.
+pub fn anything_recorded(paths: &Paths) -> bool {
+    [Group::Devnet, Group::Local].into_iter().any(|group| {
+        let path = paths.state_file(group);
+        match StateFile::read(&path) {
+            Ok(Loaded::Ok(s)) => s.nodes.iter().any(|n| n.desired == Desired::Running),
+            Ok(Loaded::Missing) | Ok(Loaded::Corrupt { .. }) | Err(_) => {
+                folder_records(paths, group).iter().any(|n| n.desired == Desired::Running)
+            }
+        }
+    })
 }
 
 /// The supervisor recorded in these state files, if that process (pid and start time) is
@@ -89,31 +120,37 @@ pub struct StopReport {
     pub supervisor: Option<u32>,
 }
 
-/// One process group to stop.
-struct Target {
-    name: Option<(Group, String)>,
-    pid: u32,
-    start: Option<u64>,
-    grace: Duration,
-    /// Signal the whole process group (nodes) or only the process (the supervisor, which may
-    /// share a group with a foreground `dwbase`).
-    whole_group: bool,
-}
-
-impl Target {
-    fn signal(&self, sig: Sig) {
-        if self.whole_group {
-            signal_group(self.pid, sig)
-        } else {
-            signal_pid(self.pid, sig)
+/// Takes the root's instance lock, waiting up to `wait` for a supervisor that is on its way
+/// out to release it. A live holder is an error naming it: with a supervisor running, only
+/// the supervisor signals nodes and writes state.
+pub async fn lock_root(paths: &Paths, wait: Duration) -> Result<RootLock> {
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        match RootLock::try_acquire(paths) {
+            Ok(l) => return Ok(l),
+            Err(LockError::Held { holder, path }) => {
+                if tokio::time::Instant::now() >= deadline {
+                    bail!(
+                        "{} holds {} but does not answer on {}: a supervisor owns this root \
+                         (only it may signal its nodes or write its state). Try again, or \
+                         restart it: dwbase supervisor restart",
+                        holder.map_or("another process".into(), |p| format!("pid {p}")),
+                        path.display(),
+                        paths.socket().display()
+                    );
+                }
+            }
+            Err(e) => return Err(e).context("taking the root's lock"),
         }
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
 /// Stops recorded process groups by signal: SIGTERM, wait up to the grace, SIGKILL the group;
-/// only for pids whose start time still matches. `names` empty means every node; then the
-/// recorded supervisor (if alive) is stopped first so it cannot restart what we stop.
-/// Stopped nodes are marked so in state.json (saved atomically).
+/// only for pids whose start time still matches. `names` empty means every node; then a live
+/// recorded supervisor that does not answer is stopped first (SIGTERM: it stops its nodes and
+/// exits). Everything else happens holding the root lock; the records of the nodes stopped are
+/// marked stopped in state.json (saved atomically), no other record is touched.
 pub async fn stop_by_signal(
     paths: &Paths,
     names: &[String],
@@ -121,20 +158,24 @@ pub async fn stop_by_signal(
     include_supervisor: bool,
 ) -> Result<StopReport> {
     let mut report = StopReport::default();
-    let groups = load_all(paths)?;
-
     if include_supervisor {
+        let groups = load_all(paths)?;
         if let Some((pid, start)) = live_supervisor(&groups) {
             // Its SIGTERM handling stops its nodes first, then it exits.
             let grace = timeout.unwrap_or(Duration::from_millis(DEFAULT_STOP_TIMEOUT_MS))
                 + Duration::from_secs(5);
-            let t = Target { name: None, pid, start, grace, whole_group: false };
-            terminate(&[t], &mut report).await;
+            let t =
+                StopTarget { id: ProcessId { pid, start_time: start }, grace, whole_group: false };
+            process::terminate(&[t]).await;
             report.supervisor = Some(pid);
         }
     }
+    let _lock = lock_root(paths, Duration::from_secs(5)).await?;
+    // Re-read under the lock: this is the truth now.
+    let groups = load_all(paths)?;
 
     let mut targets = Vec::new();
+    let mut who = Vec::new();
     for g in &groups {
         for n in &g.state.nodes {
             if !names.is_empty() && !names.contains(&n.name) {
@@ -142,13 +183,14 @@ pub async fn stop_by_signal(
             }
             let Some(pid) = n.pid else { continue };
             match process::liveness(pid, n.start_time) {
-                Liveness::Alive => targets.push(Target {
-                    name: Some((g.group, n.name.clone())),
-                    pid,
-                    start: n.start_time,
-                    grace: timeout.unwrap_or(Duration::from_millis(n.stop_timeout_ms)),
-                    whole_group: true,
-                }),
+                Liveness::Alive => {
+                    targets.push(StopTarget {
+                        id: ProcessId { pid, start_time: n.start_time },
+                        grace: timeout.unwrap_or(Duration::from_millis(n.stop_timeout_ms)),
+                        whole_group: true,
+                    });
+                    who.push(n.name.clone());
+                }
                 Liveness::PidReused => {
                     eprintln!(
                         "warning: {}'s recorded pid {pid} now belongs to another process; not \
@@ -161,7 +203,17 @@ pub async fn stop_by_signal(
             }
         }
     }
-    terminate(&targets, &mut report).await;
+    for (name, outcome) in who.into_iter().zip(process::terminate(&targets).await) {
+        match outcome {
+            StopOutcome::Terminated => report.stopped.push(name),
+            StopOutcome::Killed => {
+                report.killed.push(name.clone());
+                report.stopped.push(name);
+            }
+            StopOutcome::NotRunning(_) => {}
+            StopOutcome::Survived => report.failed.push(name),
+        }
+    }
 
     // Record what we did, so a later supervisor does not restart what the operator stopped.
     for g in groups.into_iter().filter(|g| g.present) {
@@ -179,13 +231,20 @@ pub async fn stop_by_signal(
                 n.pid = None;
                 n.start_time = None;
                 changed = true;
+                // The node's own record follows, so a recovery from folders agrees.
+                if n.record_path().is_file() {
+                    if let Err(e) = n.save_beside() {
+                        eprintln!("warning: {e}");
+                    }
+                }
             }
         }
-        if include_supervisor && state.supervisor.is_some() {
-            let sup = state.supervisor.as_ref().expect("checked");
-            if process::liveness(sup.pid, sup.start_time) != Liveness::Alive {
-                state.supervisor = None;
-                changed = true;
+        if include_supervisor {
+            if let Some(sup) = &state.supervisor {
+                if process::liveness(sup.pid, sup.start_time) != Liveness::Alive {
+                    state.supervisor = None;
+                    changed = true;
+                }
             }
         }
         if changed {
@@ -195,121 +254,9 @@ pub async fn stop_by_signal(
     Ok(report)
 }
 
-/// SIGTERM every target's group, wait for each leader up to its grace, SIGKILL the groups of
-/// the ones still there, then sweep every group once so no grandchild survives.
-async fn terminate(targets: &[Target], report: &mut StopReport) {
-    if targets.is_empty() {
-        return;
+/// Signals one process (a supervisor); "no such process" is fine.
+pub fn signal_supervisor(pid: u32, signal: process::Signal) {
+    if let Err(e) = process::signal_process(pid, signal) {
+        tracing::warn!(pid, "{signal}: {e}");
     }
-    for t in targets {
-        t.signal(Sig::Term);
-    }
-    let start = Instant::now();
-    let mut pending: Vec<&Target> = targets.iter().collect();
-    loop {
-        pending.retain(|t| process::liveness(t.pid, t.start) == Liveness::Alive);
-        let (overdue, waiting): (Vec<&Target>, Vec<&Target>) =
-            pending.iter().partition(|t| start.elapsed() >= t.grace);
-        pending = waiting;
-        for t in &overdue {
-            tracing::warn!(pid = t.pid, "still running after {:?}: SIGKILL", t.grace);
-            t.signal(Sig::Kill);
-            if let Some((_, name)) = &t.name {
-                report.killed.push(name.clone());
-            }
-        }
-        if pending.is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    // Let the rest of each group (the log pipe) drain for a moment, then sweep.
-    let sweep_deadline = Instant::now() + Duration::from_millis(500);
-    let groups: Vec<&Target> = targets.iter().filter(|t| t.whole_group).collect();
-    while groups.iter().any(|t| group_exists(t.pid)) && Instant::now() < sweep_deadline {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    for t in groups {
-        if group_exists(t.pid) {
-            signal_group(t.pid, Sig::Kill);
-        }
-    }
-    // After SIGKILL the leaders go in milliseconds; reaping is init's job.
-    let kill_deadline = Instant::now() + Duration::from_secs(5);
-    for t in targets {
-        while process::liveness(t.pid, t.start) == Liveness::Alive && Instant::now() < kill_deadline
-        {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        let gone = process::liveness(t.pid, t.start) != Liveness::Alive;
-        if let Some((_, name)) = &t.name {
-            if gone {
-                report.stopped.push(name.clone());
-            } else {
-                report.failed.push(name.clone());
-            }
-        }
-    }
-}
-
-/// The signals we send.
-#[derive(Debug, Clone, Copy)]
-pub enum Sig {
-    /// SIGTERM: please stop.
-    Term,
-    /// SIGKILL: stop now.
-    Kill,
-    /// SIGUSR1: supervisor, exit and leave the nodes running.
-    Usr1,
-}
-
-/// Signals the process group led by `pgid`; "no such group" is fine.
-#[cfg(unix)]
-pub fn signal_group(pgid: u32, sig: Sig) {
-    use nix::sys::signal::{killpg, Signal};
-    use nix::unistd::Pid;
-    let sig = match sig {
-        Sig::Term => Signal::SIGTERM,
-        Sig::Kill => Signal::SIGKILL,
-        Sig::Usr1 => Signal::SIGUSR1,
-    };
-    match killpg(Pid::from_raw(pgid as i32), sig) {
-        Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
-        Err(e) => tracing::warn!(pgid, "signalling the process group: {e}"),
-    }
-}
-
-/// Signals one process; "no such process" is fine.
-#[cfg(unix)]
-pub fn signal_pid(pid: u32, sig: Sig) {
-    use nix::sys::signal::{kill, Signal};
-    use nix::unistd::Pid;
-    let sig = match sig {
-        Sig::Term => Signal::SIGTERM,
-        Sig::Kill => Signal::SIGKILL,
-        Sig::Usr1 => Signal::SIGUSR1,
-    };
-    match kill(Pid::from_raw(pid as i32), sig) {
-        Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
-        Err(e) => tracing::warn!(pid, "signalling the process: {e}"),
-    }
-}
-
-/// Whether any process is left in the group `pgid`.
-#[cfg(unix)]
-fn group_exists(pgid: u32) -> bool {
-    nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pgid as i32), None).is_ok()
-}
-
-/// Process groups do not exist here: nothing to signal.
-#[cfg(not(unix))]
-pub fn signal_group(_pgid: u32, _sig: Sig) {}
-
-/// Signals do not exist here.
-#[cfg(not(unix))]
-pub fn signal_pid(_pid: u32, _sig: Sig) {}
-
-#[cfg(not(unix))]
-fn group_exists(_pgid: u32) -> bool {
-    false
 }

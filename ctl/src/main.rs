@@ -60,7 +60,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(dispatch(cli.command)) {
+    match rt.block_on(dispatch(cli.command, cli.no_start)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             if let Some(Silent(code)) = e.downcast_ref::<Silent>() {
@@ -81,7 +81,7 @@ fn main() -> ExitCode {
     }
 }
 
-async fn dispatch(command: Command) -> anyhow::Result<()> {
+async fn dispatch(command: Command, no_start: bool) -> anyhow::Result<()> {
     let paths = dwbase_proto::Paths::from_env().map_err(|e| {
         anyhow::anyhow!("finding the state root (DWBASE_DATA_DIR or ./.dwbase): {e}")
     })?;
@@ -90,11 +90,13 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Deploy(cmd) => match cmd {
             DeployCommand::Devnet(a) => commands::deploy::devnet(&paths, a).await,
             DeployCommand::Local(a) => commands::deploy::local(&paths, a).await,
-            DeployCommand::Status(a) => commands::status::run(&paths, a.json).await,
-            DeployCommand::Logs(a) => commands::logs::run(&paths, a).await,
-            DeployCommand::Restart(a) => commands::restart::restart(&paths, &a.node).await,
-            DeployCommand::Stop(a) => commands::stop::run(&paths, &a).await,
-            DeployCommand::Clean(a) => commands::clean::clean(&paths, &a).await,
+            DeployCommand::Status(a) => commands::status::run(&paths, a.json, no_start).await,
+            DeployCommand::Logs(a) => commands::logs::run(&paths, a, no_start).await,
+            DeployCommand::Restart(a) => {
+                commands::restart::restart(&paths, &a.node, no_start).await
+            }
+            DeployCommand::Stop(a) => commands::stop::run(&paths, &a, no_start).await,
+            DeployCommand::Clean(a) => commands::clean::clean(&paths, &a, no_start).await,
             DeployCommand::K8s(a) => commands::k8s::run(a),
             DeployCommand::InstallService(a) => commands::install_service::run(a),
         },

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Result;
-use dwbase_proto::{ExitKind, NodeStatus, Paths, SupervisorInfo};
+use dwbase_proto::{Desired, ExitKind, NodeStatus, Paths, SupervisorInfo};
 use serde::Serialize;
 
 use crate::fallback;
@@ -21,6 +21,17 @@ pub struct StatusJson {
     pub supervisor: SupervisorJson,
     /// Every node.
     pub nodes: Vec<NodeJson>,
+    /// What the operator should know (e.g. a state file that could not be read).
+    pub warnings: Vec<String>,
+}
+
+impl StatusJson {
+    /// Whether every node that should run is ready, under a running supervisor: what
+    /// `deploy status` exits 0 for (3 otherwise).
+    pub fn all_desired_ready(&self) -> bool {
+        self.supervisor.running
+            && self.nodes.iter().filter(|n| n.desired == Desired::Running).all(|n| n.ready)
+    }
 }
 
 /// The supervisor part of [`StatusJson`].
@@ -53,6 +64,22 @@ pub struct LastExitJson {
     pub signal: Option<i32>,
     /// When.
     pub at_unix_ms: i64,
+    /// Why: "unexpected" (it crashed or was killed by someone else), "requested" (a stop,
+    /// restart or deploy), "liveness" (stopped by the supervisor after failed probes).
+    pub cause: dwbase_proto::ExitCause,
+}
+
+/// A node's liveness probing.
+#[derive(Debug, Serialize)]
+pub struct LivenessJson {
+    /// Probe period (0: off).
+    pub period_ms: u64,
+    /// Probe timeout.
+    pub timeout_ms: u64,
+    /// Failures in a row that restart the node.
+    pub failures: u32,
+    /// Failures in a row so far.
+    pub failing: u32,
 }
 
 /// One node of [`StatusJson`].
@@ -90,6 +117,10 @@ pub struct NodeJson {
     pub config_path: PathBuf,
     /// Why it is not ready, or what went wrong last.
     pub message: Option<String>,
+    /// Whether it should run ("running") or was stopped on purpose ("stopped").
+    pub desired: Desired,
+    /// Liveness probing (null when read from state.json).
+    pub liveness: Option<LivenessJson>,
 }
 
 fn now_ms() -> i64 {
@@ -102,7 +133,7 @@ fn last_exit_json(e: &dwbase_proto::LastExit) -> LastExitJson {
         ExitKind::Signal(s) => (None, Some(s)),
         ExitKind::Unknown => (None, None),
     };
-    LastExitJson { code, signal, at_unix_ms: e.at_unix_ms }
+    LastExitJson { code, signal, at_unix_ms: e.at_unix_ms, cause: e.cause }
 }
 
 impl NodeJson {
@@ -125,6 +156,13 @@ impl NodeJson {
             log_path: n.log_path.clone(),
             config_path: n.config_path.clone(),
             message: n.message.clone(),
+            desired: n.desired,
+            liveness: Some(LivenessJson {
+                period_ms: n.liveness.period_ms,
+                timeout_ms: n.liveness.timeout_ms,
+                failures: n.liveness.failures,
+                failing: n.liveness_failures,
+            }),
         }
     }
 }
@@ -178,6 +216,8 @@ pub fn from_state_files(paths: &Paths) -> Result<StatusJson> {
                 config_path: n.config_path.clone(),
                 message: (!alive && n.pid.is_some())
                     .then(|| "process not running (supervisor down)".to_owned()),
+                desired: n.desired,
+                liveness: None,
             });
         }
     }
@@ -194,6 +234,7 @@ pub fn from_state_files(paths: &Paths) -> Result<StatusJson> {
             state_files,
         },
         nodes,
+        warnings: Vec::new(),
     })
 }
 
@@ -223,11 +264,15 @@ fn supervisor_line(s: &SupervisorJson) -> String {
 }
 
 fn last_exit_word(e: &Option<LastExitJson>) -> String {
-    match e {
-        None => "-".into(),
-        Some(LastExitJson { code: Some(c), .. }) => format!("exit {c}"),
-        Some(LastExitJson { signal: Some(s), .. }) => format!("signal {s}"),
-        Some(_) => "unknown".into(),
+    let Some(e) = e else { return "-".into() };
+    let what = match (e.code, e.signal) {
+        (Some(c), _) => format!("exit {c}"),
+        (_, Some(s)) => format!("signal {s}"),
+        _ => "unknown".into(),
+    };
+    match e.cause {
+        dwbase_proto::ExitCause::Unexpected => what,
+        cause => format!("{what} ({})", cause.as_str()),
     }
 }
 
@@ -276,6 +321,9 @@ pub fn write_human(out: &mut impl Write, doc: &StatusJson) -> std::io::Result<()
     t.write(out)?;
     for n in doc.nodes.iter().filter(|n| n.message.is_some() && n.state != "ready") {
         writeln!(out, "{}: {}", n.name, n.message.as_deref().unwrap_or_default())?;
+    }
+    for w in &doc.warnings {
+        writeln!(out, "warning: {w}")?;
     }
     Ok(())
 }

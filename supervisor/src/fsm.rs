@@ -460,8 +460,7 @@ pub fn next(fsm: &NodeFsm, event: Event, now: Instant) -> (NodeFsm, Vec<Action>)
         }
         Event::LivenessFailed(reason) => match s.phase {
             Phase::Running { since, .. } if s.liveness.enabled() => {
-                let armed =
-                    s.answered || now.duration_since(since) >= s.rules.liveness_start_grace;
+                let armed = s.answered || now.duration_since(since) >= s.rules.liveness_start_grace;
                 if !armed {
                     vec![]
                 } else {
@@ -472,8 +471,10 @@ pub fn next(fsm: &NodeFsm, event: Event, now: Instant) -> (NodeFsm, Vec<Action>)
                             s.liveness_failures
                         );
                         s.message = Some(why.clone());
-                        s.phase =
-                            Phase::Stopping { then: AfterStop::PerPolicy, cause: ExitCause::Liveness };
+                        s.phase = Phase::Stopping {
+                            then: AfterStop::PerPolicy,
+                            cause: ExitCause::Liveness,
+                        };
                         vec![Action::SaveState, Action::LivenessRestart(why), Action::SignalStop]
                     } else {
                         vec![]
@@ -689,8 +690,10 @@ mod tests {
         f.apply(Event::Spawned(pid(12)), t + Duration::from_secs(30));
         assert_eq!(f.node_state(), NodeState::CrashLoop);
         // The next exit also waits the cap, and EnterCrashLoop is not repeated.
-        let a =
-            f.apply(Event::Exited { kind: Some(ExitKind::Code(3)), at_unix_ms: 0 }, t + Duration::from_secs(31));
+        let a = f.apply(
+            Event::Exited { kind: Some(ExitKind::Code(3)), at_unix_ms: 0 },
+            t + Duration::from_secs(31),
+        );
         assert_eq!(a, vec![Action::SaveState, Action::ScheduleRestart(Duration::from_secs(30))]);
     }
 
@@ -746,7 +749,11 @@ mod tests {
         assert_eq!(f.restarts, 1);
         assert_eq!(
             f.last_exit,
-            Some(LastExit { kind: ExitKind::Signal(15), at_unix_ms: 9, cause: ExitCause::Requested })
+            Some(LastExit {
+                kind: ExitKind::Signal(15),
+                at_unix_ms: 9,
+                cause: ExitCause::Requested
+            })
         );
     }
 
@@ -821,7 +828,8 @@ mod tests {
     #[test]
     fn probes_of_a_stopped_node_change_nothing() {
         let t0 = Instant::now();
-        let mut f = NodeFsm::new(RestartPolicy::Always, LivenessSpec::DEFAULT, RestartRules::default());
+        let mut f =
+            NodeFsm::new(RestartPolicy::Always, LivenessSpec::DEFAULT, RestartRules::default());
         f.apply(Event::ProbeReady, t0);
         assert_eq!(f.node_state(), NodeState::Stopped);
     }
@@ -852,15 +860,18 @@ mod tests {
         assert!(f.exits.is_empty());
         assert_eq!(f.next_backoff, Duration::ZERO);
         // The next crash restarts at once again.
-        let a =
-            f.apply(Event::Exited { kind: Some(ExitKind::Signal(9)), at_unix_ms: 0 }, t + Duration::from_secs(62));
+        let a = f.apply(
+            Event::Exited { kind: Some(ExitKind::Signal(9)), at_unix_ms: 0 },
+            t + Duration::from_secs(62),
+        );
         assert_eq!(a, vec![Action::SaveState, Action::Spawn]);
     }
 
     #[test]
     fn spawn_failure_counts_as_a_failed_exit() {
         let t0 = Instant::now();
-        let mut f = NodeFsm::new(RestartPolicy::OnFailure, LivenessSpec::DEFAULT, RestartRules::default());
+        let mut f =
+            NodeFsm::new(RestartPolicy::OnFailure, LivenessSpec::DEFAULT, RestartRules::default());
         f.apply(Event::StartRequested, t0);
         let a = f.apply(Event::SpawnFailed("no such file".into()), t0);
         assert_eq!(a, vec![Action::SaveState, Action::Spawn]);
@@ -872,7 +883,8 @@ mod tests {
     #[test]
     fn adopted_node_with_a_pending_stop_is_stopped() {
         let t0 = Instant::now();
-        let mut f = NodeFsm::new(RestartPolicy::Always, LivenessSpec::DEFAULT, RestartRules::default());
+        let mut f =
+            NodeFsm::new(RestartPolicy::Always, LivenessSpec::DEFAULT, RestartRules::default());
         f.desired = Desired::Stopped;
         let a = f.apply(Event::Adopted(pid(5)), t0);
         assert_eq!(a, vec![Action::SaveState, Action::SignalStop]);
@@ -881,7 +893,8 @@ mod tests {
     #[test]
     fn adopted_node_found_dead_restarts_per_policy() {
         let t0 = Instant::now();
-        let mut f = NodeFsm::new(RestartPolicy::Always, LivenessSpec::DEFAULT, RestartRules::default());
+        let mut f =
+            NodeFsm::new(RestartPolicy::Always, LivenessSpec::DEFAULT, RestartRules::default());
         f.phase = Phase::Spawning;
         let a = f.apply(Event::Exited { kind: None, at_unix_ms: 0 }, t0);
         assert_eq!(a, vec![Action::SaveState, Action::Spawn]);
@@ -1038,7 +1051,8 @@ mod tests {
     #[test]
     fn a_replacement_of_a_stopped_or_crash_looping_node_spawns_at_once() {
         let t0 = Instant::now();
-        let mut f = NodeFsm::new(RestartPolicy::Always, LivenessSpec::DEFAULT, RestartRules::default());
+        let mut f =
+            NodeFsm::new(RestartPolicy::Always, LivenessSpec::DEFAULT, RestartRules::default());
         assert_eq!(f.apply(Event::ReplaceRequested, t0), vec![Action::SaveState, Action::Spawn]);
         let mut f = running(RestartPolicy::Always, t0);
         let mut t = t0;

@@ -1,17 +1,18 @@
 //! One supervisor per state root: the lock, the leftover-socket probe, the socket itself and
 //! the pid file — and their removal on every way out.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{Read, Write};
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+use dwbase_proto::fsutil::{self, SocketPath, UnsafePath};
+use dwbase_proto::lock::{LockError, RootLock};
 use dwbase_proto::Paths;
 use interprocess::local_socket::tokio::Listener;
 use interprocess::local_socket::ListenerOptions;
 use interprocess::os::unix::local_socket::ListenerOptionsExt;
-use nix::fcntl::{Flock, FlockArg};
 
 /// Starting up as the root's supervisor failed.
 #[derive(Debug, thiserror::Error)]
@@ -24,6 +25,9 @@ pub enum InstanceError {
         /// Its pid, from the pid file.
         pid: Option<u32>,
     },
+    /// The root, its socket folder or a leftover socket is not safely ours.
+    #[error(transparent)]
+    Unsafe(#[from] UnsafePath),
     /// A filesystem or socket operation failed.
     #[error("{action} {path}: {source}")]
     Io {
@@ -48,7 +52,7 @@ fn io<'a>(
 /// it removes the socket and pid file, then releases the lock.
 #[derive(Debug)]
 pub struct Instance {
-    _lock: Flock<File>,
+    _lock: RootLock,
     socket: PathBuf,
     pid_file: PathBuf,
 }
@@ -86,29 +90,27 @@ impl Instance {
     /// socket (0600) and write the pid file.
     pub fn acquire(paths: &Paths) -> Result<(Self, Listener), InstanceError> {
         make_private_dir(&paths.root)?;
-        let lock_path = paths.root.join("supervisor.lock");
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&lock_path)
-            .map_err(io("opening", &lock_path))?;
-        let lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        // Ours, and nobody else may write into it (the mode was just tightened if it was open).
+        fsutil::check_private_dir(&paths.root)?;
+        let lock = match RootLock::try_acquire(paths) {
             Ok(l) => l,
-            Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
+            Err(LockError::Held { holder, .. }) => {
                 return Err(InstanceError::AlreadyRunning {
                     root: paths.root.clone(),
-                    pid: read_pid(&paths.pid_file()),
+                    pid: read_pid(&paths.pid_file()).or(holder),
                 })
             }
-            Err((_, e)) => return Err(io("locking", &lock_path)(e.into())),
+            Err(LockError::Io { action, path, source }) => {
+                return Err(InstanceError::Io { action, path, source })
+            }
         };
         let socket = paths.socket();
         if let Some(dir) = socket.parent() {
             make_private_dir(dir)?;
+            fsutil::check_private_dir(dir)?;
         }
-        if socket.exists() {
+        // A symlink or a stranger's file there is refused, never dialled or removed.
+        if fsutil::check_socket(&socket)? == SocketPath::Ours {
             match std::os::unix::net::UnixStream::connect(&socket) {
                 Ok(_) => {
                     return Err(InstanceError::AlreadyRunning {
@@ -237,5 +239,19 @@ mod tests {
         }
         assert!(paths.socket().exists());
         let (_inst, _l) = Instance::acquire(&paths).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_socket_symlink_is_refused_and_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let other = tempfile::tempdir().unwrap();
+        let paths = Paths::new(dir.path()).unwrap();
+        let target = other.path().join("victim.sock");
+        let _victim = std::os::unix::net::UnixListener::bind(&target).unwrap();
+        std::os::unix::fs::symlink(&target, paths.socket()).unwrap();
+        let err = Instance::acquire(&paths).unwrap_err();
+        assert!(err.to_string().contains("symbolic link"), "{err}");
+        assert!(std::fs::symlink_metadata(paths.socket()).unwrap().file_type().is_symlink());
+        assert!(target.exists());
     }
 }

@@ -7,7 +7,9 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 
-use dwbase_proto::{DevnetSpec, ErrorKind, ErrorReply, Group, LivenessSpec, LocalSpec, Paths, Template};
+use dwbase_proto::{
+    DevnetSpec, ErrorKind, ErrorReply, Group, LivenessSpec, LocalSpec, Paths, Template,
+};
 use sha2::{Digest, Sha256};
 
 /// The built-in devnet template.
@@ -163,10 +165,14 @@ fn take_liveness(doc: &mut toml::Table, origin: &str) -> Result<Option<LivenessS
             "timeout" => spec.timeout_ms = ms(key, v)?,
             "failures" => match v {
                 toml::Value::Integer(n) if *n >= 1 => spec.failures = *n as u32,
-                other => return Err(bad(format!("failures must be a whole number ≥ 1, not {other}"))),
+                other => {
+                    return Err(bad(format!("failures must be a whole number ≥ 1, not {other}")))
+                }
             },
             other => {
-                return Err(bad(format!("unknown key {other:?} (expected period, timeout, failures)")))
+                return Err(bad(format!(
+                    "unknown key {other:?} (expected period, timeout, failures)"
+                )))
             }
         }
     }
@@ -548,7 +554,9 @@ mod tests {
     fn the_liveness_table_is_taken_out_of_the_template_and_checked() {
         let paths = Paths::new(Path::new("/tmp/root")).unwrap();
         let mut s = spec(1);
-        let text = format!("{DEVNET_TEMPLATE}\n[liveness]\nperiod = \"2s\"\ntimeout = 500\nfailures = 4\n");
+        let text = format!(
+            "{DEVNET_TEMPLATE}\n[liveness]\nperiod = \"2s\"\ntimeout = 500\nfailures = 4\n"
+        );
         s.template = Some(Template { path: PathBuf::from("/t/devnet.toml"), text });
         let n = &render_devnet(&paths, &s).unwrap()[0];
         assert_eq!(
@@ -559,7 +567,11 @@ mod tests {
         let text = format!("{DEVNET_TEMPLATE}\n[liveness]\nperiods = \"2s\"\n");
         s.template = Some(Template { path: PathBuf::from("/t/devnet.toml"), text });
         let e = render_devnet(&paths, &s).unwrap_err();
-        assert!(e.message.contains("/t/devnet.toml") && e.message.contains("periods"), "{}", e.message);
+        assert!(
+            e.message.contains("/t/devnet.toml") && e.message.contains("periods"),
+            "{}",
+            e.message
+        );
     }
 
     #[test]

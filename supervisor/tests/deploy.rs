@@ -75,14 +75,23 @@ async fn the_same_spec_twice_is_a_noop_and_configs_are_rendered() {
     // Fake nodes never answer /readyz: the rollout fails on readiness, and leaves them running.
     assert_eq!(first.error_kind(), ErrorKind::RolloutFailed);
     let pids = all_spawned(&f, 3).await;
-    assert!(first.events.iter().any(|e| matches!(e.kind, dwbase_proto::EventKind::Spawned { .. })), "{:#?}", first.events);
+    assert!(
+        first.events.iter().any(|e| matches!(e.kind, dwbase_proto::EventKind::Spawned { .. })),
+        "{:#?}",
+        first.events
+    );
 
     // Again: every node unchanged, same pids, nothing to wait for.
     let again = f.deploy_request(Request::DeployDevnet(spec.clone())).await;
     assert!(again.plan.as_ref().unwrap().is_noop(), "{:?}", again.plan);
     match &again.last {
         Response::Deployed(d) => {
-            assert_eq!(d.warnings.len(), 3, "unready nodes left alone are mentioned: {:?}", d.warnings);
+            assert_eq!(
+                d.warnings.len(),
+                3,
+                "unready nodes left alone are mentioned: {:?}",
+                d.warnings
+            );
         }
         other => panic!("{other:?}"),
     }

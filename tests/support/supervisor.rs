@@ -6,7 +6,8 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use dwbase_proto::{
-    Client, ClientError, DevnetSpec, NodeStatus, Request, Response, RestartPolicy, StatusReport,
+    Client, ClientError, DeployOptions, DevnetSpec, NodeStatus, Request, Response, RestartPolicy,
+    StatusReport,
 };
 
 use super::dwbase::Deployment;
@@ -71,14 +72,33 @@ pub fn devnet_spec(nodes: u32, base_port: u16) -> DevnetSpec {
         restart_policy: RestartPolicy::Always,
         env: vec![],
         stop_timeout_ms: 3000,
+        liveness: None,
+        options: DeployOptions { ready_timeout_ms: 60_000, ..DeployOptions::default() },
     }
+}
+
+/// Sends a deploy and reads its stream to the end: the final frame (`Deployed`, `Done` for a
+/// dry run, or `Error`).
+pub fn deploy(socket: &Path, req: &Request) -> Result<Response, ClientError> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let mut c = Client::connect(socket).await?;
+        c.send(req).await?;
+        loop {
+            match tokio::time::timeout(Duration::from_secs(180), c.recv()).await {
+                Err(_) => return Err(ClientError::Timeout(Duration::from_secs(180))),
+                Ok(Ok(Response::Plan(_) | Response::Event(_))) => {}
+                Ok(other) => return other,
+            }
+        }
+    })
 }
 
 /// Deploys a devnet and waits until every node is ready.
 pub fn deploy_ready(d: &Deployment, spec: DevnetSpec) -> Vec<NodeStatus> {
     let n = spec.nodes as usize;
-    match request(&d.paths().socket(), &Request::DeployDevnet(spec)) {
-        Ok(Response::Status(_)) => {}
+    match deploy(&d.paths().socket(), &Request::DeployDevnet(spec)) {
+        Ok(Response::Deployed(_)) => {}
         other => panic!("deploy: {other:?}"),
     }
     poll_until("every node ready", Duration::from_secs(60), || {

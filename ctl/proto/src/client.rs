@@ -49,6 +49,9 @@ pub fn socket_name(path: &Path) -> std::io::Result<interprocess::local_socket::N
     }
 }
 
+/// How long dialling (not the handshake) may take, busy retries included.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
 impl Client {
     /// Dials the socket and completes the handshake.
     pub async fn connect(socket: &Path) -> Result<Self, ClientError> {
@@ -59,19 +62,32 @@ impl Client {
             return Err(ClientError::NotRunning { socket: socket.to_owned() });
         }
         let name = socket_name(socket).map_err(io)?;
-        let stream = match tokio::time::timeout(Duration::from_secs(5), Stream::connect(name)).await
-        {
-            Err(_) => return Err(ClientError::Timeout(Duration::from_secs(5))),
-            Ok(Err(e))
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
-                ) =>
-            {
-                return Err(ClientError::NotRunning { socket: socket.to_owned() })
+        // A full listen backlog (many clients connecting at once) answers EAGAIN right away
+        // on Unix sockets: that is "busy", not "broken" — try again until the deadline.
+        let deadline = tokio::time::Instant::now() + CONNECT_TIMEOUT;
+        let mut pause = Duration::from_millis(1);
+        let stream = loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match tokio::time::timeout(left, Stream::connect(name.clone())).await {
+                Err(_) => return Err(ClientError::Timeout(CONNECT_TIMEOUT)),
+                Ok(Err(e))
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+                    ) =>
+                {
+                    return Err(ClientError::NotRunning { socket: socket.to_owned() })
+                }
+                Ok(Err(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    if tokio::time::Instant::now() + pause >= deadline {
+                        return Err(ClientError::Timeout(CONNECT_TIMEOUT));
+                    }
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(50));
+                }
+                Ok(Err(e)) => return Err(io(e)),
+                Ok(Ok(s)) => break s,
             }
-            Ok(Err(e)) => return Err(io(e)),
-            Ok(Ok(s)) => s,
         };
         let mut framed = codec::framed(stream);
         match codec::client_handshake(&mut framed, codec::HANDSHAKE_TIMEOUT).await {

@@ -165,8 +165,18 @@ pub fn cmdline(_pid: u32) -> Option<Vec<OsString>> {
 /// Every live (non-zombie) process whose pid is its own process group id and whose command line
 /// passes `keep` — e.g. node processes whose `--config` lies under a state root. Reads all of
 /// /proc: for start-up discovery, not for hot paths.
+pub fn find_group_leaders(keep: impl FnMut(&[OsString]) -> bool) -> Vec<ProcessId> {
+    scan(true, keep)
+}
+
+/// Every live (non-zombie) process whose command line passes `keep`, group leader or not
+/// (e.g. a node someone started by hand on a data dir about to be deleted). Reads all of /proc.
+pub fn find_processes(keep: impl FnMut(&[OsString]) -> bool) -> Vec<ProcessId> {
+    scan(false, keep)
+}
+
 #[cfg(target_os = "linux")]
-pub fn find_group_leaders(mut keep: impl FnMut(&[OsString]) -> bool) -> Vec<ProcessId> {
+fn scan(leaders_only: bool, mut keep: impl FnMut(&[OsString]) -> bool) -> Vec<ProcessId> {
     let Ok(dir) = std::fs::read_dir("/proc") else { return vec![] };
     let mut out = Vec::new();
     for entry in dir.flatten() {
@@ -175,7 +185,7 @@ pub fn find_group_leaders(mut keep: impl FnMut(&[OsString]) -> bool) -> Vec<Proc
         };
         let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
         let Some((state, pgrp)) = parse_state_and_group(&stat) else { continue };
-        if matches!(state, 'Z' | 'X') || pgrp != i64::from(pid) {
+        if matches!(state, 'Z' | 'X') || (leaders_only && pgrp != i64::from(pid)) {
             continue;
         }
         let Some(args) = cmdline(pid) else { continue };
@@ -186,9 +196,9 @@ pub fn find_group_leaders(mut keep: impl FnMut(&[OsString]) -> bool) -> Vec<Proc
     out
 }
 
-/// Every process matching `keep` (unsupported here: none).
+/// No /proc here: nothing is found.
 #[cfg(not(target_os = "linux"))]
-pub fn find_group_leaders(_keep: impl FnMut(&[OsString]) -> bool) -> Vec<ProcessId> {
+fn scan(_leaders_only: bool, _keep: impl FnMut(&[OsString]) -> bool) -> Vec<ProcessId> {
     vec![]
 }
 

@@ -130,7 +130,8 @@ impl NodeRecord {
     pub fn save_beside(&self) -> Result<(), StateError> {
         let path = self.record_path();
         let err = |source| StateError::Write { path: path.clone(), source };
-        let mut bytes = serde_json::to_vec_pretty(self).map_err(|e| err(std::io::Error::other(e)))?;
+        let mut bytes =
+            serde_json::to_vec_pretty(self).map_err(|e| err(std::io::Error::other(e)))?;
         bytes.push(b'\n');
         crate::fsutil::atomic_write(&path, &bytes, 0o600).map_err(err)
     }

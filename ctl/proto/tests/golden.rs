@@ -93,10 +93,7 @@ fn response_variant_indexes_are_pinned() {
     let cases: Vec<(Response, &str)> = vec![
         (Response::Done(Done { message: "ok".into() }), "02026f6b"),
         (Response::Error(ErrorReply::new(ErrorKind::PortInUse, "x")), "0302017800"),
-        (
-            Response::Error(ErrorReply::new(ErrorKind::RolloutFailed, "x")),
-            "0307017800",
-        ),
+        (Response::Error(ErrorReply::new(ErrorKind::RolloutFailed, "x")), "0307017800"),
         (
             Response::LogLine(LogLine { node: "a".into(), at_unix_ms: 1, text: "hi".into() }),
             "0401610202 6869",

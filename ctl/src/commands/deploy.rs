@@ -1,15 +1,19 @@
-//! `dwbase deploy devnet` and `dwbase deploy local`: validate, hand the spec to the
-//! supervisor, then watch every node become ready — or clean up and say why not.
+//! `dwbase deploy devnet` and `dwbase deploy local`: check the spec here (errors name the file,
+//! line and key), hand it to the supervisor, and follow the rollout it streams back — the plan,
+//! each node's progress, then the table or the node that halted it.
+//!
+//! The rollout belongs to the supervisor. This command never stops nodes or writes state when
+//! something fails, and a lost connection leaves the rollout running under the supervisor.
 
-use std::collections::HashSet;
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use dwbase_proto::{
-    Client, DevnetSpec, Group, LocalSpec, NodeState, NodeStatus, Paths, Request, Response,
-    StatusReport, StopSpec,
+    Client, ClientError, DeployOptions, DeployReport, DevnetSpec, ErrorKind, ErrorReply, Event,
+    EventKind, Group, LivenessSpec, LocalSpec, NodeState, NodeStatus, Paths, Plan, PlanAction,
+    Request, Response, StopSpec, Template,
 };
 use serde::Serialize;
 
@@ -23,28 +27,36 @@ use crate::Usage;
 /// Environment variables forwarded from this CLI's environment to every node it deploys.
 pub const FORWARDED_ENV: &[&str] = &["DWBASE_MAX_RAM_MB", "DWBASE_MAX_DISK_MB"];
 
-/// How often readiness is polled.
-const POLL: Duration = Duration::from_millis(100);
-
 /// Timings measured by this command (printed with `--json`; used by the bench script).
 #[derive(Debug, Default, Serialize)]
 pub struct Timings {
     /// From the start of the command until the supervisor answered (0 if it already ran).
     pub supervisor_ms: u64,
-    /// From the deploy request until the supervisor reported every node spawned.
+    /// From the deploy request until the last node of the rollout was spawned (0 when none
+    /// was).
     pub spawned_ms: u64,
-    /// From the deploy request until every node was ready.
+    /// From the deploy request until the rollout ended with every node ready.
     pub ready_ms: u64,
 }
 
 /// The `--json` result of a deploy.
 #[derive(Debug, Serialize)]
-struct DeployJson {
+struct DeployJson<'a> {
     group: Group,
     state_file: PathBuf,
+    plan: &'a Plan,
+    warnings: &'a [String],
     supervisor: SupervisorJson,
     nodes: Vec<NodeJson>,
     timings: Timings,
+}
+
+/// The `--json` result of a dry run.
+#[derive(Debug, Serialize)]
+struct DryRunJson<'a> {
+    group: Group,
+    dry_run: bool,
+    plan: &'a Plan,
 }
 
 /// `dwbase deploy devnet`.
@@ -60,42 +72,79 @@ pub async fn devnet(paths: &Paths, args: DevnetArgs) -> Result<()> {
     if args.base_port == 0 {
         return Err(Usage("--base-port must not be 0".into()).into());
     }
-    let template = args.template.as_deref().map(validate_config).transpose()?;
-    let env = forwarded_env()?;
+    let template = args.template.as_deref().map(read_template).transpose()?;
     let spec = DevnetSpec {
         nodes: args.nodes,
         base_port: args.base_port,
         swarm: !args.no_swarm,
         template,
         restart_policy: args.common.restart,
-        env,
+        env: forwarded_env()?,
         stop_timeout_ms: args.common.stop_timeout.as_millis() as u64,
+        liveness: liveness(&args.common)?,
+        options: options(&args.common),
     };
     run_deploy(paths, Group::Devnet, Request::DeployDevnet(spec), &args.common).await
 }
 
 /// `dwbase deploy local`.
 pub async fn local(paths: &Paths, args: LocalArgs) -> Result<()> {
-    let config = args.config.as_deref().map(validate_config).transpose()?;
-    if let Some(path) = &config {
-        check_listen(path)?;
+    let config = args.config.as_deref().map(read_template).transpose()?;
+    if let Some(t) = &config {
+        check_listen(&t.path)?;
     }
-    let env = forwarded_env()?;
     let spec = LocalSpec {
         config,
         restart_policy: args.common.restart,
-        env,
+        env: forwarded_env()?,
         stop_timeout_ms: args.common.stop_timeout.as_millis() as u64,
+        liveness: liveness(&args.common)?,
+        options: options(&args.common),
     };
     run_deploy(paths, Group::Local, Request::DeployLocal(spec), &args.common).await
 }
 
-/// Checks a node config the way the node will read it, and makes its path absolute (the
-/// supervisor does not share our current directory). Errors name the file, line and key.
-fn validate_config(path: &Path) -> Result<PathBuf> {
+fn options(common: &CommonDeployArgs) -> DeployOptions {
+    DeployOptions {
+        dry_run: common.dry_run,
+        prune: common.prune,
+        ready_timeout_ms: common.timeout.as_millis().max(1) as u64,
+    }
+}
+
+/// The liveness flags, over the defaults; `None` when none is given (then the template's
+/// `[liveness]` table, else the defaults, apply).
+fn liveness(common: &CommonDeployArgs) -> Result<Option<LivenessSpec>> {
+    if common.liveness_period.is_none()
+        && common.liveness_timeout.is_none()
+        && common.liveness_failures.is_none()
+    {
+        return Ok(None);
+    }
+    let d = LivenessSpec::DEFAULT;
+    let spec = LivenessSpec {
+        period_ms: common.liveness_period.map_or(d.period_ms, |p| p.as_millis() as u64),
+        timeout_ms: common.liveness_timeout.map_or(d.timeout_ms, |t| t.as_millis() as u64),
+        failures: common.liveness_failures.unwrap_or(d.failures),
+    };
+    if spec.enabled() && spec.timeout_ms == 0 {
+        return Err(Usage("--liveness-timeout must be more than 0".into()).into());
+    }
+    if spec.enabled() && spec.failures == 0 {
+        return Err(Usage("--liveness-failures must be at least 1".into()).into());
+    }
+    Ok(Some(spec))
+}
+
+/// Reads a node config or template and checks it the way the node will read it; its path is
+/// made absolute (for messages: the supervisor gets the text). Errors name the file, line and
+/// key.
+fn read_template(path: &Path) -> Result<Template> {
     let abs = std::path::absolute(path).with_context(|| format!("resolving {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(&abs).with_context(|| format!("reading {}", abs.display()))?;
     dwbase_node::config::Config::load(&abs).map_err(|e| anyhow::anyhow!("{e}"))?;
-    Ok(abs)
+    Ok(Template { path: abs, text })
 }
 
 /// A local node keeps its config's listen address: refuse now, not after a crash loop, an
@@ -119,6 +168,13 @@ fn forwarded_env() -> Result<Vec<(String, String)>> {
     Ok(env)
 }
 
+/// How long the whole rollout may take before this command gives up waiting (the supervisor
+/// has its own, tighter deadlines; this only guards against a supervisor that hangs).
+fn stream_deadline(common: &CommonDeployArgs, nodes: u32) -> Duration {
+    let per_node = common.timeout + common.stop_timeout + Duration::from_secs(30);
+    per_node * (nodes + 1)
+}
+
 async fn run_deploy(
     paths: &Paths,
     group: Group,
@@ -130,7 +186,7 @@ async fn run_deploy(
     let mut signals =
         if common.foreground { Some(crate::signals::Terminated::new()?) } else { None };
     let opts = StartOptions { metrics_addr: common.metrics_addr, foreground: common.foreground };
-    let Connection { mut client, mut started } = daemon::ensure_supervisor(paths, &opts).await?;
+    let Connection { mut client, started } = daemon::ensure_supervisor(paths, &opts).await?;
     let mut timings =
         Timings { supervisor_ms: t0.elapsed().as_millis() as u64, ..Timings::default() };
     if started.is_none() {
@@ -147,186 +203,269 @@ async fn run_deploy(
             }
         }
     }
+    let nodes = match &req {
+        Request::DeployDevnet(s) => s.nodes,
+        _ => 1,
+    };
+    let deadline = stream_deadline(common, nodes);
 
     let t_req = Instant::now();
-    let answer = client.request(&req).await;
-    let report = match answer {
-        Ok(Response::Status(r)) => r,
-        Ok(Response::Error(e)) => {
-            cleanup_after_failure(paths, &mut client, group, started.as_mut(), false).await;
-            bail!("{}", e.message);
-        }
-        Ok(other) => bail!("unexpected answer to the deploy request: {other:?}"),
-        Err(e) => {
-            crate::output::print_supervisor_log_tail(paths, 20);
-            return Err(e.into());
-        }
-    };
-    timings.spawned_ms = t_req.elapsed().as_millis() as u64;
-    tracing::info!("every node spawned in {} ms", timings.spawned_ms);
-
-    let waited = match signals.as_mut() {
+    client.send(&req).await.context("sending the deploy to the supervisor")?;
+    let mut progress = Progress::new(group, common.json, t_req);
+    let follow = follow_rollout(&mut client, &mut progress, common.dry_run, deadline);
+    let outcome = match signals.as_mut() {
         Some(sig) => tokio::select! {
-            r = wait_ready(&mut client, group, &report, t_req, common.timeout) => Some(r),
+            r = follow => Some(r),
             _ = sig.recv() => None,
         },
-        None => Some(wait_ready(&mut client, group, &report, t_req, common.timeout).await),
+        None => Some(follow.await),
     };
-    let Some(waited) = waited else {
+    let Some(outcome) = outcome else {
         eprintln!("interrupted");
         return stop_foreground(paths, group, started).await;
     };
-    let report = match waited {
-        Ok(r) => r,
-        Err(failure) => {
-            report_failure(&failure);
-            cleanup_after_failure(paths, &mut client, group, started.as_mut(), true).await;
-            bail!("{}", failure.summary);
+    timings.spawned_ms = progress.last_spawn_ms;
+    match outcome? {
+        End::DryRun(plan) => {
+            if common.json {
+                let doc = DryRunJson { group, dry_run: true, plan: &plan };
+                crate::outln!("{}", serde_json::to_string_pretty(&doc)?)?;
+            } else {
+                let mut text = Vec::new();
+                write_plan(&mut text, &plan)?;
+                writeln!(text, "dry run: nothing was changed")?;
+                crate::output::write_stdout(format_args!("{}", String::from_utf8_lossy(&text)))?;
+            }
+            Ok(())
         }
-    };
-    timings.ready_ms = t_req.elapsed().as_millis() as u64;
+        End::Deployed(report) => {
+            timings.ready_ms = t_req.elapsed().as_millis() as u64;
+            progress.clear_line();
+            for w in &report.warnings {
+                eprintln!("warning: {w}");
+            }
+            print_result(paths, group, &report, timings, common.json)?;
+            if let Some(sig) = signals {
+                return foreground(paths, client, group, started, sig).await;
+            }
+            Ok(())
+        }
+        End::Halted(e) => {
+            progress.clear_line();
+            report_failure(&e.nodes);
+            eprintln!(
+                "the rollout stopped at the first failure; every other node was left as it \
+                 was (see dwbase deploy status)"
+            );
+            bail!("{}", e.message)
+        }
+        End::Refused(e) => {
+            progress.clear_line();
+            if e.kind == ErrorKind::Internal {
+                crate::output::print_supervisor_log_tail(paths, 20);
+            }
+            bail!("{}", e.message)
+        }
+    }
+}
 
-    let nodes: Vec<&NodeStatus> = report.nodes.iter().filter(|n| n.group == group).collect();
+/// How a deploy stream ended.
+enum End {
+    /// `--dry-run`: the plan, nothing changed.
+    DryRun(Plan),
+    /// Applied; every node of the spec is ready.
+    Deployed(Box<DeployReport>),
+    /// The rollout halted at a node that did not become ready (others left running).
+    Halted(ErrorReply),
+    /// The spec was refused before anything changed (bad template, port taken, …).
+    Refused(ErrorReply),
+}
+
+/// Reads the deploy stream to its end, printing the plan and progress on stderr.
+async fn follow_rollout(
+    client: &mut Client,
+    progress: &mut Progress,
+    dry_run: bool,
+    deadline: Duration,
+) -> Result<End> {
+    let until = tokio::time::Instant::now() + deadline;
+    let mut plan: Option<Plan> = None;
+    loop {
+        let frame = match tokio::time::timeout_at(until, client.recv()).await {
+            Err(_) => bail!(
+                "the supervisor did not finish the rollout within {}; it may still be working \
+                 on it: dwbase deploy status",
+                humantime::format_duration(deadline)
+            ),
+            Ok(f) => f,
+        };
+        match frame {
+            Ok(Response::Plan(p)) => {
+                if !dry_run {
+                    progress.plan(&p);
+                }
+                plan = Some(p);
+            }
+            Ok(Response::Event(e)) => progress.event(&e),
+            Ok(Response::Deployed(r)) => return Ok(End::Deployed(Box::new(r))),
+            Ok(Response::Done(_)) if dry_run => {
+                let Some(p) = plan else { bail!("the supervisor ended a dry run without a plan") };
+                return Ok(End::DryRun(p));
+            }
+            Ok(Response::Error(e)) if e.kind == ErrorKind::RolloutFailed => {
+                return Ok(End::Halted(e))
+            }
+            Ok(Response::Error(e)) => return Ok(End::Refused(e)),
+            Ok(other) => bail!("unexpected answer in a deploy stream: {other:?}"),
+            Err(e @ (ClientError::Closed | ClientError::Io { .. })) => {
+                progress.clear_line();
+                let what = if plan.is_some() {
+                    "the rollout goes on under the supervisor if it still runs"
+                } else {
+                    "the deploy may not have reached it"
+                };
+                bail!(
+                    "lost the connection to the supervisor during the deploy ({e}); {what}: \
+                     see dwbase deploy status"
+                )
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Prints the rollout as it happens (stderr; nothing with `--json`).
+struct Progress {
+    group: Group,
+    quiet: bool,
+    tty: bool,
+    since: Instant,
+    last_spawn_ms: u64,
+    status_line: bool,
+}
+
+impl Progress {
+    fn new(group: Group, quiet: bool, since: Instant) -> Self {
+        let tty = std::io::stderr().is_terminal();
+        Self { group, quiet, tty, since, last_spawn_ms: 0, status_line: false }
+    }
+
+    fn plan(&mut self, p: &Plan) {
+        if self.quiet {
+            return;
+        }
+        if p.is_noop() {
+            eprintln!("no changes: the {} matches the spec", self.group.dir_name());
+            return;
+        }
+        let mut text = Vec::new();
+        let _ = write_plan(&mut text, p);
+        eprint!("{}", String::from_utf8_lossy(&text));
+    }
+
+    fn event(&mut self, e: &Event) {
+        if matches!(e.kind, EventKind::Spawned { .. }) {
+            self.last_spawn_ms = self.since.elapsed().as_millis() as u64;
+        }
+        if self.quiet {
+            return;
+        }
+        let at = secs2(self.since.elapsed());
+        let line = match &e.kind {
+            EventKind::Rollout(what) => format!("{}: {what}", e.node),
+            EventKind::Spawned { pid } => format!("{}: started, pid {pid} ({at})", e.node),
+            EventKind::State { to: NodeState::Ready, .. } => format!("{}: ready ({at})", e.node),
+            EventKind::State { from, to } => format!("{}: {from} → {to} ({at})", e.node),
+            EventKind::Exited(x) => format!("{}: exited, {} ({at})", e.node, x.kind),
+            EventKind::LivenessFailed { failures, reason } => {
+                format!("{}: liveness probe failed ({failures} in a row): {reason}", e.node)
+            }
+            EventKind::Removed => format!("{}: removed", e.node),
+            EventKind::Added | EventKind::Adopted { .. } => return,
+        };
+        self.clear_line();
+        eprintln!("{line}");
+    }
+
+    fn clear_line(&mut self) {
+        if self.tty && self.status_line {
+            eprint!("\r\x1b[2K");
+            self.status_line = false;
+        }
+    }
+}
+
+/// The plan, one line per node, in the order the rollout applies it (terraform plan style).
+fn write_plan(out: &mut impl Write, p: &Plan) -> std::io::Result<()> {
+    let word = |a: PlanAction| match a {
+        PlanAction::Unchanged => "  unchanged",
+        PlanAction::Add => "+ add",
+        PlanAction::Replace => "~ replace",
+        PlanAction::Update => "~ update",
+        PlanAction::Start => "> start",
+        PlanAction::Remove => "- remove",
+        PlanAction::Prune => "- prune",
+    };
+    writeln!(out, "plan for the {}:", p.group.dir_name())?;
+    let width = p.steps.iter().map(|s| s.node.len()).max().unwrap_or(0);
+    for s in &p.steps {
+        let mut line = format!("  {:<11} {:<width$}  :{}", word(s.action), s.node, s.port);
+        match s.action {
+            PlanAction::Remove => line.push_str("  (its folder is kept; --prune deletes it)"),
+            PlanAction::Prune => line.push_str("  (its folder is deleted)"),
+            _ => {}
+        }
+        writeln!(out, "{}", line.trim_end())?;
+        for c in &s.changes {
+            writeln!(out, "        {c}")?;
+        }
+    }
+    let mut counts: Vec<(&str, usize)> = Vec::new();
+    for s in &p.steps {
+        let a = s.action.as_str();
+        match counts.iter_mut().find(|(k, _)| *k == a) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((a, 1)),
+        }
+    }
+    let summary: Vec<String> = counts.iter().map(|(a, n)| format!("{n} {a}")).collect();
+    writeln!(out, "{}", summary.join(", "))
+}
+
+fn print_result(
+    paths: &Paths,
+    group: Group,
+    report: &DeployReport,
+    timings: Timings,
+    json: bool,
+) -> Result<()> {
+    let nodes: Vec<&NodeStatus> = report.status.nodes.iter().filter(|n| n.group == group).collect();
     let state_file = paths.state_file(group);
-    if common.json {
+    if json {
         let doc = DeployJson {
             group,
             state_file: state_file.clone(),
-            supervisor: SupervisorJson::from_info(&report.supervisor),
+            plan: &report.plan,
+            warnings: &report.warnings,
+            supervisor: SupervisorJson::from_info(&report.status.supervisor),
             nodes: nodes.iter().map(|n| NodeJson::from_status(n)).collect(),
             timings,
         };
         crate::outln!("{}", serde_json::to_string_pretty(&doc)?)?;
     } else {
-        let stdout = std::io::stdout();
-        let mut out = stdout.lock();
+        let mut text = Vec::new();
         match group {
-            Group::Devnet => write_devnet_table(&mut out, &nodes, &state_file)?,
-            Group::Local => write_local_summary(&mut out, &nodes)?,
+            Group::Devnet => write_devnet_table(&mut text, &nodes, &state_file)?,
+            Group::Local => write_local_summary(&mut text, &nodes)?,
         }
-        out.flush().map_err(crate::output::stdout_error)?;
-    }
-
-    if let Some(sig) = signals {
-        return foreground(paths, client, group, started, sig).await;
+        crate::output::write_stdout(format_args!("{}", String::from_utf8_lossy(&text)))?;
     }
     Ok(())
 }
 
-/// Why a deploy did not become ready.
-#[derive(Debug)]
-struct Failure {
-    summary: String,
-    nodes: Vec<NodeStatus>,
-}
-
-/// Polls `Status` until every node of `group` is ready, printing a line per node as it becomes
-/// ready. Fails on the first node in crash-loop or stopped, or when `timeout` passes.
-async fn wait_ready(
-    client: &mut Client,
-    group: Group,
-    first: &StatusReport,
-    since: Instant,
-    timeout: Duration,
-) -> Result<StatusReport, Failure> {
-    let tty = std::io::stderr().is_terminal();
-    let mut seen_ready: HashSet<String> = HashSet::new();
-    let mut report = first.clone();
-    let total = report.nodes.iter().filter(|n| n.group == group).count();
-    loop {
-        let nodes: Vec<&NodeStatus> = report.nodes.iter().filter(|n| n.group == group).collect();
-        for n in &nodes {
-            if n.ready && seen_ready.insert(n.name.clone()) {
-                let pid = n.pid.map_or("?".into(), |p| p.to_string());
-                if tty {
-                    eprint!("\r\x1b[2K");
-                }
-                eprintln!("{} ready (pid {pid}, {})", n.name, secs2(since.elapsed()));
-            }
-        }
-        if !nodes.is_empty() && nodes.iter().all(|n| n.ready) {
-            if tty {
-                eprint!("\r\x1b[2K");
-            }
-            return Ok(report);
-        }
-        let failed: Vec<NodeStatus> = nodes
-            .iter()
-            .filter(|n| matches!(n.state, NodeState::CrashLoop | NodeState::Stopped))
-            .map(|n| (*n).clone())
-            .collect();
-        if !failed.is_empty() {
-            let names: Vec<&str> = failed.iter().map(|n| n.name.as_str()).collect();
-            return Err(Failure {
-                summary: format!(
-                    "{} did not start ({}); {} stopped",
-                    names.join(", "),
-                    failed[0].state,
-                    group_label(group)
-                ),
-                nodes: failed,
-            });
-        }
-        if nodes.is_empty() {
-            return Err(Failure {
-                summary: format!("the supervisor reports no {} nodes", group.dir_name()),
-                nodes: Vec::new(),
-            });
-        }
-        if since.elapsed() >= timeout {
-            let waiting: Vec<NodeStatus> =
-                nodes.iter().filter(|n| !n.ready).map(|n| (*n).clone()).collect();
-            let names: Vec<&str> = waiting.iter().map(|n| n.name.as_str()).collect();
-            return Err(Failure {
-                summary: format!(
-                    "{} not ready after {} ({} of {total} ready); {} stopped",
-                    names.join(", "),
-                    humantime::format_duration(timeout),
-                    seen_ready.len(),
-                    group_label(group)
-                ),
-                nodes: waiting,
-            });
-        }
-        if tty {
-            let waiting: Vec<&str> =
-                nodes.iter().filter(|n| !n.ready).map(|n| n.name.as_str()).take(4).collect();
-            eprint!(
-                "\r\x1b[2K{}/{total} ready, waiting for {}{} ({})",
-                seen_ready.len(),
-                waiting.join(", "),
-                if nodes.len() - seen_ready.len() > 4 { ", …" } else { "" },
-                secs2(since.elapsed())
-            );
-            let _ = std::io::stderr().flush();
-        }
-        tokio::time::sleep(POLL).await;
-        report = match daemon::status(client).await {
-            Ok(r) => r,
-            Err(e) => {
-                return Err(Failure {
-                    summary: format!("lost the supervisor while waiting for readiness: {e:#}"),
-                    nodes: Vec::new(),
-                })
-            }
-        };
-    }
-}
-
-/// "the devnet was" / "the local node was", for messages.
-fn group_label(group: Group) -> &'static str {
-    match group {
-        Group::Devnet => "the devnet was",
-        Group::Local => "the local node was",
-    }
-}
-
 /// Prints why each failing node failed and its last log lines.
-fn report_failure(f: &Failure) {
-    if std::io::stderr().is_terminal() {
-        eprint!("\r\x1b[2K");
-    }
-    for n in &f.nodes {
+fn report_failure(nodes: &[NodeStatus]) {
+    for n in nodes {
         let mut line = format!("{} is {}", n.name, n.state);
         if let Some(e) = &n.last_exit {
             line.push_str(&format!(", last {}", e.kind));
@@ -352,53 +491,6 @@ fn report_failure(f: &Failure) {
             }
         }
     }
-}
-
-/// After a failed deploy: stop the group, and shut down the supervisor if this command
-/// started it and it owns nothing else — nothing is left running.
-async fn cleanup_after_failure(
-    paths: &Paths,
-    client: &mut Client,
-    group: Group,
-    started: Option<&mut daemon::Started>,
-    stop_group: bool,
-) {
-    if stop_group {
-        let req =
-            Request::Stop(StopSpec { nodes: Vec::new(), group: Some(group), timeout_ms: None });
-        match client.request_with_timeout(&req, Duration::from_secs(120)).await {
-            Ok(Response::Done(_)) => {}
-            Ok(other) => tracing::warn!("stopping the {}: {other:?}", group.dir_name()),
-            Err(e) => {
-                tracing::warn!("stopping the {} via the supervisor: {e}", group.dir_name());
-                let names = recorded_names(paths, group);
-                if !names.is_empty() {
-                    let _ = crate::fallback::stop_by_signal(paths, &names, None, false).await;
-                }
-            }
-        }
-    }
-    let Some(started) = started else { return };
-    let Ok(report) = daemon::status(client).await else { return };
-    let busy = report.nodes.iter().any(|n| n.pid.is_some() && n.state != NodeState::Stopped);
-    if busy {
-        return;
-    }
-    if let Err(e) = daemon::shutdown(client, &report.supervisor, true).await {
-        tracing::warn!("shutting down the supervisor we started: {e:#}");
-    }
-    let _ = started.child.try_wait();
-}
-
-fn recorded_names(paths: &Paths, group: Group) -> Vec<String> {
-    crate::fallback::load_all(paths)
-        .map(|gs| {
-            gs.into_iter()
-                .filter(|g| g.group == group)
-                .flat_map(|g| g.state.nodes.into_iter().map(|n| n.name))
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 /// The letter column of the devnet table: "node-b" → "B".
@@ -504,7 +596,11 @@ async fn stop_foreground(
             }
         }
     } else {
-        let names = recorded_names(paths, group);
+        let names: Vec<String> = crate::fallback::load_all(paths)?
+            .into_iter()
+            .filter(|g| g.group == group)
+            .flat_map(|g| g.state.nodes.into_iter().map(|n| n.name))
+            .collect();
         crate::fallback::stop_by_signal(paths, &names, None, started.is_some()).await?;
     }
     if let Some(s) = started.as_mut() {

@@ -26,16 +26,19 @@ pub fn parse_since(s: &str) -> Result<i64> {
 }
 
 /// `dwbase deploy logs`.
-pub async fn run(paths: &Paths, args: LogsArgs) -> Result<()> {
+pub async fn run(paths: &Paths, args: LogsArgs, no_start: bool) -> Result<()> {
     let since = args.since.as_deref().map(parse_since).transpose()?;
-    match daemon::connect(paths).await? {
-        Some(mut client) => {
+    match daemon::attach(paths, no_start).await? {
+        Ok(mut client) => {
             // Names only size the prefix column; an unknown node is the supervisor's to say.
             let report = daemon::status(&mut client).await?;
             let names: Vec<String> = report.nodes.iter().map(|n| n.name.clone()).collect();
             stream(&mut client, args.node, args.tail, args.follow, since, &names, args.json).await
         }
-        None => from_files(paths, &args, since).await,
+        Err(offline) => {
+            offline.warn();
+            from_files(paths, &args, since).await
+        }
     }
 }
 
@@ -79,6 +82,13 @@ pub async fn stream(
                     }
                     EndOfStream::SupervisorShutdown => {
                         eprintln!("supervisor went away (it shut down)");
+                        Err(Silent(1).into())
+                    }
+                    EndOfStream::Evicted => {
+                        eprintln!(
+                            "the supervisor closed this stream: too many connections were open \
+                             and this one was the oldest idle one"
+                        );
                         Err(Silent(1).into())
                     }
                     EndOfStream::Failed(m) => Err(anyhow!("the log stream failed: {m}")),

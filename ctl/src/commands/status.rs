@@ -22,13 +22,21 @@
 //!     "restart_policy": "always|on-failure|never",
 //!     "last_exit": {"code": 1 | null, "signal": 9 | null, "at_unix_ms": 0} | null,
 //!     "dir": "...", "data_dir": "...", "log_path": "...", "config_path": "...",
-//!     "message": "..." | null
-//!   }]
+//!     "message": "..." | null,
+//!     "desired": "running" | "stopped",
+//!     "liveness": {"period_ms", "timeout_ms", "failures", "failing"} | null
+//!   }],
+//!   "warnings": ["..."]
 //! }
 //! ```
 //!
-//! `deploy status` exits 0 whenever it could find out (nothing deployed included: `nodes` is
-//! empty) and 1 when it could not (unreadable state, a supervisor of another protocol).
+//! Exit status (the supervisorctl / systemctl convention): 0 when a supervisor runs and every
+//! node that should run is ready (nothing deployed included); 3 when the supervisor is down or
+//! a node that should run is not ready; 1 when the status could not be found out (unreadable
+//! state, a supervisor of another protocol).
+//!
+//! With recorded nodes and no supervisor, `deploy status` starts one first (it adopts what runs
+//! and restarts what died, and says so); `--no-start` reads state.json only.
 
 use std::io::Write;
 use std::time::Duration;
@@ -41,17 +49,21 @@ use crate::output::humanize;
 use crate::report::{from_state_files, write_human, NodeJson, StatusJson, SupervisorJson};
 
 /// `dwbase deploy status`.
-pub async fn run(paths: &Paths, json: bool) -> Result<()> {
-    let doc = match daemon::connect(paths).await? {
-        Some(mut client) => {
+pub async fn run(paths: &Paths, json: bool, no_start: bool) -> Result<()> {
+    let doc = match daemon::attach(paths, no_start).await? {
+        Ok(mut client) => {
             let report = daemon::status(&mut client).await?;
             StatusJson {
                 root: paths.root.clone(),
                 supervisor: SupervisorJson::from_info(&report.supervisor),
                 nodes: report.nodes.iter().map(NodeJson::from_status).collect(),
+                warnings: report.warnings.clone(),
             }
         }
-        None => from_state_files(paths)?,
+        Err(offline) => {
+            offline.warn();
+            from_state_files(paths)?
+        }
     };
     // One write for the whole table, not one per line.
     let mut text = Vec::new();
@@ -61,8 +73,16 @@ pub async fn run(paths: &Paths, json: bool) -> Result<()> {
     } else {
         write_human(&mut text, &doc)?;
     }
-    crate::output::write_stdout(format_args!("{}", String::from_utf8_lossy(&text)))
+    crate::output::write_stdout(format_args!("{}", String::from_utf8_lossy(&text)))?;
+    if doc.all_desired_ready() {
+        Ok(())
+    } else {
+        Err(crate::Silent(STATUS_NOT_READY).into())
+    }
 }
+
+/// `deploy status`'s exit code when the supervisor or a node that should run is down.
+pub const STATUS_NOT_READY: u8 = 3;
 
 /// `dwbase supervisor status`: exits 1 when no supervisor runs.
 pub async fn supervisor_status(paths: &Paths, json: bool) -> Result<()> {

@@ -1,30 +1,32 @@
-//! `dwbase deploy stop`, `deploy restart` and `deploy clean`.
+//! `dwbase deploy stop`.
 
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use dwbase_proto::state::DEFAULT_STOP_TIMEOUT_MS;
-use dwbase_proto::{ClientError, Paths, Request, StopSpec};
+use dwbase_proto::{ClientError, Desired, Paths, Request, StopSpec};
 
 use crate::cli::StopArgs;
-use crate::daemon::{self};
+use crate::daemon::{self, Offline};
 use crate::fallback::{self, StopReport};
 
-/// `dwbase deploy stop`: through the supervisor if one answers, else by signal from
-/// state.json. "Nothing to stop" is success.
-pub async fn run(paths: &Paths, args: &StopArgs) -> Result<()> {
+/// `dwbase deploy stop`: through the supervisor (started first when nodes are recorded and
+/// none runs: it is the one owner of the nodes), else — `--no-start`, or no supervisor can
+/// start — by signal from state.json while holding the root lock. "Nothing to stop" is
+/// success; a node that could not be stopped is a failure.
+pub async fn run(paths: &Paths, args: &StopArgs, no_start: bool) -> Result<()> {
     let timeout_ms = args.timeout.map(|t| t.as_millis() as u64);
-    match daemon::connect(paths).await {
-        Ok(Some(mut client)) => {
+    match daemon::attach(paths, no_start).await {
+        Ok(Ok(mut client)) => {
             let report = daemon::status(&mut client).await?;
+            // The supervisor checks the names; asking first keeps "stopped …" truthful.
             let running: Vec<String> = report
                 .nodes
                 .iter()
                 .filter(|n| args.nodes.is_empty() || args.nodes.contains(&n.name))
-                .filter(|n| n.pid.is_some())
+                .filter(|n| n.pid.is_some() || n.desired == Desired::Running)
                 .map(|n| n.name.clone())
                 .collect();
-            // Stop with our timeout first (Shutdown carries none), then let the supervisor go.
             let grace = timeout_ms.unwrap_or_else(|| max_recorded_grace(paths));
             let req =
                 Request::Stop(StopSpec { nodes: args.nodes.clone(), group: None, timeout_ms });
@@ -46,7 +48,13 @@ pub async fn run(paths: &Paths, args: &StopArgs) -> Result<()> {
             }
             Ok(())
         }
-        Ok(None) => {
+        Ok(Err(offline)) => {
+            offline.warn();
+            if matches!(offline, Offline::NothingRecorded) && args.nodes.is_empty() {
+                // Records of stopped nodes only: nothing runs, but say it from the files.
+                let r = fallback::stop_by_signal(paths, &[], args.timeout, true).await?;
+                return print_signal_report(&r);
+            }
             check_names_recorded(paths, &args.nodes)?;
             let r =
                 fallback::stop_by_signal(paths, &args.nodes, args.timeout, args.nodes.is_empty())
@@ -58,21 +66,33 @@ pub async fn run(paths: &Paths, args: &StopArgs) -> Result<()> {
                 bail!("could not stop {}", r.failed.join(", "))
             }
         }
-        Err(e @ ClientError::VersionMismatch { .. }) => {
-            // Signals are version-independent: SIGTERM makes any supervisor stop its nodes
-            // and exit; then sweep whatever is recorded.
-            eprintln!("{e}");
-            eprintln!("stopping by signal instead");
-            let r =
-                fallback::stop_by_signal(paths, &args.nodes, args.timeout, args.nodes.is_empty())
-                    .await?;
-            print_signal_report(&r)?;
-            Ok(())
-        }
-        Err(e) => Err(e.into()),
+        Err(e) => match e.downcast::<ClientError>() {
+            Ok(e @ ClientError::VersionMismatch { .. }) => {
+                // Signals are version-independent: SIGTERM makes any supervisor stop its
+                // nodes and exit; then sweep whatever is recorded.
+                eprintln!("{e}");
+                eprintln!("stopping by signal instead");
+                let r = fallback::stop_by_signal(
+                    paths,
+                    &args.nodes,
+                    args.timeout,
+                    args.nodes.is_empty(),
+                )
+                .await?;
+                print_signal_report(&r)?;
+                if r.failed.is_empty() {
+                    Ok(())
+                } else {
+                    bail!("could not stop {}", r.failed.join(", "))
+                }
+            }
+            Ok(e) => Err(e.into()),
+            Err(e) => Err(e),
+        },
     }
 }
 
+/// Refuses names that no state file records (when no supervisor can check them).
 pub(crate) fn check_names_recorded(paths: &Paths, names: &[String]) -> Result<()> {
     if names.is_empty() {
         return Ok(());
@@ -90,6 +110,7 @@ pub(crate) fn check_names_recorded(paths: &Paths, names: &[String]) -> Result<()
     Ok(())
 }
 
+/// The longest stop grace recorded (the Stop request may take that long).
 fn max_recorded_grace(paths: &Paths) -> u64 {
     fallback::load_all(paths)
         .map(|gs| {

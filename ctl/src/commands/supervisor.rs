@@ -6,7 +6,8 @@ use anyhow::{bail, Result};
 use dwbase_proto::{ClientError, Paths};
 
 use crate::daemon::{self, StartOptions};
-use crate::fallback::{signal_pid, Sig};
+use crate::fallback::signal_supervisor;
+use dwbase_proto::process::Signal;
 
 /// Asks the running supervisor to exit without stopping its nodes (`Shutdown{stop_nodes:
 /// false}`, or SIGUSR1 when it speaks another protocol), waits for it to go, and starts a new
@@ -37,7 +38,7 @@ pub async fn restart(paths: &Paths, metrics_addr: Option<SocketAddr>) -> Result<
             eprintln!(
                 "the running supervisor (pid {pid}) speaks another protocol: sending SIGUSR1"
             );
-            signal_pid(pid, Sig::Usr1);
+            signal_supervisor(pid, Signal::SIGUSR1);
             if !daemon::wait_gone(pid, start, daemon::EXIT_DEADLINE).await {
                 bail!("the supervisor (pid {pid}) did not exit after SIGUSR1");
             }

@@ -44,7 +44,13 @@ pub(super) async fn devnet(
             .into_iter()
             .map(|r| {
                 let liveness = spec.liveness.or(r.liveness).unwrap_or(LivenessSpec::DEFAULT);
-                DesiredNode::new(r, spec.restart_policy, spec.env.clone(), spec.stop_timeout_ms, liveness)
+                DesiredNode::new(
+                    r,
+                    spec.restart_policy,
+                    spec.env.clone(),
+                    spec.stop_timeout_ms,
+                    liveness,
+                )
             })
             .collect()
     });
@@ -59,7 +65,13 @@ pub(super) async fn local(
 ) -> std::io::Result<Flow> {
     let desired = render::render_local(&ctx.paths, &spec).map(|r| {
         let liveness = spec.liveness.or(r.liveness).unwrap_or(LivenessSpec::DEFAULT);
-        vec![DesiredNode::new(r, spec.restart_policy, spec.env.clone(), spec.stop_timeout_ms, liveness)]
+        vec![DesiredNode::new(
+            r,
+            spec.restart_policy,
+            spec.env.clone(),
+            spec.stop_timeout_ms,
+            liveness,
+        )]
     });
     deploy(ctx, Group::Local, desired, spec.options, conn, tokens).await
 }
@@ -278,13 +290,15 @@ impl Rollout<'_, '_> {
     ) -> Result<Spawned, ErrorReply> {
         match self.forward_until(rx, limit).await {
             Ok(Ok(s)) => Ok(s),
-            Ok(Err(msg)) => Err(self.failure(name, format!("{name} could not be started: {msg}")).await),
+            Ok(Err(msg)) => {
+                Err(self.failure(name, format!("{name} could not be started: {msg}")).await)
+            }
             Err(()) if self.tokens.shutdown.is_cancelled() => {
                 Err(ErrorReply::new(ErrorKind::Internal, "the supervisor is shutting down"))
             }
-            Err(()) => Err(self
-                .failure(name, format!("{name} was not started within {limit:?}"))
-                .await),
+            Err(()) => {
+                Err(self.failure(name, format!("{name} was not started within {limit:?}")).await)
+            }
         }
     }
 
@@ -313,11 +327,18 @@ impl Rollout<'_, '_> {
                 }
                 let exited = n.restarts > s.restarts
                     || n.pid.is_some_and(|p| p != s.pid)
-                    || matches!(n.state, NodeState::CrashLoop | NodeState::Backoff | NodeState::Stopped);
+                    || matches!(
+                        n.state,
+                        NodeState::CrashLoop | NodeState::Backoff | NodeState::Stopped
+                    );
                 if exited {
-                    let exit = n.last_exit.map(|e| format!(", last exit: {}", e.kind)).unwrap_or_default();
+                    let exit =
+                        n.last_exit.map(|e| format!(", last exit: {}", e.kind)).unwrap_or_default();
                     return Err(self
-                        .failure(name, format!("{name} exited before it became ready ({}{exit})", n.state))
+                        .failure(
+                            name,
+                            format!("{name} exited before it became ready ({}{exit})", n.state),
+                        )
                         .await);
                 }
                 pending.push(name.clone());

@@ -5,9 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use dwbase_proto::{
-    ErrorKind, ErrorReply, Event, Group, NodeStatus, Plan, StatusReport, StopSpec,
-};
+use dwbase_proto::{ErrorKind, ErrorReply, Event, Group, NodeStatus, Plan, StatusReport, StopSpec};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use super::reconcile::{DesiredNode, Step};
@@ -98,9 +96,12 @@ pub enum Command {
         reply: oneshot::Sender<Result<Planned, ErrorReply>>,
     },
     /// Carry out one step of a plan.
-    Apply(Step, oneshot::Sender<Result<Applied, ErrorReply>>),
+    Apply(Box<Step>, oneshot::Sender<Result<Applied, ErrorReply>>),
     /// Restart one node; the inner receiver resolves once the new process is spawned.
-    Restart(String, oneshot::Sender<Result<oneshot::Receiver<Result<Spawned, String>>, ErrorReply>>),
+    Restart(
+        String,
+        oneshot::Sender<Result<oneshot::Receiver<Result<Spawned, String>>, ErrorReply>>,
+    ),
     /// Stop nodes; the receivers resolve as each process is gone.
     Stop(StopSpec, oneshot::Sender<Result<StopTicket, ErrorReply>>),
     /// Log files of one node or all.
@@ -154,7 +155,7 @@ impl RunnerHandle {
 
     /// Carries out one step.
     pub async fn apply(&self, step: Step) -> Result<Result<Applied, ErrorReply>, Gone> {
-        self.ask(|tx| Command::Apply(step, tx)).await
+        self.ask(|tx| Command::Apply(Box::new(step), tx)).await
     }
 
     /// Asks for a restart; the receiver resolves once the new process is spawned.

@@ -406,7 +406,7 @@ impl Runner {
                 let _ = reply.send(reconcile::plan(&self.nodes, group, desired, prune));
             }
             Command::Apply(step, reply) => {
-                let r = self.apply(step);
+                let r = self.apply(*step);
                 let _ = reply.send(r);
             }
             Command::Restart(name, reply) => {
@@ -543,7 +543,9 @@ impl Runner {
             }
             Step::Update(d) => {
                 let name = d.record.name.clone();
-                let Some(n) = self.nodes.get_mut(&name) else { return Err(self.unknown_node(&name)) };
+                let Some(n) = self.nodes.get_mut(&name) else {
+                    return Err(self.unknown_node(&name));
+                };
                 n.rec.restart_policy = d.record.restart_policy;
                 n.rec.stop_timeout_ms = d.record.stop_timeout_ms;
                 n.rec.liveness = d.record.liveness;
@@ -568,7 +570,9 @@ impl Runner {
                 Ok(Applied::Spawning(rx))
             }
             Step::Remove { name, prune } => {
-                let Some(n) = self.nodes.get_mut(&name) else { return Err(self.unknown_node(&name)) };
+                let Some(n) = self.nodes.get_mut(&name) else {
+                    return Err(self.unknown_node(&name));
+                };
                 n.removal = Some(if prune { Removal::Prune } else { Removal::Forget });
                 let wait = n.fsm.process.map(|_| {
                     let (tx, rx) = oneshot::channel();

@@ -270,7 +270,8 @@ pub(super) fn plan(
                 starts.push(Step::Add(d));
             }
             Some(n) => {
-                let same = current_fingerprint(&n.rec).as_deref() == d.record.fingerprint.as_deref()
+                let same = current_fingerprint(&n.rec).as_deref()
+                    == d.record.fingerprint.as_deref()
                     && n.rec.port == d.record.port;
                 if !same {
                     let changes = describe_changes(&n.rec, &d);

@@ -83,7 +83,9 @@ fn node_folders(paths: &Paths) -> Vec<PathBuf> {
         }
         if let Ok(rd) = std::fs::read_dir(&dir) {
             for e in rd.flatten() {
-                if e.file_type().is_ok_and(|t| t.is_dir()) && e.path().join(NODE_RECORD_FILE).is_file() {
+                if e.file_type().is_ok_and(|t| t.is_dir())
+                    && e.path().join(NODE_RECORD_FILE).is_file()
+                {
                     out.push(e.path());
                 }
             }
@@ -107,11 +109,8 @@ fn owned_by_us(_pid: u32) -> bool {
 /// A record for a live node process found by its command line only.
 fn record_from_process(paths: &Paths, id: ProcessId, config: &Path) -> Option<NodeRecord> {
     let dir = config.parent()?.to_path_buf();
-    let group = if dir.starts_with(paths.group_dir(Group::Devnet)) {
-        Group::Devnet
-    } else {
-        Group::Local
-    };
+    let group =
+        if dir.starts_with(paths.group_dir(Group::Devnet)) { Group::Devnet } else { Group::Local };
     let text = std::fs::read_to_string(config).ok()?;
     let doc: toml::Table = text.parse().ok()?;
     let node = doc.get("node")?.as_table()?;

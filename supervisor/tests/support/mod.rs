@@ -177,7 +177,11 @@ impl DeployStream {
 
 /// Reads a deploy's frames until its last one.
 pub async fn read_deploy(c: &mut Client) -> DeployStream {
-    let mut out = DeployStream { plan: None, events: vec![], last: Response::Done(Done { message: String::new() }) };
+    let mut out = DeployStream {
+        plan: None,
+        events: vec![],
+        last: Response::Done(Done { message: String::new() }),
+    };
     loop {
         let r = tokio::time::timeout(Duration::from_secs(120), c.recv())
             .await
