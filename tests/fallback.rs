@@ -140,18 +140,24 @@ fn a_supervisor_of_another_protocol_gets_restart_advice() {
 }
 
 #[test]
-fn a_corrupt_state_file_is_reported_loudly_and_moved_aside() {
+fn a_corrupt_state_file_is_reported_loudly_and_moved_aside_by_its_owner() {
     let d = Deployment::new();
     let state = d.paths().state_file(Group::Devnet);
     std::fs::create_dir_all(state.parent().unwrap()).unwrap();
     std::fs::write(&state, "{\"nodes\": [ this is not json").unwrap();
-    let st = d.run(&["deploy", "status"]).ok();
-    assert!(st.stderr.contains("WARNING") && st.stderr.contains("moved to"), "{st}");
-    assert!(!state.exists(), "moved aside\n{st}");
+    // A reader says so and changes nothing.
+    let st = d.run(&["deploy", "status"]).code_is(3);
+    assert!(st.stderr.contains("WARNING") && st.stderr.contains("unreadable"), "{st}");
+    assert!(st.stderr.contains(&state.display().to_string()), "{st}");
+    assert!(state.exists(), "a reader moved the file\n{st}");
+    // The owner (a supervisor starting for this root) moves it aside, and says where.
+    let started = d.run(&["supervisor", "restart"]).ok();
+    assert!(!state.exists(), "not moved aside\n{started}");
     let moved: Vec<_> = std::fs::read_dir(state.parent().unwrap())
         .unwrap()
         .filter_map(Result::ok)
         .filter(|e| e.file_name().to_string_lossy().starts_with("state.json.corrupt-"))
         .collect();
-    assert_eq!(moved.len(), 1, "{st}");
+    assert_eq!(moved.len(), 1, "{started}");
+    assert!(started.stderr.contains("corrupt"), "the move is not reported\n{started}");
 }

@@ -13,6 +13,7 @@ use std::time::Duration;
 use dwbase_node::Config;
 use serde_json::Value;
 use support::node::{start_node_env, NodeProcess, Started};
+use support::poll_until;
 
 fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/original-configs")
@@ -78,9 +79,14 @@ fn every_original_config_starts_a_node_with_listen_and_data_dir_from_env() {
         };
         // Not /readyz: the shared machine's disk may be over the template's threshold, which
         // is the node's business to report (below), not a reason for this test to fail.
-        let (status, body) = node.call("GET", "/health", None);
-        assert_eq!(status, 200, "{name}: {body}");
-        let h: Value = serde_json::from_str(&body).unwrap();
+        // The index of an empty store is rebuilt in a moment; its "rebuilding" message is not
+        // what this test looks at.
+        let h: Value = poll_until("the index rebuilt", Duration::from_secs(20), || {
+            let (status, body) = node.call("GET", "/health", None);
+            assert_eq!(status, 200, "{name}: {body}");
+            let h: Value = serde_json::from_str(&body).unwrap();
+            (h["checks"]["index"]["status"] == "ok").then_some(h)
+        });
         // The original's fields and values, next to ours.
         let verdict = h["status"].as_str().unwrap();
         assert!(verdict == "ready" || verdict == "degraded", "{name}: {h}");

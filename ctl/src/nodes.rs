@@ -38,7 +38,7 @@ pub async fn find_node(paths: &Paths, name: &str) -> Result<FoundNode> {
     }
     for group in [Group::Devnet, Group::Local] {
         let file = paths.state_file(group);
-        let state = match StateFile::load(&file) {
+        let state = match StateFile::read(&file) {
             Ok(Loaded::Ok(s)) => s,
             Ok(_) => continue,
             Err(e) => bail!("reading {}: {e}", file.display()),
@@ -86,7 +86,7 @@ pub fn refuse_if_running(paths: &Paths, target: &Path) -> Result<()> {
     let canon = |p: &Path| fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
     let want = canon(target);
     for group in [Group::Devnet, Group::Local] {
-        let Ok(Loaded::Ok(state)) = StateFile::load(&paths.state_file(group)) else { continue };
+        let Ok(Loaded::Ok(state)) = StateFile::read(&paths.state_file(group)) else { continue };
         let supervisor_alive = state
             .supervisor
             .as_ref()

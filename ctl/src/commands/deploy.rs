@@ -91,7 +91,7 @@ pub async fn devnet(paths: &Paths, args: DevnetArgs) -> Result<()> {
 pub async fn local(paths: &Paths, args: LocalArgs) -> Result<()> {
     let config = args.config.as_deref().map(read_template).transpose()?;
     if let Some(t) = &config {
-        check_listen(&t.path)?;
+        check_listen(t)?;
     }
     let spec = LocalSpec {
         config,
@@ -143,15 +143,31 @@ fn read_template(path: &Path) -> Result<Template> {
     let abs = std::path::absolute(path).with_context(|| format!("resolving {}", path.display()))?;
     let text =
         std::fs::read_to_string(&abs).with_context(|| format!("reading {}", abs.display()))?;
-    dwbase_node::config::Config::load(&abs).map_err(|e| anyhow::anyhow!("{e}"))?;
-    Ok(Template { path: abs, text })
+    let template = Template { path: abs, text };
+    node_config(&template)?;
+    Ok(template)
+}
+
+/// The node config a template describes. Its `[liveness]` table is the supervisor's (it
+/// checks it), not the node's: the rest is checked as the node will read it.
+fn node_config(t: &Template) -> Result<dwbase_node::config::Config> {
+    let parsed = t.text.parse::<toml::Table>().ok();
+    let text = match parsed {
+        Some(mut table) if table.contains_key("liveness") => {
+            table.remove("liveness");
+            toml::to_string(&table).context("re-reading the template without [liveness]")?
+        }
+        _ => t.text.clone(),
+    };
+    dwbase_node::config::Config::from_toml_str(&text, &t.path).map_err(|e| anyhow::anyhow!("{e}"))
 }
 
 /// A local node keeps its config's listen address: refuse now, not after a crash loop, an
 /// address the node would refuse (every interface without an API key). Our environment
 /// counts, as a supervisor we start inherits it.
-fn check_listen(path: &Path) -> Result<()> {
-    let mut cfg = dwbase_node::config::Config::load(path).map_err(|e| anyhow::anyhow!("{e}"))?;
+fn check_listen(t: &Template) -> Result<()> {
+    let path = &t.path;
+    let mut cfg = node_config(t)?;
     cfg.apply_env().map_err(|e| anyhow::anyhow!("{e}"))?;
     cfg.check_listen_security(cfg.node.listen)
         .map_err(|m| anyhow::anyhow!("{}: {m}", path.display()))
@@ -253,10 +269,6 @@ async fn run_deploy(
         End::Halted(e) => {
             progress.clear_line();
             report_failure(&e.nodes);
-            eprintln!(
-                "the rollout stopped at the first failure; every other node was left as it \
-                 was (see dwbase deploy status)"
-            );
             bail!("{}", e.message)
         }
         End::Refused(e) => {
@@ -264,7 +276,22 @@ async fn run_deploy(
             if e.kind == ErrorKind::Internal {
                 crate::output::print_supervisor_log_tail(paths, 20);
             }
+            // Nothing changed. A supervisor this command started for nothing goes again.
+            if started.is_some() {
+                shutdown_if_idle(&mut client).await;
+            }
             bail!("{}", e.message)
+        }
+    }
+}
+
+/// Shuts down a supervisor that owns no node at all (one this command started for a deploy
+/// that was refused), so a refused first deploy leaves nothing behind.
+async fn shutdown_if_idle(client: &mut Client) {
+    let Ok(report) = daemon::status(client).await else { return };
+    if report.nodes.is_empty() {
+        if let Err(e) = daemon::shutdown(client, &report.supervisor, false).await {
+            tracing::warn!("shutting down the supervisor this command started: {e:#}");
         }
     }
 }
@@ -375,6 +402,7 @@ impl Progress {
             EventKind::Rollout(what) => format!("{}: {what}", e.node),
             EventKind::Spawned { pid } => format!("{}: started, pid {pid} ({at})", e.node),
             EventKind::State { to: NodeState::Ready, .. } => format!("{}: ready ({at})", e.node),
+            EventKind::State { to: NodeState::Starting, .. } => return,
             EventKind::State { from, to } => format!("{}: {from} → {to} ({at})", e.node),
             EventKind::Exited(x) => format!("{}: exited, {} ({at})", e.node, x.kind),
             EventKind::LivenessFailed { failures, reason } => {
@@ -416,6 +444,9 @@ fn write_plan(out: &mut impl Write, p: &Plan) -> std::io::Result<()> {
             _ => {}
         }
         writeln!(out, "{}", line.trim_end())?;
+        if s.action == PlanAction::Add {
+            continue;
+        }
         for c in &s.changes {
             writeln!(out, "        {c}")?;
         }

@@ -668,7 +668,7 @@ impl Devnet {
     fn kill_leftovers(&self) -> usize {
         let mut killed = 0;
         for group in [Group::Devnet, Group::Local] {
-            let Ok(Loaded::Ok(state)) = StateFile::load(&self.paths.state_file(group)) else {
+            let Ok(Loaded::Ok(state)) = StateFile::read(&self.paths.state_file(group)) else {
                 continue;
             };
             for n in &state.nodes {

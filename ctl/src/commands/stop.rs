@@ -50,6 +50,11 @@ pub async fn run(paths: &Paths, args: &StopArgs, no_start: bool) -> Result<()> {
         }
         Ok(Err(offline)) => {
             offline.warn();
+            if !paths.root.exists() {
+                check_names_recorded(paths, &args.nodes)?;
+                crate::outln!("nothing to stop (nothing deployed under {})", paths.root.display())?;
+                return Ok(());
+            }
             if matches!(offline, Offline::NothingRecorded) && args.nodes.is_empty() {
                 // Records of stopped nodes only: nothing runs, but say it from the files.
                 let r = fallback::stop_by_signal(paths, &[], args.timeout, true).await?;
