@@ -70,7 +70,10 @@ fn devnet_up_status_swarm_and_stop() {
     assert!(pids.iter().all(|p| pid_alive(*p)));
 
     // Deploying the same devnet again is idempotent: same pids.
-    let again = d.run(&["deploy", "devnet", "--nodes", "3", "--base-port", &base_s]).ok();
+    let mut cmd = d.cmd(&["deploy", "devnet", "--nodes", "3", "--base-port", &base_s]);
+    cmd.env("DWBASE_MAX_RAM_MB", "128");
+    let again = support::run_with_deadline(&mut cmd, Duration::from_secs(60)).ok();
+    assert!(again.stderr.contains("no changes"), "{again}");
     for p in &pids[1..] {
         assert!(again.stdout.contains(&format!(" {p} ")), "pid {p} changed\n{again}");
     }

@@ -27,10 +27,8 @@ fn devnet_args(nodes: u32, base: u16) -> Vec<String> {
 fn node_processes(root: &Path) -> BTreeMap<String, Vec<u32>> {
     let mut out: BTreeMap<String, Vec<u32>> = BTreeMap::new();
     for id in process::find_processes(|args| {
-        let is_node = args
-            .first()
-            .and_then(|a| Path::new(a).file_name())
-            .is_some_and(|n| n == "dwbase-node");
+        let is_node =
+            args.first().and_then(|a| Path::new(a).file_name()).is_some_and(|n| n == "dwbase-node");
         is_node && process::arg_value(args, "--config").is_some_and(|c| c.starts_with(root))
     }) {
         let Some(args) = process::cmdline(id.pid) else { continue };
@@ -60,8 +58,7 @@ fn check_one_owner(d: &Deployment, nodes: usize) {
         let out = d.run(&["deploy", "status", "--json"]);
         let v: serde_json::Value = serde_json::from_str(&out.stdout).ok()?;
         let ns = v["nodes"].as_array()?;
-        (out.code() == 0 && ns.len() == nodes && ns.iter().all(|n| n["ready"] == true))
-            .then_some(v)
+        (out.code() == 0 && ns.len() == nodes && ns.iter().all(|n| n["ready"] == true)).then_some(v)
     });
     let sups = supervisors(d);
     assert_eq!(sups.len(), 1, "supervisors: {sups:?}");

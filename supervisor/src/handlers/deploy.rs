@@ -274,6 +274,17 @@ impl Rollout<'_, '_> {
         }
     }
 
+    /// Forwards the events already queued.
+    async fn drain(&mut self) {
+        loop {
+            match self.events.try_recv() {
+                Ok(e) => self.forward(Ok(e)).await,
+                Err(broadcast::error::TryRecvError::Lagged(_)) => continue,
+                Err(_) => return,
+            }
+        }
+    }
+
     async fn forward(&mut self, ev: Result<dwbase_proto::Event, RecvError>) {
         if let Ok(e) = ev {
             if e.group == self.group {
@@ -344,6 +355,8 @@ impl Rollout<'_, '_> {
                 pending.push(name.clone());
             }
             if pending.is_empty() {
+                // What happened up to this snapshot reaches the client before the outcome.
+                self.drain().await;
                 return Ok(());
             }
             tokio::select! {
@@ -378,7 +391,8 @@ impl Rollout<'_, '_> {
     }
 
     /// A halted rollout: the message, plus the failing node's full status (with log lines).
-    async fn failure(&self, name: &str, message: String) -> ErrorReply {
+    async fn failure(&mut self, name: &str, message: String) -> ErrorReply {
+        self.drain().await;
         let nodes = match self.ctx.runner.status().await {
             Ok(r) => r.nodes.into_iter().filter(|n| n.name == name).collect(),
             Err(_) => vec![],
