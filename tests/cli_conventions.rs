@@ -116,12 +116,13 @@ fn man_pages_for_every_command_of_the_three_programs() {
 #[test]
 fn log_colour_follows_the_flag_no_color_and_the_terminal() {
     let d = Deployment::new();
-    let args = ["-vv", "deploy", "status"];
+    // `deploy stop` with nothing deployed: exits 0 and logs its state root at debug.
+    let args = ["-vv", "deploy", "stop"];
     // A pipe: no escape codes, unless asked for.
     let piped = d.run(&args).ok();
     assert!(piped.stderr.contains("state root"), "the debug line is logged: {piped}");
     assert!(!piped.stderr.contains(ESC), "{piped:?}");
-    let forced = d.run(&["--color", "always", "-vv", "deploy", "status"]).ok();
+    let forced = d.run(&["--color", "always", "-vv", "deploy", "stop"]).ok();
     assert!(forced.stderr.contains(ESC), "{forced}");
     let forced_env = run_with_deadline(
         d.cmd(&args).env("CLICOLOR_FORCE", "1").env_remove("NO_COLOR"),
@@ -136,12 +137,12 @@ fn log_colour_follows_the_flag_no_color_and_the_terminal() {
     let no_color = on_terminal(&d, &args, &[("NO_COLOR", "1")]).ok();
     assert!(no_color.stdout.contains("state root"), "{no_color}");
     assert!(!no_color.stdout.contains(ESC), "NO_COLOR on a terminal: {no_color:?}");
-    let never = on_terminal(&d, &["--color=never", "-vv", "deploy", "status"], &[]).ok();
+    let never = on_terminal(&d, &["--color=never", "-vv", "deploy", "stop"], &[]).ok();
     assert!(!never.stdout.contains(ESC), "--color never on a terminal: {never:?}");
     // clap's own output follows it too.
     let help = on_terminal(&d, &["--color", "never", "deploy", "--help"], &[]).ok();
     assert!(help.stdout.contains("devnet") && !help.stdout.contains(ESC), "{help:?}");
-    let bad = d.run(&["--color", "sometimes", "deploy", "status"]).code_is(2);
+    let bad = d.run(&["--color", "sometimes", "deploy", "stop"]).code_is(2);
     assert!(bad.stderr.contains("sometimes") && bad.stderr.contains("never"), "{bad}");
 }
 
