@@ -42,6 +42,9 @@ pub struct Cli {
     /// command as with the original CLI; their own --api wins [default: http://127.0.0.1:8080].
     #[arg(long, value_name = "URL")]
     pub api: Option<String>,
+    /// HTTPS: --cacert, --cert, --key (global).
+    #[command(flatten)]
+    pub tls: crate::httpclient::TlsArgs,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,

@@ -10,6 +10,7 @@ mod commands;
 mod daemon;
 mod fallback;
 mod filelogs;
+mod httpclient;
 mod nodeapi;
 mod nodes;
 mod output;
@@ -53,6 +54,7 @@ fn main() -> ExitCode {
     }
     init_tracing(cli.verbose, cli.color);
     nodeapi::set_global_api(cli.api);
+    httpclient::set_global(cli.tls);
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

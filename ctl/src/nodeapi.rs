@@ -79,11 +79,13 @@ pub fn segment(s: &str) -> String {
 impl NodeApi {
     /// Resolves `args` (and the top-level `--api`) to a node.
     pub async fn connect(paths: &Paths, args: &ApiArgs) -> Result<Self> {
-        let client = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(5))
-            .timeout(Duration::from_secs(60))
-            .build()
-            .context("building the HTTP client")?;
+        let client = |default_ca: Option<&std::path::Path>| {
+            crate::httpclient::builder_with(default_ca)?
+                .connect_timeout(Duration::from_secs(5))
+                .timeout(Duration::from_secs(60))
+                .build()
+                .context("building the HTTP client")
+        };
         if let Some(name) = &args.node {
             let node = crate::nodes::find_node(paths, name).await?;
             if !node.running {
@@ -97,7 +99,8 @@ impl NodeApi {
                     .effective_api_key()
                     .map(str::to_owned)
             });
-            let base = format!("http://127.0.0.1:{}", node.port);
+            let (base, ca) = crate::httpclient::deployed_node(&node.config_path, node.port);
+            let client = client(ca.as_deref())?;
             return Ok(Self { client, label: format!("{name} ({base})"), base, key });
         }
         let api = args
@@ -106,7 +109,7 @@ impl NodeApi {
             .or_else(|| GLOBAL_API.get().cloned().flatten())
             .unwrap_or_else(|| DEFAULT_API.to_owned());
         let base = normalize_url(&api);
-        Ok(Self { client, label: base.clone(), base, key: args.api_key.clone() })
+        Ok(Self { client: client(None)?, label: base.clone(), base, key: args.api_key.clone() })
     }
 
     /// `GET path`, the JSON answer.
@@ -125,13 +128,7 @@ impl NodeApi {
             None => req,
         };
         let resp = req.send().await.map_err(|e| {
-            let why = if e.is_connect() {
-                "connection refused or unreachable".to_owned()
-            } else if e.is_timeout() {
-                "timed out".to_owned()
-            } else {
-                e.to_string()
-            };
+            let why = crate::httpclient::describe(&e);
             anyhow::anyhow!(
                 "{method} {path}: cannot reach the node at {} ({why}); is it running? Name it \
                  with --api URL or --node NAME",

@@ -59,6 +59,13 @@ SCHEMA: dict[str, str] = {
     "node.swarm": "table",
     "node.swarm.enabled": "bool",
     "node.swarm.peers": "strarray",
+    "node.swarm.ca_file": "str",
+    "node.swarm.cert_file": "str",
+    "node.swarm.key_file": "str",
+    "node.tls": "table",
+    "node.tls.cert_file": "str",
+    "node.tls.key_file": "str",
+    "node.tls.client_ca_file": "str",
 }
 
 ENV_VARS = [
@@ -318,13 +325,27 @@ def cmd_compose(args: argparse.Namespace) -> int:
             continue
         env = svc.get("environment") or {}
         p.check(env.get("DWBASE_NODE_ID") == name, f"{name}: DWBASE_NODE_ID is {env.get('DWBASE_NODE_ID')!r}")
-        want = {f"http://{o}:8080" for o in nodes if o != name}
+        scheme = "https" if args.tls else "http"
+        want = {f"{scheme}://{o}:8080" for o in nodes if o != name}
         got = set(filter(None, (env.get("DWBASE_SWARM_PEERS") or "").split(",")))
         p.check(got == want, f"{name}: DWBASE_SWARM_PEERS {sorted(got)} != the other two nodes {sorted(want)}")
         p.check(str(env.get("DWBASE_SWARM_ENABLED", "")).lower() in ("true", "1"), f"{name}: swarm not enabled")
         p.check(bool(svc.get("healthcheck", {}).get("test")), f"{name}: no healthcheck")
         p.check("/healthz" in json.dumps(svc.get("healthcheck", {})), f"{name}: healthcheck does not probe /healthz")
         vols = svc.get("volumes") or []
+        if args.tls:
+            for var in ("DWBASE_TLS_CERT", "DWBASE_TLS_KEY", "DWBASE_SWARM_CA"):
+                path = env.get(var) or ""
+                mount = next((v for v in vols if v.get("type") == "bind" and path.startswith(v.get("target", "") + "/")), None)
+                if mount is None:
+                    p.add(f"{name}: {var}={path!r} is not in a bind-mounted folder")
+                    continue
+                p.check(bool(mount.get("read_only")), f"{name}: the TLS folder {mount['target']} is not mounted read-only")
+                local = os.path.join(mount["source"], path[len(mount["target"]) + 1:])
+                p.check(os.path.isfile(local), f"{name}: {var} file {local} does not exist")
+            p.check("= 400" in json.dumps(svc.get("healthcheck", {})), f"{name}: the TLS healthcheck does not expect the plain-HTTP 400")
+        else:
+            p.check("DWBASE_TLS_CERT" not in env, f"{name}: DWBASE_TLS_CERT set without --tls")
         data = [v for v in vols if v.get("target") == "/var/lib/dwbase"]
         p.check(
             len(data) == 1 and data[0].get("type") == "volume" and data[0].get("source") in named_volumes,
@@ -427,7 +448,7 @@ def cmd_grafana(args: argparse.Namespace) -> int:
 # kubernetes
 
 
-PEER_RE = re.compile(r"^http://dwbase-(\d+)\.dwbase-headless\.(\$\(POD_NAMESPACE\)|[a-z0-9-]+)\.svc\.cluster\.local:8080$")
+PEER_RE = re.compile(r"^(?:http|https)://dwbase-(\d+)\.dwbase-headless\.(\$\(POD_NAMESPACE\)|[a-z0-9-]+)\.svc\.cluster\.local:8080$")
 
 
 def cmd_k8s(args: argparse.Namespace) -> int:
@@ -539,7 +560,98 @@ def cmd_k8s(args: argparse.Namespace) -> int:
         cm = vol.get("configMap", {}).get("name")
         if cm:
             p.check(("ConfigMap", cm) in names, f"volume {vol['name']} refers to missing ConfigMap {cm}")
+    scheme = "https" if args.tls else "http"
+    for peer in peers:
+        p.check(peer.startswith(f"{scheme}://"), f"peer {peer!r} is not {scheme}://")
+    probes = {k: c.get(k, {}).get("httpGet", {}) for k in ("startupProbe", "livenessProbe", "readinessProbe") if k in c}
+    for k, get in probes.items():
+        want = "HTTPS" if args.tls else "HTTP"
+        p.check(get.get("scheme", "HTTP") == want, f"{k} scheme is {get.get('scheme', 'HTTP')}, expected {want}")
+    script = "\n".join(c.get("args", []) + c.get("command", []))
+    if "self=" in script:
+        p.check(f'self="{scheme}://' in script, f"the entry script's self URL is not {scheme}:// (the pod would push to itself)")
+    if args.tls:
+        check_k8s_tls(p, docs, by_kind, c, pod, by_name, peers, ns)
+    else:
+        p.check("DWBASE_TLS_CERT" not in by_name, "DWBASE_TLS_CERT set without --tls")
     return p.done()
+
+
+CERT_USAGES = {
+    "signing", "digital signature", "content commitment", "key encipherment", "key agreement",
+    "data encipherment", "cert sign", "crl sign", "encipher only", "decipher only", "any",
+    "server auth", "client auth", "code signing", "email protection", "s/mime", "ipsec end system",
+    "ipsec tunnel", "ipsec user", "timestamping", "ocsp signing", "microsoft sgc", "netscape sgc",
+}
+
+
+def _dns_covers(pattern: str, host: str) -> bool:
+    if pattern.startswith("*."):
+        head, _, rest = host.partition(".")
+        return bool(head) and rest == pattern[2:]
+    return pattern == host
+
+
+def check_k8s_tls(p, docs, by_kind, c, pod, env, peers, ns) -> None:
+    """The TLS overlay: a cert-manager Certificate whose Secret is mounted where DWBASE_TLS_* point,
+    naming every peer host, issued by an Issuer in the output."""
+    certs = {d["metadata"]["name"]: d for d in by_kind.get("Certificate", [])}
+    issuers = {(d["kind"], d["metadata"]["name"]): d for d in docs if d.get("kind") in ("Issuer", "ClusterIssuer")}
+    for d in list(certs.values()) + list(issuers.values()):
+        p.check(d.get("apiVersion") == "cert-manager.io/v1", f"{d['kind']} {d['metadata']['name']}: apiVersion is not cert-manager.io/v1")
+    for name, cert in certs.items():
+        spec = cert.get("spec", {})
+        p.check(bool(spec.get("secretName")), f"Certificate {name}: no spec.secretName")
+        ref = spec.get("issuerRef", {})
+        kind = ref.get("kind", "Issuer")
+        p.check(ref.get("group", "cert-manager.io") == "cert-manager.io", f"Certificate {name}: issuerRef.group is not cert-manager.io")
+        p.check((kind, ref.get("name")) in issuers or kind == "ClusterIssuer", f"Certificate {name}: issuer {kind}/{ref.get('name')} is not in the output")
+        for u in spec.get("usages", []):
+            p.check(u in CERT_USAGES, f"Certificate {name}: usage {u!r} is not one cert-manager knows")
+        pk = spec.get("privateKey", {})
+        if pk:
+            p.check(pk.get("algorithm", "RSA") in ("RSA", "ECDSA", "Ed25519"), f"Certificate {name}: privateKey.algorithm {pk.get('algorithm')!r}")
+            p.check(pk.get("rotationPolicy", "Always") in ("Never", "Always"), f"Certificate {name}: privateKey.rotationPolicy {pk.get('rotationPolicy')!r}")
+        for key in ("duration", "renewBefore"):
+            if key in spec:
+                p.check(re.fullmatch(r"(\d+(\.\d+)?(h|m|s))+", str(spec[key])) is not None, f"Certificate {name}: {key} {spec[key]!r} is not a Go duration")
+        if not spec.get("isCA"):
+            p.check(bool(spec.get("dnsNames") or spec.get("ipAddresses")), f"Certificate {name}: no dnsNames")
+    for iss in issuers.values():
+        kinds = [k for k in ("selfSigned", "ca", "acme", "vault", "venafi") if k in iss.get("spec", {})]
+        p.check(len(kinds) == 1, f"{iss['kind']} {iss['metadata']['name']}: needs exactly one of selfSigned, ca, acme, vault, venafi")
+        ca = iss.get("spec", {}).get("ca")
+        if ca is not None:
+            p.check(any(cc.get("spec", {}).get("secretName") == ca.get("secretName") and cc.get("spec", {}).get("isCA") for cc in certs.values()),
+                    f"Issuer {iss['metadata']['name']}: CA Secret {ca.get('secretName')} is made by no isCA Certificate here")
+    secret_vols = {v["name"]: v["secret"].get("secretName") for v in pod.get("volumes", []) if "secret" in v}
+    mounts = {m["name"]: m["mountPath"] for m in c.get("volumeMounts", [])}
+    serving = None
+    for var, file in (("DWBASE_TLS_CERT", "tls.crt"), ("DWBASE_TLS_KEY", "tls.key"), ("DWBASE_SWARM_CA", "ca.crt")):
+        value = env.get(var, {}).get("value")
+        if not value:
+            p.add(f"{var} is not set")
+            continue
+        vol = next((v for v, path in mounts.items() if v in secret_vols and value == f"{path.rstrip('/')}/{file}"), None)
+        if vol is None:
+            p.add(f"{var}={value} is not {file} of a mounted Secret volume")
+            continue
+        secret = secret_vols[vol]
+        made = [n for n, cc in certs.items() if cc.get("spec", {}).get("secretName") == secret]
+        p.check(bool(made), f"{var}: Secret {secret} is made by no Certificate in the output")
+        if made and var == "DWBASE_TLS_CERT":
+            serving = certs[made[0]]
+    if serving is not None:
+        names = serving["spec"].get("dnsNames", [])
+        for peer in peers:
+            m = re.match(r"^https://([^:/]+)", peer)
+            if not m:
+                continue
+            host = m.group(1).replace("$(POD_NAMESPACE)", ns or "")
+            p.check(any(_dns_covers(n, host) for n in names), f"the certificate's dnsNames {names} do not cover peer host {host}")
+    for m in c.get("volumeMounts", []):
+        if m["name"] in secret_vols:
+            p.check(m.get("readOnly") is True, f"Secret mount {m['name']} is not readOnly")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -947,18 +1059,33 @@ def cmd_k8s_scrape(args: argparse.Namespace) -> int:
             p.check(not _selects(ms, other_l), f"up{{{sel}}} also selects another app's pod")
     print(f"  kubernetes-pods: target labels {sorted(labels.items())}; {len(selectors)} node selectors checked")
     return p.done()
+def cmd_split_api(args: argparse.Namespace) -> int:
+    """Writes the documents of API group `group` to `matching` and the others to `rest`, so that
+    kubernetes-validate (built-in kinds only) checks the rest; cmd_k8s --tls checks the CRDs."""
+    import yaml  # PyYAML, from the tools venv
+
+    docs = load_yaml_docs(args.built)
+    mine = [d for d in docs if str(d.get("apiVersion", "")).split("/")[0] == args.group]
+    rest = [d for d in docs if d not in mine]
+    Path(args.matching).write_text(yaml.safe_dump_all(mine, sort_keys=False), encoding="utf-8")
+    Path(args.rest).write_text(yaml.safe_dump_all(rest, sort_keys=False), encoding="utf-8")
+    print(f"  split {args.built}: {len(mine)} {args.group} documents, {len(rest)} others")
+    return 0 if mine else 1
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("templates"); s.add_argument("root"); s.set_defaults(fn=cmd_templates)
-    s = sub.add_parser("compose"); s.add_argument("config_json"); s.set_defaults(fn=cmd_compose)
+    s = sub.add_parser("compose"); s.add_argument("config_json"); s.add_argument("--tls", action="store_true"); s.set_defaults(fn=cmd_compose)
     s = sub.add_parser("plist"); s.add_argument("plist"); s.add_argument("--emit-shell"); s.set_defaults(fn=cmd_plist)
     s = sub.add_parser("grafana"); s.add_argument("dashboard"); s.add_argument("--rules-out"); s.set_defaults(fn=cmd_grafana)
     s = sub.add_parser("k8s"); s.add_argument("built"); s.add_argument("--label", default="build")
     s.add_argument("--replicas", type=int); s.add_argument("--namespace")
-    s.add_argument("--secret", choices=["generated", "external", "any"], default="any"); s.set_defaults(fn=cmd_k8s)
+    s.add_argument("--secret", choices=["generated", "external", "any"], default="any")
+    s.add_argument("--tls", action="store_true", help="the TLS overlay: https peers, HTTPS probes, a cert-manager Certificate mounted"); s.set_defaults(fn=cmd_k8s)
+    s = sub.add_parser("split-api"); s.add_argument("built"); s.add_argument("group"); s.add_argument("matching"); s.add_argument("rest")
+    s.set_defaults(fn=cmd_split_api)
     s = sub.add_parser("metrics"); s.add_argument("kind", choices=["node", "supervisor"]); s.add_argument("exposition")
     s.add_argument("--lint"); s.set_defaults(fn=cmd_metrics)
     s = sub.add_parser("prom-wait"); s.add_argument("url"); s.add_argument("query"); s.add_argument("--cond", default="== 1")

@@ -109,6 +109,10 @@ pub fn run(args: NodeArgs) -> ExitCode {
         eprintln!("dwbase-node: {msg}");
         return ExitCode::from(EXIT_CONFIG);
     }
+    if let Err(e) = crate::tls::check_files(&config) {
+        eprintln!("dwbase-node: {e}");
+        return ExitCode::from(EXIT_CONFIG);
+    }
     if let Err(msg) = check_data_dir_location(&config) {
         eprintln!("dwbase-node: {msg}");
         return ExitCode::from(EXIT_CONFIG);
@@ -169,6 +173,7 @@ async fn run_async(config: Config) -> anyhow::Result<()> {
     let data_dir = config.node.data_dir.clone();
     let listen = config.node.listen;
     let node_id = config.node.id.clone();
+    let scheme = if config.node.tls.enabled() { "https" } else { "http" };
     let node = tokio::task::spawn_blocking(move || Node::open(config))
         .await
         .context("opening the store")??;
@@ -182,12 +187,39 @@ async fn run_async(config: Config) -> anyhow::Result<()> {
         let mut out = std::io::stdout().lock();
         let _ = writeln!(
             out,
-            "dwbase-node listening node_id={node_id} addr={addr} url=http://{addr} data_dir={}",
+            "dwbase-node listening node_id={node_id} addr={addr} url={scheme}://{addr} data_dir={}",
             data_dir.display()
         );
         let _ = out.flush();
     }
+    #[cfg(unix)]
+    tokio::spawn(reload_on_sighup(node.clone()));
     crate::server::serve(listener, node, shutdown_signal()).await
+}
+
+/// Re-reads the TLS certificates on every SIGHUP (a renewed certificate takes effect for new
+/// connections; a bad one is logged and the old one kept). Without TLS, SIGHUP is logged and
+/// ignored instead of killing the node.
+#[cfg(unix)]
+async fn reload_on_sighup(node: Node) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen for SIGHUP; TLS certificates will not be reloaded");
+            return;
+        }
+    };
+    while hup.recv().await.is_some() {
+        match node.tls() {
+            // Reading the files is blocking work; errors are logged by reload.
+            Some(tls) => {
+                let tls = tls.clone();
+                let _ = tokio::task::spawn_blocking(move || tls.reload()).await;
+            }
+            None => tracing::info!("SIGHUP received; nothing to reload (no [node.tls])"),
+        }
+    }
 }
 
 /// Completes on SIGTERM or Ctrl+C (SIGINT).

@@ -43,6 +43,15 @@ pub const ENV_API_KEY: &str = "DWBASE_API_KEY";
 pub const ENV_SWARM_PEERS: &str = "DWBASE_SWARM_PEERS";
 /// Environment variable that overrides `node.swarm.enabled` (`true`/`false`/`1`/`0`).
 pub const ENV_SWARM_ENABLED: &str = "DWBASE_SWARM_ENABLED";
+/// Environment variable that overrides `node.swarm.ca_file` (PEM CA of `https://` peers).
+pub const ENV_SWARM_CA: &str = "DWBASE_SWARM_CA";
+/// Environment variable that overrides `node.tls.cert_file` (PEM certificate chain).
+pub const ENV_TLS_CERT: &str = "DWBASE_TLS_CERT";
+/// Environment variable that overrides `node.tls.key_file` (PEM private key).
+pub const ENV_TLS_KEY: &str = "DWBASE_TLS_KEY";
+/// Environment variable that overrides `node.tls.client_ca_file` (PEM CA: clients need a
+/// certificate it signed).
+pub const ENV_TLS_CLIENT_CA: &str = "DWBASE_TLS_CLIENT_CA";
 
 /// Prefix of the variable holding the encryption master key: `DWBASE_KEY_<KEY_ID>` with the key
 /// id upper-cased and `-` turned into `_` (the original's rule; see [`StorageConfig::key_env_var`]).
@@ -58,6 +67,10 @@ pub const ENV_VARS: &[&str] = &[
     ENV_API_KEY,
     ENV_SWARM_PEERS,
     ENV_SWARM_ENABLED,
+    ENV_SWARM_CA,
+    ENV_TLS_CERT,
+    ENV_TLS_KEY,
+    ENV_TLS_CLIENT_CA,
 ];
 
 /// Default `node.id`.
@@ -136,6 +149,8 @@ pub struct NodeConfig {
     pub swarm: SwarmConfig,
     /// `[node.storage]`: encryption at rest.
     pub storage: StorageConfig,
+    /// `[node.tls]`: HTTPS (ours).
+    pub tls: TlsConfig,
     /// `data_dir` as the file wrote it, when it was relative (for [`Config::original_data_dir`]).
     #[serde(skip)]
     pub data_dir_as_written: WrittenPath,
@@ -166,6 +181,7 @@ impl Default for NodeConfig {
             limits: LimitsConfig::default(),
             swarm: SwarmConfig::default(),
             storage: StorageConfig::default(),
+            tls: TlsConfig::default(),
             data_dir_as_written: WrittenPath::default(),
         }
     }
@@ -313,8 +329,75 @@ impl Default for LimitsConfig {
 pub struct SwarmConfig {
     /// Whether to push atoms to `peers`.
     pub enabled: bool,
-    /// Peer base URLs, e.g. `http://127.0.0.1:7001`.
+    /// Peer base URLs, e.g. `http://127.0.0.1:7001` or `https://node-b.lan:7001`.
     pub peers: Vec<String>,
+    /// PEM CA certificate(s) that `https://` peers' certificates must chain to; without it,
+    /// the system's roots. Relative paths resolve against the config file's folder.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    /// PEM certificate presented to peers that require client certificates (mTLS).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key of `cert_file`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<PathBuf>,
+}
+
+/// `[node.tls]`: serve HTTPS (rustls) instead of plain HTTP (ours). Both files are PEM; the
+/// certificates are read again on SIGHUP, so a renewed certificate takes effect without a
+/// restart. Relative paths resolve against the config file's folder.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// The certificate chain, leaf first (`tls.crt` of a Kubernetes TLS secret).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cert_file: Option<PathBuf>,
+    /// The private key of the leaf certificate (PKCS#8, PKCS#1 or SEC1; `tls.key`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<PathBuf>,
+    /// CA certificate(s): when set, every client must present a certificate signed by one
+    /// of them (mutual TLS).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_ca_file: Option<PathBuf>,
+}
+
+impl TlsConfig {
+    /// Whether the node serves HTTPS.
+    pub fn enabled(&self) -> bool {
+        self.cert_file.is_some() && self.key_file.is_some()
+    }
+
+    /// What is wrong with the combination of keys: `(dotted key, message)`.
+    fn problems(&self) -> Vec<(&'static str, String)> {
+        let mut out = Vec::new();
+        match (&self.cert_file, &self.key_file) {
+            (Some(_), None) => out.push((
+                "node.tls.key_file",
+                format!("cert_file is set but key_file is not; set both (or {ENV_TLS_KEY})"),
+            )),
+            (None, Some(_)) => out.push((
+                "node.tls.cert_file",
+                format!("key_file is set but cert_file is not; set both (or {ENV_TLS_CERT})"),
+            )),
+            _ => {}
+        }
+        if self.client_ca_file.is_some() && self.cert_file.is_none() && self.key_file.is_none() {
+            out.push((
+                "node.tls.client_ca_file",
+                "client certificates need TLS: set cert_file and key_file too".into(),
+            ));
+        }
+        for (key, path) in [
+            ("node.tls.cert_file", &self.cert_file),
+            ("node.tls.key_file", &self.key_file),
+            ("node.tls.client_ca_file", &self.client_ca_file),
+        ] {
+            if path.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
+                out.push((key, "must not be empty (remove the key instead)".into()));
+            }
+        }
+        out
+    }
 }
 
 /// One configuration problem, located as precisely as we can.
@@ -439,6 +522,13 @@ const SCHEMA: &[(&str, Kind)] = &[
     ("node.swarm", Kind::Table),
     ("node.swarm.enabled", Kind::Bool),
     ("node.swarm.peers", Kind::StrArray),
+    ("node.swarm.ca_file", Kind::Str),
+    ("node.swarm.cert_file", Kind::Str),
+    ("node.swarm.key_file", Kind::Str),
+    ("node.tls", Kind::Table),
+    ("node.tls.cert_file", Kind::Str),
+    ("node.tls.key_file", Kind::Str),
+    ("node.tls.client_ca_file", Kind::Str),
 ];
 
 fn schema_kind(path: &str) -> Option<Kind> {
@@ -707,8 +797,17 @@ impl Config {
                 *dir = clean_join(base, dir);
             }
         }
-        if let Some(file) = node.security.api_key_file.as_mut() {
-            if file.is_relative() {
+        let files = [
+            node.security.api_key_file.as_mut(),
+            node.tls.cert_file.as_mut(),
+            node.tls.key_file.as_mut(),
+            node.tls.client_ca_file.as_mut(),
+            node.swarm.ca_file.as_mut(),
+            node.swarm.cert_file.as_mut(),
+            node.swarm.key_file.as_mut(),
+        ];
+        for file in files.into_iter().flatten() {
+            if file.is_relative() && !file.as_os_str().is_empty() {
                 *file = clean_join(base, file);
             }
         }
@@ -838,6 +937,18 @@ impl Config {
                 push("node.swarm.peers", format!("entry {i} {peer:?}: {msg}"));
             }
         }
+        match (&node.swarm.cert_file, &node.swarm.key_file) {
+            (Some(_), None) => {
+                push("node.swarm.key_file", "cert_file is set; set key_file too".into())
+            }
+            (None, Some(_)) => {
+                push("node.swarm.cert_file", "key_file is set; set cert_file too".into())
+            }
+            _ => {}
+        }
+        for (key, msg) in node.tls.problems() {
+            push(key, msg);
+        }
         out
     }
 
@@ -859,6 +970,7 @@ impl Config {
         V: AsRef<str>,
     {
         let mut issues = Vec::new();
+        let mut tls_from_env: Vec<String> = Vec::new();
         let mut bad = |name: &str, message: String| {
             issues.push(ConfigIssue {
                 origin: format!("env {name}"),
@@ -931,7 +1043,32 @@ impl Config {
                     "0" | "false" | "no" | "off" | "" => node.swarm.enabled = false,
                     _ => bad(name, format!("{value:?} is not a boolean (true/false/1/0)")),
                 },
+                ENV_SWARM_CA => {
+                    if value.is_empty() {
+                        bad(name, "must not be empty (a PEM file)".into());
+                    } else {
+                        node.swarm.ca_file = Some(PathBuf::from(value));
+                    }
+                }
+                ENV_TLS_CERT | ENV_TLS_KEY | ENV_TLS_CLIENT_CA => {
+                    if value.is_empty() {
+                        bad(name, "must not be empty (a PEM file)".into());
+                        continue;
+                    }
+                    let file = Some(PathBuf::from(value));
+                    match name {
+                        ENV_TLS_CERT => node.tls.cert_file = file,
+                        ENV_TLS_KEY => node.tls.key_file = file,
+                        _ => node.tls.client_ca_file = file,
+                    }
+                    tls_from_env.push(name.to_owned());
+                }
                 _ => {}
+            }
+        }
+        if !tls_from_env.is_empty() {
+            for (_, message) in self.node.tls.problems() {
+                bad(&tls_from_env.join(", "), message);
             }
         }
         if issues.is_empty() {
@@ -994,11 +1131,11 @@ fn clean_join(base: &Path, rel: &Path) -> PathBuf {
     }
 }
 
-/// A peer must be an `http://host:port` base URL (reqwest is built without TLS).
+/// A peer must be an `http://host:port` or `https://host:port` base URL.
 fn check_peer_url(peer: &str) -> Result<(), String> {
     let url = reqwest::Url::parse(peer).map_err(|e| format!("not a URL ({e})"))?;
-    if url.scheme() != "http" {
-        return Err(format!("scheme {:?} is not supported; use http://", url.scheme()));
+    if url.scheme() != "http" && url.scheme() != "https" {
+        return Err(format!("scheme {:?} is not supported; use http:// or https://", url.scheme()));
     }
     if url.host_str().is_none() {
         return Err("has no host".into());
@@ -1194,6 +1331,46 @@ disk_usage_degraded = 2
             origins,
             ["env DWBASE_MAX_RAM_MB", "env DWBASE_LISTEN", "env DWBASE_SWARM_PEERS"]
         );
+    }
+
+    #[test]
+    fn tls_keys_resolve_pair_up_and_have_env_overrides() {
+        let text = "[node.tls]\ncert_file = \"tls/node.crt\"\nkey_file = \"/abs/node.key\"\n\
+                    client_ca_file = \"ca.crt\"\n[node.swarm]\npeers = [\"https://b:7001\"]\n\
+                    ca_file = \"ca.crt\"\n";
+        let c = Config::from_toml_str(text, "/etc/dwbase/node.toml").unwrap();
+        assert!(c.node.tls.enabled());
+        assert_eq!(c.node.tls.cert_file, Some(PathBuf::from("/etc/dwbase/tls/node.crt")));
+        assert_eq!(c.node.tls.key_file, Some(PathBuf::from("/abs/node.key")));
+        assert_eq!(c.node.tls.client_ca_file, Some(PathBuf::from("/etc/dwbase/ca.crt")));
+        assert_eq!(c.node.swarm.ca_file, Some(PathBuf::from("/etc/dwbase/ca.crt")));
+        assert!(!Config::default().node.tls.enabled());
+
+        let err = Config::from_toml_str("[node.tls]\ncert_file = \"a.crt\"\n", "n.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("node.tls.key_file") && err.contains("DWBASE_TLS_KEY"), "{err}");
+        let err = Config::from_toml_str("[node.tls]\nclient_ca_file = \"ca.crt\"\n", "n.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("node.tls.client_ca_file"), "{err}");
+        let err = Config::from_toml_str("[node.swarm]\npeers = [\"ftp://x:1\"]\n", "n.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("https://"), "{err}");
+
+        let mut c = Config::default();
+        c.apply_env_from([
+            (ENV_TLS_CERT, "/run/tls/tls.crt"),
+            (ENV_TLS_KEY, "/run/tls/tls.key"),
+            (ENV_SWARM_CA, "/run/tls/ca.crt"),
+        ])
+        .unwrap();
+        assert!(c.node.tls.enabled());
+        assert_eq!(c.node.swarm.ca_file, Some(PathBuf::from("/run/tls/ca.crt")));
+        let err = Config::default().apply_env_from([(ENV_TLS_KEY, "/k")]).unwrap_err();
+        assert_eq!(err.issues[0].origin, "env DWBASE_TLS_KEY");
+        assert!(err.issues[0].message.contains("cert_file"), "{err}");
     }
 
     #[test]

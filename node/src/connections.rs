@@ -256,6 +256,7 @@ pub async fn serve(
     listener: TcpListener,
     app: Router,
     limits: ConnLimits,
+    tls: Option<Arc<crate::tls::TlsServer>>,
     metrics: Arc<Metrics>,
     shutdown: impl Future<Output = ()>,
     drain: Duration,
@@ -332,9 +333,24 @@ pub async fn serve(
                 )
             }
         });
-        let conn = http.serve_connection(TokioIo::new(stream), svc);
-        let (metrics, registry) = (metrics.clone(), registry.clone());
+        let (metrics, registry, http, tls) =
+            (metrics.clone(), registry.clone(), http.clone(), tls.clone());
         tasks.spawn(async move {
+            // TLS: the handshake runs in the connection's task, under the header timeout.
+            let io = match tls {
+                None => tokio_util::either::Either::Left(stream),
+                Some(tls) => match tls.accept(stream, limits.header_timeout).await {
+                    Ok(stream) => tokio_util::either::Either::Right(stream),
+                    Err(e) => {
+                        tracing::debug!(%peer, error = %e, "TLS connection not served");
+                        registry.remove(id);
+                        metrics.connections.dec();
+                        drop(permit);
+                        return;
+                    }
+                },
+            };
+            let conn = http.serve_connection(TokioIo::new(io), svc);
             tokio::pin!(conn);
             let result = tokio::select! {
                 r = conn.as_mut() => Some(r),

@@ -189,6 +189,8 @@ pub struct HealthReport {
     pub index_rebuild_lag_ms: Option<u64>,
     /// The original's key: the most important problem, `null` when there is none.
     pub message: Option<String>,
+    /// `on` when the node serves HTTPS, `off` for plain HTTP.
+    pub tls: &'static str,
 }
 
 #[cfg(test)]

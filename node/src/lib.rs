@@ -30,6 +30,7 @@ pub mod snapshot;
 pub mod storage;
 pub mod swarm;
 pub mod term;
+pub mod tls;
 
 pub use config::Config;
 pub use node::Node;

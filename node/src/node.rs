@@ -48,6 +48,7 @@ struct Inner {
     started: Instant,
     sample: RwLock<Sample>,
     swarm: OnceLock<Swarm>,
+    tls: OnceLock<Arc<crate::tls::TlsServer>>,
     stop: AtomicBool,
     ids: Mutex<ulid::Generator>,
     listen: OnceLock<SocketAddr>,
@@ -100,6 +101,7 @@ impl Node {
                 started: Instant::now(),
                 sample: RwLock::new(Sample::default()),
                 swarm: OnceLock::new(),
+                tls: OnceLock::new(),
                 stop: AtomicBool::new(false),
                 ids: Mutex::new(ulid::Generator::new()),
                 listen: OnceLock::new(),
@@ -145,6 +147,15 @@ impl Node {
 
     pub(crate) fn set_swarm(&self, swarm: Swarm) {
         let _ = self.inner.swarm.set(swarm);
+    }
+
+    pub(crate) fn set_tls(&self, tls: Arc<crate::tls::TlsServer>) {
+        let _ = self.inner.tls.set(tls);
+    }
+
+    /// The TLS listener's certificates, when the node serves HTTPS (reload them on SIGHUP).
+    pub fn tls(&self) -> Option<&Arc<crate::tls::TlsServer>> {
+        self.inner.tls.get()
     }
 
     /// The effective API key, if any.
@@ -572,6 +583,26 @@ impl Node {
             .with("last_rebuilt", &stats.last_rebuilt);
         checks.insert("index", index);
 
+        // TLS: a failed reload (SIGHUP) leaves the previous certificate in use.
+        if let Some(tls) = self.inner.tls.get() {
+            let st = tls.status();
+            let check = match &st.last_error {
+                Some(e) => Check::degraded(format!(
+                    "the last certificate reload failed ({e}); still serving the one loaded at {}",
+                    st.loaded_at
+                )),
+                None => Check::ok(format!("serving HTTPS; certificate loaded at {}", st.loaded_at)),
+            };
+            checks.insert(
+                "tls",
+                check
+                    .with("cert_file", st.cert_file.display().to_string())
+                    .with("client_auth", st.client_auth)
+                    .with("reloads", st.reloads)
+                    .with("loaded_at", &st.loaded_at),
+            );
+        }
+
         let worst = |s: &str| checks.values().any(|c| c.status == s);
         let health = if worst("unhealthy") {
             "unhealthy"
@@ -613,6 +644,7 @@ impl Node {
             disk_usage: sample.disk,
             index_rebuild_lag_ms: lag,
             message,
+            tls: if self.inner.tls.get().is_some() { "on" } else { "off" },
         }
     }
 

@@ -4,6 +4,7 @@
 //! into the shutdown future.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -34,29 +35,43 @@ where
 {
     let addr = listener.local_addr().context("reading the listener's address")?;
     node.config().check_listen_security(addr).map_err(anyhow::Error::msg)?;
+    let tls = crate::tls::TlsServer::from_config(&node.config().node.tls)?.map(Arc::new);
+    match &tls {
+        Some(t) => node.set_tls(t.clone()),
+        None if !addr.ip().is_loopback() => tracing::warn!(
+            %addr,
+            "serving plain HTTP on a non-loopback address: the API key and every memory cross \
+             the network in clear text. Set [node.tls] cert_file and key_file (or {} and {})",
+            crate::config::ENV_TLS_CERT,
+            crate::config::ENV_TLS_KEY
+        ),
+        None => {}
+    }
     node.set_listen_addr(addr);
 
     let cancel = CancellationToken::new();
     let tracker = TaskTracker::new();
+    let swarm_cfg = &node.config().node.swarm;
+    if swarm_cfg.enabled && !swarm_cfg.peers.is_empty() {
+        tracing::info!(peers = ?swarm_cfg.peers, "swarm enabled");
+        let client_tls = crate::tls::ClientTls::swarm(swarm_cfg);
+        let swarm = Swarm::start(
+            &swarm_cfg.peers,
+            node.api_key().map(str::to_owned),
+            &client_tls,
+            node.metrics().clone(),
+            cancel.clone(),
+            &tracker,
+        )?;
+        node.set_swarm(swarm);
+    } else if swarm_cfg.enabled {
+        tracing::warn!("swarm enabled but node.swarm.peers is empty; nothing to push to");
+    }
     {
         let node = node.clone();
         tracker.spawn_blocking(move || node.rebuild_index());
     }
     tracker.spawn(sampler(node.clone(), cancel.clone()));
-    let swarm_cfg = &node.config().node.swarm;
-    if swarm_cfg.enabled && !swarm_cfg.peers.is_empty() {
-        tracing::info!(peers = ?swarm_cfg.peers, "swarm enabled");
-        let swarm = Swarm::start(
-            &swarm_cfg.peers,
-            node.api_key().map(str::to_owned),
-            node.metrics().clone(),
-            cancel.clone(),
-            &tracker,
-        );
-        node.set_swarm(swarm);
-    } else if swarm_cfg.enabled {
-        tracing::warn!("swarm enabled but node.swarm.peers is empty; nothing to push to");
-    }
 
     let signal = async move {
         shutdown.await;
@@ -65,9 +80,16 @@ where
     let app = api::router(node.clone());
     let nofile = connections::raise_nofile_limit();
     let limits = ConnLimits::from_config(&node.config().node.limits, nofile);
-    let clean =
-        connections::serve(listener, app, limits, node.metrics().clone(), signal, DRAIN_TIMEOUT)
-            .await;
+    let clean = connections::serve(
+        listener,
+        app,
+        limits,
+        tls,
+        node.metrics().clone(),
+        signal,
+        DRAIN_TIMEOUT,
+    )
+    .await;
     if !clean {
         tracing::warn!(timeout = ?DRAIN_TIMEOUT, "in-flight requests did not finish in time; closing them");
     }

@@ -20,6 +20,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::metrics::Metrics;
 use crate::model::Atom;
+use crate::tls::{ClientTls, TlsError};
 
 /// Atoms queued per peer before new ones are dropped for that peer.
 pub const QUEUE_CAPACITY: usize = 10_000;
@@ -47,20 +48,23 @@ pub struct Swarm {
 }
 
 impl Swarm {
-    /// Starts one pusher task per peer on `tracker`; they end when `cancel` fires.
+    /// Starts one pusher task per peer on `tracker`; they end when `cancel` fires. `https://`
+    /// peers are verified as `tls` says (`[node.swarm] ca_file`, else the system's roots);
+    /// an unusable file is an error naming it.
     pub fn start(
         peers: &[String],
         api_key: Option<String>,
+        tls: &ClientTls,
         metrics: Arc<Metrics>,
         cancel: CancellationToken,
         tracker: &TaskTracker,
-    ) -> Swarm {
-        let client = reqwest::Client::builder()
+    ) -> Result<Swarm, TlsError> {
+        let builder = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(2))
             .timeout(Duration::from_secs(10))
-            .no_proxy()
-            .build()
-            .expect("reqwest client builds");
+            .no_proxy();
+        let client =
+            tls.apply(builder, crate::tls::SWARM_KEYS)?.build().expect("reqwest client builds");
         let peers = peers
             .iter()
             .map(|url| {
@@ -84,7 +88,7 @@ impl Swarm {
                 Peer { url, tx, queued }
             })
             .collect();
-        Swarm { peers, metrics }
+        Ok(Swarm { peers, metrics })
     }
 
     /// Queues an atom for every peer without waiting; a full queue drops it for that peer.
@@ -106,6 +110,21 @@ impl Swarm {
     pub fn queue_depth(&self) -> u64 {
         self.peers.iter().map(|p| p.queued.load(Ordering::Relaxed)).sum()
     }
+}
+
+/// An error and its causes on one line (reqwest's own text hides why a TLS connection failed).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let more = cause.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        source = cause.source();
+    }
+    text
 }
 
 /// Rough JSON size of an atom.
@@ -162,7 +181,7 @@ impl PushTask {
                     Sent::Retry(why)
                 }
             }
-            Err(e) => Sent::Retry(e.to_string()),
+            Err(e) => Sent::Retry(error_chain(&e)),
         }
     }
 }

@@ -124,8 +124,17 @@ pub async fn run(paths: &Paths, cmd: BackupCommand) -> Result<()> {
 /// Where a backup comes from.
 #[derive(Debug)]
 enum Source {
-    Api { url: String, key: Option<String>, label: String },
-    Offline { data_dir: PathBuf, node_id: Option<String> },
+    Api {
+        url: String,
+        key: Option<String>,
+        label: String,
+        /// The CA of a deployed TLS node (a devnet's), when `--cacert` is not given.
+        ca: Option<PathBuf>,
+    },
+    Offline {
+        data_dir: PathBuf,
+        node_id: Option<String>,
+    },
 }
 
 /// The `--json` result of `create`.
@@ -155,8 +164,8 @@ async fn create(paths: &Paths, args: CreateArgs) -> Result<()> {
     let _ = fs::remove_file(&partial);
     let progress = Progress::on_stderr();
     let result = match &source {
-        Source::Api { url, key, .. } => {
-            download(url, key.as_deref(), &partial, args.timeout, &progress).await?;
+        Source::Api { url, key, ca, .. } => {
+            download(url, key.as_deref(), ca.as_deref(), &partial, args.timeout, &progress).await?;
             let (p, pr) = (partial.clone(), progress.clone());
             tokio::task::spawn_blocking(move || verify_written(&p, &pr))
                 .await?
@@ -227,14 +236,19 @@ async fn create(paths: &Paths, args: CreateArgs) -> Result<()> {
 async fn resolve_source(paths: &Paths, args: &CreateArgs) -> Result<Source> {
     if let Some(api) = &args.api {
         let url = normalize_url(api);
-        return Ok(Source::Api { label: format!("api {url}"), url, key: args.api_key.clone() });
+        return Ok(Source::Api {
+            label: format!("api {url}"),
+            url,
+            key: args.api_key.clone(),
+            ca: None,
+        });
     }
     if let Some(name) = &args.node {
         let node = find_node(paths, name).await?;
         let key = args.api_key.clone().or_else(|| config_api_key(&node.config_path));
         if node.running {
-            let url = format!("http://127.0.0.1:{}", node.port);
-            return Ok(Source::Api { label: format!("{name} at {url}"), url, key });
+            let (url, ca) = crate::httpclient::deployed_node(&node.config_path, node.port);
+            return Ok(Source::Api { label: format!("{name} at {url}"), url, key, ca });
         }
         eprintln!("{name} is not running: backing up its data dir {}", node.data_dir.display());
         return Ok(Source::Offline { data_dir: node.data_dir, node_id: Some(node.id) });
@@ -267,11 +281,12 @@ use crate::nodeapi::normalize_url;
 async fn download(
     url: &str,
     key: Option<&str>,
+    ca: Option<&Path>,
     dest: &Path,
     timeout: Duration,
     progress: &Progress,
 ) -> Result<()> {
-    let client = reqwest::Client::builder()
+    let client = crate::httpclient::builder_with(ca)?
         .connect_timeout(Duration::from_secs(5))
         .timeout(timeout)
         .build()
@@ -280,10 +295,12 @@ async fn download(
     if let Some(k) = key {
         req = req.bearer_auth(k);
     }
-    let mut resp = req
-        .send()
-        .await
-        .with_context(|| format!("asking {url} for a snapshot (is the node running?)"))?;
+    let mut resp = req.send().await.map_err(|e| {
+        anyhow::anyhow!(
+            "asking {url} for a snapshot (is the node running?): {}",
+            crate::httpclient::describe(&e)
+        )
+    })?;
     let status = resp.status();
     if !status.is_success() {
         let body = resp.text().await.unwrap_or_default();

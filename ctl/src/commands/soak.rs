@@ -310,6 +310,8 @@ struct Target {
 /// Everything the workers and the chaos loop share.
 struct Shared {
     client: reqwest::Client,
+    /// `http` or `https` (a devnet whose nodes serve TLS).
+    scheme: &'static str,
     targets: Vec<Target>,
     avoid_until: Mutex<Vec<Option<Instant>>>,
     stats: Mutex<Stats>,
@@ -401,13 +403,14 @@ fn classify(res: Result<(u16, Vec<u8>), reqwest::Error>) -> Outcome {
 
 async fn post(
     client: &reqwest::Client,
+    scheme: &str,
     port: u16,
     path: &str,
     body: &serde_json::Value,
     worker: &str,
 ) -> Result<(u16, Vec<u8>), reqwest::Error> {
     let resp = client
-        .post(format!("http://127.0.0.1:{port}{path}"))
+        .post(format!("{scheme}://127.0.0.1:{port}{path}"))
         .header("x-dwbase-worker", worker)
         .json(body)
         .send()
@@ -480,8 +483,9 @@ async fn worker(shared: Arc<Shared>, task: u32, seed: u64, deadline: Instant) {
             tried.push(i);
             let target = &shared.targets[i];
             let started = Instant::now();
-            let outcome =
-                classify(post(&shared.client, target.port, path, &body, &worker_name).await);
+            let outcome = classify(
+                post(&shared.client, shared.scheme, target.port, path, &body, &worker_name).await,
+            );
             let ms = started.elapsed().as_secs_f64() * 1000.0;
             let context = format!("{} on {}", &path[1..], target.name);
             match outcome {
@@ -928,7 +932,15 @@ async fn soak_body(devnet: &Devnet, args: &SoakArgs, report: &mut Report) -> Res
     }
     report.disk_bytes_start = status.nodes.iter().map(|n| dir_bytes(&n.data_dir)).sum();
 
-    let client = reqwest::Client::builder()
+    // The nodes' scheme (and a devnet's CA) from the first node's config.
+    let (base, ca) = status
+        .nodes
+        .iter()
+        .find(|n| n.group == Group::Devnet)
+        .map(|n| crate::httpclient::deployed_node(&n.config_path, n.port))
+        .unwrap_or_default();
+    let scheme = if base.starts_with("https://") { "https" } else { "http" };
+    let client = crate::httpclient::builder_with(ca.as_deref())?
         .connect_timeout(Duration::from_secs(1))
         .timeout(Duration::from_secs(10))
         .pool_idle_timeout(Duration::from_secs(5))
@@ -939,6 +951,7 @@ async fn soak_body(devnet: &Devnet, args: &SoakArgs, report: &mut Report) -> Res
     let deadline = started + args.duration;
     let shared = Arc::new(Shared {
         client,
+        scheme,
         avoid_until: Mutex::new(vec![None; targets.len()]),
         targets,
         stats: Mutex::new(Stats::default()),
@@ -975,7 +988,7 @@ async fn soak_body(devnet: &Devnet, args: &SoakArgs, report: &mut Report) -> Res
 
     let acks = std::mem::take(&mut shared.stats().acks);
     eprintln!("soak: verifying {} acknowledged writes", acks.len());
-    let lost = verify_acks(&shared.client, &acks).await;
+    let lost = verify_acks(&shared.client, shared.scheme, &acks).await;
     report.acknowledged_writes = acks.len() as u64;
     report.acknowledged_writes_lost = lost.len() as u64;
     report.acknowledged_writes_verified =
@@ -1045,12 +1058,12 @@ async fn recover(devnet: &Devnet, nodes: u32) -> Result<StatusReport> {
 }
 
 /// Reads every acknowledged write back from the node that acknowledged it.
-async fn verify_acks(client: &reqwest::Client, acks: &[Ack]) -> Vec<LostWrite> {
+async fn verify_acks(client: &reqwest::Client, scheme: &str, acks: &[Ack]) -> Vec<LostWrite> {
     let checks = futures::stream::iter(acks.iter().cloned())
         .map(|ack| {
             let client = client.clone();
             async move {
-                let url = format!("http://127.0.0.1:{}/atoms/{}", ack.port, ack.id);
+                let url = format!("{scheme}://127.0.0.1:{}/atoms/{}", ack.port, ack.id);
                 let mut last = String::new();
                 for attempt in 0..6u32 {
                     if attempt > 0 {
@@ -1246,7 +1259,9 @@ async fn disk_fill(shared: &Arc<Shared>, port: u16) -> Result<String> {
             "importance": 0.1,
             "payload_json": payload,
         });
-        match classify(post(&shared.client, port, "/remember", &body, "soak-filler").await) {
+        match classify(
+            post(&shared.client, shared.scheme, port, "/remember", &body, "soak-filler").await,
+        ) {
             Outcome::Ok(bytes) => {
                 let id: String = serde_json::from_slice(&bytes).context("decoding the id")?;
                 let mut s = shared.stats();
