@@ -205,8 +205,13 @@ async fn run(
                             }
                         }
                         Kind::Liveness => {
+                            // The next probe is one period after this one was due, not after
+                            // it finished: a probe that times out (or waits on a slow readiness
+                            // probe of the same batch) must not stretch the period, or K
+                            // failures take far longer than K periods.
                             let p = Duration::from_millis(t.liveness.period_ms);
-                            t.next_live = Some(align(epoch, now + p, p));
+                            let due = t.next_live.unwrap_or(now);
+                            t.next_live = Some(align(epoch, (due + p).max(now), p));
                         }
                     }
                 }
