@@ -140,7 +140,16 @@ fn the_same_spec_twice_changes_nothing_and_a_dry_run_only_prints_the_plan() {
 fn a_changed_disk_cap_rolls_over_the_nodes_one_at_a_time_while_the_devnet_serves() {
     let d = Deployment::new();
     let base = free_port_range(3);
-    run(&d, &devnet_args(3, base)).ok();
+    // The test client writes and asks on every poll: no rate limits in its way.
+    let mut text = support::dwbase::template("devnet.toml");
+    text = support::dwbase::set_toml_key(&text, "remember_per_sec", "0");
+    text = support::dwbase::set_toml_key(&text, "ask_per_min", "0");
+    let template = d.dir.path().join("unlimited.toml");
+    std::fs::write(&template, text).unwrap();
+    let mut args = devnet_args(3, base);
+    args.extend(["--template".to_owned(), template.display().to_string()]);
+    let args = args;
+    run(&d, &args).ok();
     let before = pids(&wait_all_ready(&d, 3));
     let ports: Vec<u16> = (0..3).map(|i| base + i).collect();
 
@@ -176,7 +185,7 @@ fn a_changed_disk_cap_rolls_over_the_nodes_one_at_a_time_while_the_devnet_serves
         })
     };
 
-    let mut cmd = d.cmd(&devnet_args(3, base).iter().map(String::as_str).collect::<Vec<_>>());
+    let mut cmd = d.cmd(&args.iter().map(String::as_str).collect::<Vec<_>>());
     cmd.env("DWBASE_MAX_DISK_MB", "8192");
     let out = run_with_deadline(&mut cmd, Duration::from_secs(120)).ok();
     stop.store(true, Ordering::Relaxed);
