@@ -638,9 +638,25 @@ check_live() {
   must "Prometheus sees node-b's restart" "$PY" "$CHECKS" prom-wait "$url" "$q" --cond "> $before" --min-series 1 --timeout 90
   must "Prometheus: node-b's last exit is SIGKILL (128 + 9)" "$PY" "$CHECKS" prom-wait "$url" \
     'dwbase_supervisor_node_last_exit_code{node="node-b"}' --cond '== 137' --min-series 1 --timeout 30
+  must "Prometheus: node-b's kill counted as an unexpected exit" "$PY" "$CHECKS" prom-wait "$url" \
+    'dwbase_supervisor_node_exits_total{node="node-b", cause="unexpected"}' --cond '>= 1' --min-series 1 --timeout 30
   must "node-b ready again" wait_http "http://127.0.0.1:7001/readyz" 60
   record_pids
   must "Prometheus: every node up again" "$PY" "$CHECKS" prom-wait "$url" 'up{job="dwbase-node"}' --cond '== 1' --min-series 3 --timeout 60
+  # A planned stop is not an outage: node-b's target goes down, the supervisor says it should not
+  # run, and DwbaseNodeDown's and DwbaseSupervisedNodeNotRunning's expressions select nothing.
+  must "deploy stop node-b" timeout 60 dwbase deploy stop node-b
+  must "Prometheus: node-b's target down" "$PY" "$CHECKS" prom-wait "$url" 'up{node="node-b"}' --cond '== 0' --min-series 1 --timeout 60
+  must "Prometheus: node-b not desired" "$PY" "$CHECKS" prom-wait "$url" \
+    'dwbase_supervisor_node_desired_running{node="node-b"}' --cond '== 0' --min-series 1 --timeout 30
+  must "Prometheus: node-b's stop counted as a requested exit" "$PY" "$CHECKS" prom-wait "$url" \
+    'dwbase_supervisor_node_exits_total{node="node-b", cause="requested"}' --cond '>= 1' --min-series 1 --timeout 30
+  local rule q
+  for rule in DwbaseNodeDown DwbaseSupervisedNodeNotRunning; do
+    q="$("$PY" "$CHECKS" alert-expr "$ROOT/deploy/prometheus/alerts.yml" "$rule")"
+    must "Prometheus: $rule selects nothing for a stopped node" "$PY" "$CHECKS" prom-wait "$url" \
+      "count($q) or vector(0)" --cond '== 0' --min-series 1 --timeout 10
+  done
   must "deploy stop" timeout 60 dwbase deploy stop
   say "  devnet stopped"
 }

@@ -110,6 +110,7 @@ NODE_METRICS = {
 SUPERVISOR_METRICS = {
     "dwbase_supervisor_node_up": "gauge",
     "dwbase_supervisor_node_ready": "gauge",
+    "dwbase_supervisor_node_desired_running": "gauge",
     "dwbase_supervisor_node_last_exit_code": "gauge",
     "dwbase_supervisor_node_crash_loop": "gauge",
     "dwbase_supervisor_node_uptime_seconds": "gauge",
@@ -117,6 +118,9 @@ SUPERVISOR_METRICS = {
     "dwbase_supervisor_connected_clients": "gauge",
     "dwbase_supervisor_node_restarts_total": "counter",
     "dwbase_supervisor_requests_total": "counter",
+    "dwbase_supervisor_node_exits_total": "counter",
+    "process_cpu_seconds_total": "counter",
+    "process_resident_memory_bytes": "gauge",
 }
 
 # Series that exist only after an event (the supervisor exports a node's last exit code once the

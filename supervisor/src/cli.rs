@@ -18,7 +18,7 @@ use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 use tracing_subscriber::EnvFilter;
 
-use crate::logs::{LogpipeArgs, DEFAULT_KEEP, DEFAULT_MAX_BYTES};
+use crate::logs::{LogpipeArgs, DEFAULT_KEEP};
 use crate::process::{Invocation, LogSink};
 use crate::{RestartRules, RunOptions};
 
@@ -47,18 +47,31 @@ pub struct RunArgs {
     /// The state root (default: $DWBASE_DATA_DIR, else ./.dwbase).
     #[arg(long, value_name = "DIR")]
     pub root: Option<PathBuf>,
-    /// Stay attached to the terminal and log to stderr as well (default: detach with setsid).
+    /// Log to stderr as well as to supervisor.log, and keep the caller's session (Ctrl+C stops
+    /// it). Without it, the supervisor still runs in this process (it does not fork: start it
+    /// with `&`, a service manager, or let `dwbase deploy` start it in the background) but in a
+    /// session of its own (setsid: no SIGHUP or Ctrl+C from the terminal), logging only to
+    /// supervisor.log.
     #[arg(long)]
     pub foreground: bool,
-    /// Serve the supervisor's Prometheus metrics at http://ADDR/metrics (loopback).
+    /// Colour of the --foreground log lines on stderr: auto (only on a terminal, and not when
+    /// NO_COLOR is set; so never into the journal or a pipe), always or never.
+    #[arg(long, value_enum, value_name = "WHEN", default_value_t)]
+    pub color: dwbase_node::term::ColorWhen,
+    /// Serve the supervisor's Prometheus metrics at http://ADDR/metrics. A loopback address
+    /// unless --metrics-allow-remote is given too.
     #[arg(long, value_name = "ADDR")]
     pub metrics_addr: Option<SocketAddr>,
+    /// Allow a --metrics-addr that is not loopback (anyone who can reach it reads node names,
+    /// states and exit codes; there is no authentication).
+    #[arg(long, requires = "metrics_addr")]
+    pub metrics_allow_remote: bool,
     /// The node program (default: `dwbase-node` beside this program, else this program's
     /// `node run`).
     #[arg(long, value_name = "PATH", env = "DWBASE_NODE_BIN")]
     pub node_bin: Option<PathBuf>,
-    /// Rotate each node's log at this size.
-    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_BYTES)]
+    /// Rotate each node's log at this size: bytes, or with a unit (10MiB, 512KiB, 1GB).
+    #[arg(long, value_name = "SIZE", default_value = "10MiB", value_parser = parse_size)]
     pub log_max_bytes: u64,
     /// Rotated node log files kept.
     #[arg(long, value_name = "N", default_value_t = DEFAULT_KEEP)]
@@ -129,6 +142,16 @@ fn rules(a: &RunArgs) -> RestartRules {
 }
 
 fn run_daemon(a: RunArgs) -> ExitCode {
+    if let Some(addr) = a.metrics_addr.filter(|addr| !addr.ip().is_loopback()) {
+        if !a.metrics_allow_remote {
+            eprintln!(
+                "dwbase-supervisor: --metrics-addr {addr} is not a loopback address: anyone who \
+                 can reach it reads node names, states and exit codes (no authentication). Use \
+                 127.0.0.1:PORT, or add --metrics-allow-remote to serve it there anyway"
+            );
+            return ExitCode::from(2);
+        }
+    }
     let paths = match a.root.as_deref().map(Paths::new).unwrap_or_else(Paths::from_env) {
         Ok(p) => p,
         Err(e) => {
@@ -148,7 +171,7 @@ fn run_daemon(a: RunArgs) -> ExitCode {
             return ExitCode::from(1);
         }
     }
-    let _guard = match init_tracing(&paths.supervisor_log(), a.foreground) {
+    let _guard = match init_tracing(&paths.supervisor_log(), a.foreground, a.color) {
         Ok(g) => g,
         Err(e) => {
             eprintln!("dwbase-supervisor: opening {}: {e}", paths.supervisor_log().display());
@@ -164,7 +187,7 @@ fn run_daemon(a: RunArgs) -> ExitCode {
     opts.metrics_addr = a.metrics_addr;
     if let Some(addr) = a.metrics_addr {
         if !addr.ip().is_loopback() {
-            warn!("--metrics-addr {addr} is not a loopback address: anyone who can reach it can read node states");
+            warn!("--metrics-addr {addr} is not a loopback address (--metrics-allow-remote): anyone who can reach it can read node states");
         }
     }
     opts.rules = rules(&a);
@@ -227,6 +250,7 @@ pub const SUPERVISOR_LOG_KEEP: u32 = 5;
 fn init_tracing(
     log: &Path,
     foreground: bool,
+    color: dwbase_node::term::ColorWhen,
 ) -> io::Result<tracing_appender::non_blocking::WorkerGuard> {
     let file = RotatingFile::open(log, SUPERVISOR_LOG_MAX_BYTES, SUPERVISOR_LOG_KEEP)?;
     // The default queue holds 128 000 lines, allocated up front: 4 MiB of a daemon that
@@ -238,10 +262,25 @@ fn init_tracing(
         .finish(file);
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let file_layer = tracing_subscriber::fmt::layer().with_writer(writer).with_ansi(false);
-    let stderr_layer = foreground.then(|| tracing_subscriber::fmt::layer().with_writer(io::stderr));
+    // No escape codes into the journal or a pipe (`auto` looks at stderr and NO_COLOR).
+    let stderr_layer = foreground.then(|| {
+        tracing_subscriber::fmt::layer().with_writer(io::stderr).with_ansi(color.stderr())
+    });
     let _ =
         tracing_subscriber::registry().with(filter).with(file_layer).with(stderr_layer).try_init();
     Ok(guard)
+}
+
+/// A size flag: bytes, or a number with a unit (`10MiB`, `512 KiB`, `1GB`, `4096`).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let size: bytesize::ByteSize = s
+        .trim()
+        .parse()
+        .map_err(|e| format!("{s:?} is not a size ({e}); examples: 10MiB, 512KiB, 1048576"))?;
+    if size.as_u64() == 0 {
+        return Err(format!("{s:?}: the size must be above 0"));
+    }
+    Ok(size.as_u64())
 }
 
 /// A log file rotated by size: `f` → `f.1` → … → `f.keep`.
@@ -357,5 +396,45 @@ mod tests {
         ])
         .unwrap();
         assert!(matches!(a.command, SupervisorCommand::Logpipe(_)));
+    }
+
+    #[test]
+    fn log_sizes_take_units_and_default_to_the_pipe_default() {
+        let run = |extra: &[&str]| {
+            let mut argv = vec!["dwbase-supervisor", "run"];
+            argv.extend_from_slice(extra);
+            match SupervisorArgs::try_parse_from(argv).map(|a| a.command) {
+                Ok(SupervisorCommand::Run(r)) => Ok(r.log_max_bytes),
+                Ok(_) => panic!("not run"),
+                Err(e) => Err(e.to_string()),
+            }
+        };
+        assert_eq!(run(&[]).unwrap(), crate::logs::DEFAULT_MAX_BYTES);
+        assert_eq!(run(&["--log-max-bytes", "10MiB"]).unwrap(), 10 * 1024 * 1024);
+        assert_eq!(run(&["--log-max-bytes", "512 KiB"]).unwrap(), 512 * 1024);
+        assert_eq!(run(&["--log-max-bytes", "4096"]).unwrap(), 4096);
+        assert_eq!(run(&["--log-max-bytes", "1MB"]).unwrap(), 1_000_000);
+        let err = run(&["--log-max-bytes", "lots"]).unwrap_err();
+        assert!(err.contains("lots") && err.contains("10MiB"), "{err}");
+        assert!(run(&["--log-max-bytes", "0"]).unwrap_err().contains("above 0"));
+        // A remote metrics address needs its own flag, which needs an address.
+        assert!(run(&["--metrics-allow-remote"]).is_err());
+    }
+
+    #[test]
+    fn a_remote_metrics_address_is_refused_without_the_flag() {
+        let a = SupervisorArgs::try_parse_from([
+            "dwbase-supervisor",
+            "run",
+            "--root",
+            "/nonexistent/dwbase-ops-test",
+            "--metrics-addr",
+            "0.0.0.0:9464",
+        ])
+        .unwrap();
+        let SupervisorCommand::Run(r) = a.command else { panic!() };
+        // Refused before anything is created or detached.
+        assert_eq!(run_daemon(r), ExitCode::from(2));
+        assert!(!Path::new("/nonexistent/dwbase-ops-test").exists());
     }
 }

@@ -241,6 +241,7 @@ async fn feed_metrics(
 ) {
     let mut watch = handle.status_watch();
     let mut restarts: HashMap<String, u32> = HashMap::new();
+    let mut exits: HashMap<String, Option<i64>> = HashMap::new();
     let mut snapshot = watch.borrow_and_update().clone();
     let mut taken = Instant::now();
     let mut tick = tokio::time::interval(Duration::from_secs(10));
@@ -256,12 +257,21 @@ async fn feed_metrics(
                     ready: n.ready,
                     last_exit: n.last_exit.map(|e| e.kind),
                     crash_loop: n.state == NodeState::CrashLoop,
+                    desired_running: n.desired != dwbase_proto::state::Desired::Stopped,
                     uptime_secs: n
                         .uptime_ms
                         .map(|ms| (Duration::from_millis(ms) + age).as_secs_f64())
                         .unwrap_or(0.0),
                 },
             );
+            // A new last exit (its time changed) is one exit, counted by its cause; the one
+            // found at start is history.
+            let at = n.last_exit.map(|e| e.at_unix_ms);
+            if let Some(seen) = exits.insert(n.name.clone(), at) {
+                if let (Some(e), true) = (n.last_exit, at != seen) {
+                    m.inc_exit(&n.name, e.cause);
+                }
+            }
             let before = restarts.insert(n.name.clone(), n.restarts);
             if let Some(before) = before {
                 for _ in before..n.restarts {
@@ -269,6 +279,7 @@ async fn feed_metrics(
                 }
             }
         }
+        exits.retain(|name, _| snapshot.nodes.iter().any(|n| &n.name == name));
         restarts.retain(|name, _| {
             let keep = snapshot.nodes.iter().any(|n| &n.name == name);
             if !keep {

@@ -9,8 +9,10 @@
 //! | `dwbase_supervisor_node_ready` | gauge | node | 1 while its `/readyz` answers 200 |
 //! | `dwbase_supervisor_node_last_exit_code` | gauge | node | exit code of its last exit; a signal `s` is `128 + s` (shell convention: SIGKILL → 137, SIGTERM → 143); absent while it never exited or the exit is unknown (adopted nodes) |
 //! | `dwbase_supervisor_node_crash_loop` | gauge | node | 1 while in crash-loop |
+//! | `dwbase_supervisor_node_desired_running` | gauge | node | 1 when the node should run, 0 when it was stopped on request (`deploy stop NODE`): node-down alerts fire only where it is 1 |
 //! | `dwbase_supervisor_node_uptime_seconds` | gauge | node | time since its process started; 0 when down |
 //! | `dwbase_supervisor_node_restarts_total` | counter | node | restarts performed by this supervisor |
+//! | `dwbase_supervisor_node_exits_total` | counter | node, cause | exits seen by this supervisor: `unexpected` (a crash), `requested` (stop, restart, deploy), `liveness` (killed after failed liveness probes) |
 //! | `dwbase_supervisor_uptime_seconds` | gauge | | time since this supervisor started |
 //! | `dwbase_supervisor_connected_clients` | gauge | | open control-socket connections |
 //! | `dwbase_supervisor_requests_total` | counter | kind | requests received, by kind |
@@ -33,7 +35,8 @@ use axum::http::HeaderMap;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
-use dwbase_proto::ExitKind;
+use dwbase_node::metrics::{Format, ProcessCollector};
+use dwbase_proto::{ExitCause, ExitKind};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -42,18 +45,29 @@ use prometheus_client::registry::{Registry, Unit};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-/// Content type of `GET /metrics`: OpenMetrics text (what prometheus-client encodes; it ends
-/// with `# EOF`). Prometheus scrapes it natively.
-pub const CONTENT_TYPE_OPENMETRICS: &str =
-    "application/openmetrics-text; version=1.0.0; charset=utf-8";
-
-/// Content type of `GET /metrics` for clients that do not ask for OpenMetrics: the classic
-/// Prometheus text format.
-pub const CONTENT_TYPE_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
+pub use dwbase_node::metrics::{CONTENT_TYPE_OPENMETRICS, CONTENT_TYPE_TEXT};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct NodeLabel {
     node: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ExitLabel {
+    node: String,
+    cause: String,
+}
+
+/// The causes of `dwbase_supervisor_node_exits_total`.
+const EXIT_CAUSES: [ExitCause; 3] =
+    [ExitCause::Unexpected, ExitCause::Requested, ExitCause::Liveness];
+
+fn cause_label(cause: ExitCause) -> &'static str {
+    match cause {
+        ExitCause::Unexpected => "unexpected",
+        ExitCause::Requested => "requested",
+        ExitCause::Liveness => "liveness",
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -75,6 +89,8 @@ pub struct NodeSnapshot {
     pub last_exit: Option<ExitKind>,
     /// It is in crash-loop.
     pub crash_loop: bool,
+    /// It should run (not stopped on request).
+    pub desired_running: bool,
     /// Seconds since its current process started (0 when down).
     pub uptime_secs: f64,
 }
@@ -89,8 +105,10 @@ pub struct SupervisorMetrics {
     node_ready: Family<NodeLabel, Gauge>,
     node_last_exit_code: Family<NodeLabel, Gauge>,
     node_crash_loop: Family<NodeLabel, Gauge>,
+    node_desired_running: Family<NodeLabel, Gauge>,
     node_uptime: Family<NodeLabel, FloatGauge>,
     node_restarts: Family<NodeLabel, Counter>,
+    node_exits: Family<ExitLabel, Counter>,
     uptime: FloatGauge,
     connected_clients: Gauge,
     requests: Family<KindLabel, Counter>,
@@ -111,8 +129,10 @@ impl SupervisorMetrics {
         let node_ready = Family::<NodeLabel, Gauge>::default();
         let node_last_exit_code = Family::<NodeLabel, Gauge>::default();
         let node_crash_loop = Family::<NodeLabel, Gauge>::default();
+        let node_desired_running = Family::<NodeLabel, Gauge>::default();
         let node_uptime = Family::<NodeLabel, FloatGauge>::default();
         let node_restarts = Family::<NodeLabel, Counter>::default();
+        let node_exits = Family::<ExitLabel, Counter>::default();
         let uptime = FloatGauge::default();
         let connected_clients = Gauge::default();
         let requests = Family::<KindLabel, Counter>::default();
@@ -137,6 +157,11 @@ impl SupervisorMetrics {
             "1 while the node is in crash-loop (restarts slowed to the backoff cap)",
             node_crash_loop.clone(),
         );
+        registry.register(
+            "dwbase_supervisor_node_desired_running",
+            "1 when the node should run, 0 when it was stopped on request",
+            node_desired_running.clone(),
+        );
         // The encoder appends the unit to the name: dwbase_supervisor_node_uptime_seconds.
         registry.register_with_unit(
             "dwbase_supervisor_node_uptime",
@@ -149,6 +174,11 @@ impl SupervisorMetrics {
             "dwbase_supervisor_node_restarts",
             "Restarts of the node performed by this supervisor",
             node_restarts.clone(),
+        );
+        registry.register(
+            "dwbase_supervisor_node_exits",
+            "Exits of the node seen by this supervisor, by cause: unexpected (a crash), requested (stop, restart, deploy), liveness (killed after failed liveness probes)",
+            node_exits.clone(),
         );
         registry.register_with_unit(
             "dwbase_supervisor_uptime",
@@ -166,6 +196,7 @@ impl SupervisorMetrics {
             "Control-socket requests received, by kind",
             requests.clone(),
         );
+        registry.register_collector(Box::new(ProcessCollector));
 
         Self {
             registry,
@@ -174,8 +205,10 @@ impl SupervisorMetrics {
             node_ready,
             node_last_exit_code,
             node_crash_loop,
+            node_desired_running,
             node_uptime,
             node_restarts,
+            node_exits,
             uptime,
             connected_clients,
             requests,
@@ -189,6 +222,7 @@ impl SupervisorMetrics {
         self.node_up.get_or_create(&l).set(i64::from(snap.up));
         self.node_ready.get_or_create(&l).set(i64::from(snap.ready));
         self.node_crash_loop.get_or_create(&l).set(i64::from(snap.crash_loop));
+        self.node_desired_running.get_or_create(&l).set(i64::from(snap.desired_running));
         self.node_uptime.get_or_create(&l).set(if snap.uptime_secs.is_finite() {
             snap.uptime_secs.max(0.0)
         } else {
@@ -207,6 +241,12 @@ impl SupervisorMetrics {
         let _ = self.node_restarts.get_or_create(&l);
     }
 
+    /// Counts one exit of a node, by its cause.
+    pub fn inc_exit(&self, name: &str, cause: ExitCause) {
+        let l = ExitLabel { node: name.to_owned(), cause: cause_label(cause).to_owned() };
+        self.node_exits.get_or_create(&l).inc();
+    }
+
     /// Counts one restart of a node.
     pub fn inc_restart(&self, name: &str) {
         self.node_restarts.get_or_create(&label(name)).inc();
@@ -220,8 +260,13 @@ impl SupervisorMetrics {
         self.node_ready.remove(&l);
         self.node_last_exit_code.remove(&l);
         self.node_crash_loop.remove(&l);
+        self.node_desired_running.remove(&l);
         self.node_uptime.remove(&l);
         self.node_restarts.remove(&l);
+        for cause in EXIT_CAUSES {
+            let l = ExitLabel { node: name.to_owned(), cause: cause_label(cause).to_owned() };
+            self.node_exits.remove(&l);
+        }
     }
 
     /// A control-socket client connected; pair with [`SupervisorMetrics::client_disconnected`],
@@ -259,7 +304,7 @@ impl SupervisorMetrics {
     /// The same values in the classic Prometheus text format (0.0.4), which
     /// `promtool check metrics` accepts.
     pub fn encode_text(&self) -> String {
-        openmetrics_to_text(&self.encode())
+        dwbase_node::metrics::openmetrics_to_text(&self.encode())
     }
 }
 
@@ -284,34 +329,6 @@ pub fn exit_code(kind: ExitKind) -> i32 {
         ExitKind::Signal(s) => 128 + s,
         ExitKind::Unknown => -1,
     }
-}
-
-/// OpenMetrics → classic Prometheus text, for the subset prometheus-client writes here:
-/// counters are announced under their `_total` sample name, `# UNIT` and `# EOF` go.
-fn openmetrics_to_text(om: &str) -> String {
-    let counters: Vec<&str> =
-        om.lines().filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter")).collect();
-    let mut out = String::with_capacity(om.len() + 16 * counters.len());
-    for line in om.lines() {
-        if line == "# EOF" || line.starts_with("# UNIT ") {
-            continue;
-        }
-        let meta =
-            ["# HELP ", "# TYPE "].into_iter().find_map(|p| Some((p, line.strip_prefix(p)?)));
-        match meta {
-            Some((prefix, rest)) => {
-                let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
-                let tail = if prefix == "# TYPE " && tail == "unknown" { "untyped" } else { tail };
-                let suffix = if counters.contains(&name) { "_total" } else { "" };
-                out.push_str(&format!("{prefix}{name}{suffix} {tail}\n"));
-            }
-            None => {
-                out.push_str(line);
-                out.push('\n');
-            }
-        }
-    }
-    out
 }
 
 fn label(name: &str) -> NodeLabel {
@@ -343,14 +360,12 @@ async fn metrics_handler(
     State(metrics): State<Arc<SupervisorMetrics>>,
     headers: HeaderMap,
 ) -> impl IntoResponse {
-    let wants_openmetrics = headers
-        .get_all(ACCEPT)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .any(|v| v.contains("application/openmetrics-text"));
-    if wants_openmetrics {
-        ([(CONTENT_TYPE, CONTENT_TYPE_OPENMETRICS)], metrics.encode())
-    } else {
-        ([(CONTENT_TYPE, CONTENT_TYPE_TEXT)], metrics.encode_text())
-    }
+    let format = dwbase_node::metrics::negotiate(
+        headers.get_all(ACCEPT).iter().filter_map(|v| v.to_str().ok()),
+    );
+    let body = match format {
+        Format::OpenMetrics => metrics.encode(),
+        Format::Text => metrics.encode_text(),
+    };
+    ([(CONTENT_TYPE, format.content_type())], body)
 }

@@ -4,19 +4,21 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use dwbase_proto::ExitKind;
+use dwbase_proto::{ExitCause, ExitKind};
 use dwbase_supervisor::metrics::{
     exit_code, serve, NodeSnapshot, SupervisorMetrics, CONTENT_TYPE_OPENMETRICS, CONTENT_TYPE_TEXT,
 };
 use tokio_util::sync::CancellationToken;
 
-const FAMILIES: [&str; 9] = [
+const FAMILIES: [&str; 11] = [
     "dwbase_supervisor_node_up",
+    "dwbase_supervisor_node_desired_running",
     "dwbase_supervisor_node_ready",
     "dwbase_supervisor_node_last_exit_code",
     "dwbase_supervisor_node_crash_loop",
     "dwbase_supervisor_node_uptime_seconds",
     "dwbase_supervisor_node_restarts_total",
+    "dwbase_supervisor_node_exits_total",
     "dwbase_supervisor_uptime_seconds",
     "dwbase_supervisor_connected_clients",
     "dwbase_supervisor_requests_total",
@@ -31,6 +33,7 @@ fn populated() -> SupervisorMetrics {
             ready: true,
             last_exit: Some(ExitKind::Signal(9)),
             crash_loop: false,
+            desired_running: true,
             uptime_secs: 12.5,
         },
     );
@@ -41,11 +44,15 @@ fn populated() -> SupervisorMetrics {
             ready: false,
             last_exit: Some(ExitKind::Code(3)),
             crash_loop: true,
+            desired_running: false,
             uptime_secs: 0.0,
         },
     );
     m.inc_restart("node-a");
     m.inc_restart("node-a");
+    m.inc_exit("node-a", ExitCause::Unexpected);
+    m.inc_exit("node-a", ExitCause::Liveness);
+    m.inc_exit("node-b", ExitCause::Requested);
     m.inc_request("status");
     m.inc_request("logs");
     m.inc_request("status");
@@ -107,9 +114,21 @@ fn every_family_is_present_and_well_formed() {
     assert_eq!(value(&s, "dwbase_supervisor_node_last_exit_code", a), Some(137.0));
     assert_eq!(value(&s, "dwbase_supervisor_node_last_exit_code", b), Some(3.0));
     assert_eq!(value(&s, "dwbase_supervisor_node_crash_loop", b), Some(1.0));
+    assert_eq!(value(&s, "dwbase_supervisor_node_desired_running", a), Some(1.0));
+    assert_eq!(value(&s, "dwbase_supervisor_node_desired_running", b), Some(0.0));
     assert_eq!(value(&s, "dwbase_supervisor_node_uptime_seconds", a), Some(12.5));
     assert_eq!(value(&s, "dwbase_supervisor_node_restarts_total", a), Some(2.0));
     assert_eq!(value(&s, "dwbase_supervisor_node_restarts_total", b), Some(0.0));
+    let exits = |node: &str, cause: &str| {
+        value(
+            &s,
+            "dwbase_supervisor_node_exits_total",
+            &format!("node=\"{node}\",cause=\"{cause}\""),
+        )
+    };
+    assert_eq!(exits("node-a", "unexpected"), Some(1.0));
+    assert_eq!(exits("node-a", "liveness"), Some(1.0));
+    assert_eq!(exits("node-b", "requested"), Some(1.0));
     assert_eq!(value(&s, "dwbase_supervisor_requests_total", r#"kind="status""#), Some(2.0));
     assert_eq!(value(&s, "dwbase_supervisor_requests_total", r#"kind="logs""#), Some(1.0));
     assert_eq!(value(&s, "dwbase_supervisor_connected_clients", ""), Some(1.0));
@@ -172,8 +191,13 @@ fn an_unknown_exit_has_no_exit_code_series() {
 fn classic_text_has_the_same_samples_and_counter_metadata_under_total() {
     let m = populated();
     let (om, text) = (m.encode(), m.encode_text());
+    // Uptime and the process_* families are read live at each encode.
     let strip_uptime = |s: Vec<(String, String, f64)>| -> Vec<(String, String, f64)> {
-        s.into_iter().filter(|(n, _, _)| n != "dwbase_supervisor_uptime_seconds").collect()
+        s.into_iter()
+            .filter(|(n, _, _)| {
+                n != "dwbase_supervisor_uptime_seconds" && !n.starts_with("process_")
+            })
+            .collect()
     };
     assert_eq!(strip_uptime(samples(&om)), strip_uptime(sample_lines(&text)));
     assert!(!text.contains("# EOF") && !text.contains("# UNIT"), "{text}");
