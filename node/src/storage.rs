@@ -17,12 +17,18 @@
 //! plain records is refused when encryption is asked for (it would mix both; migrating it into an
 //! encrypted copy is the way).
 //!
-//! Writes of one remember (atom, log entry, new world record) go in one `sled::Batch`, which sled
-//! applies atomically, so a crash never leaves half an atom. A write is acknowledged only after a
-//! flush that covers it: writers queue on a group-commit thread, and one `fsync` serves every
-//! write queued before it started. Ids are ULIDs (time + 80 random bits) and are checked against
-//! the store before use, so ids never repeat across restarts; `seq` comes from sled's persisted
-//! id generator, which never goes backwards either.
+//! A remember writes, under one lock and in this order, the log entry, the atom and (for a new
+//! world) the world record, as three single-key inserts. sled applies each atomically and
+//! recovers a prefix of the log after a crash, so a crash mid-atom leaves at most a log entry
+//! whose atom is missing, and only as its world's last entry: [`Store::open`] removes it. (A
+//! `sled::Batch` would make the three atomic together, but sled seals and writes an I/O buffer
+//! of its own for every batch and applies it under its exclusive lock, which waits for any flush
+//! in progress: two disk writes per remember, and writers queued behind each flush.) A write is
+//! acknowledged only after a flush that covers it: writers queue on a group-commit thread, and
+//! one flush (one log write and sync) serves every write queued before it started, while the
+//! next group's writes go on. Ids are ULIDs (time + 80 random bits) and are checked against the
+//! store before use, so ids never repeat across restarts; `seq` comes from sled's persisted id
+//! generator, which never goes backwards either.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -214,6 +220,46 @@ pub struct Store {
 struct WorldState {
     record: WorldRecord,
     atoms: u64,
+    /// Whether the record is stored (at open, a world may be known from its log only).
+    stored: bool,
+}
+
+/// Removes what a crash in the middle of a remember can leave (see the module docs): a log entry
+/// whose atom was never written, as the last entry of its world. Returns how many were removed
+/// (and flushes the removal). Runs at open, before any write.
+fn drop_torn_tail(
+    db: &sled::Db,
+    worlds: &mut BTreeMap<String, WorldState>,
+) -> Result<u64, StorageError> {
+    let mut removed = 0u64;
+    let mut emptied = Vec::new();
+    for (name, state) in worlds.iter_mut() {
+        while let Some(item) = db.scan_prefix(log_prefix(name)).next_back() {
+            let (key, id) = item.map_err(sled_err("reading log"))?;
+            if db.contains_key([ATOM_PREFIX, &id].concat()).map_err(sled_err("reading atom"))? {
+                break;
+            }
+            tracing::warn!(
+                world = %name,
+                id = %String::from_utf8_lossy(&id),
+                "removing the log entry of an atom a crash interrupted before it was written \
+                 (it was never acknowledged)"
+            );
+            db.remove(&key).map_err(sled_err("removing a torn log entry"))?;
+            state.atoms = state.atoms.saturating_sub(1);
+            removed += 1;
+        }
+        if state.atoms == 0 && !state.stored {
+            emptied.push(name.clone());
+        }
+    }
+    for name in emptied {
+        worlds.remove(&name);
+    }
+    if removed > 0 {
+        db.flush().map_err(sled_err("flushing the log repair"))?;
+    }
+    Ok(removed)
 }
 
 fn log_prefix(world: &str) -> Vec<u8> {
@@ -373,18 +419,24 @@ impl Store {
                     serde_json::from_slice(&plain).map_err(|e| corrupt(&key, e))?
                 }
             };
-            worlds.insert(record.world.clone(), WorldState { record, atoms: 0 });
+            worlds.insert(record.world.clone(), WorldState { record, atoms: 0, stored: true });
         }
         let mut total = 0u64;
         for item in db.scan_prefix(LOG_PREFIX) {
             let (key, _) = item.map_err(sled_err("counting atoms"))?;
             if let Some(world) = world_of_log_key(&key) {
                 total += 1;
-                let state = worlds
-                    .entry(world.to_owned())
-                    .or_insert_with(|| WorldState { record: new_world_record(world), atoms: 0 });
+                let state = worlds.entry(world.to_owned()).or_insert_with(|| WorldState {
+                    record: new_world_record(world),
+                    atoms: 0,
+                    stored: false,
+                });
                 state.atoms += 1;
             }
+        }
+
+        if !matches!(opts.at_rest, AtRest::Opaque) {
+            total -= drop_torn_tail(&db, &mut worlds)?;
         }
 
         let (flush_tx, flush_rx) = mpsc::channel();
@@ -523,23 +575,37 @@ impl Store {
                 return Ok(Inserted::Exists);
             }
             let seq = self.note(self.db.generate_id().map_err(sled_err("generating seq")))?;
-            let mut batch = sled::Batch::default();
-            batch.insert(key, bytes.as_slice());
-            batch.insert(log_key(&atom.world, seq), atom.id.as_bytes());
             let new_world = {
                 let worlds = self.worlds.read().unwrap_or_else(|p| p.into_inner());
                 (!worlds.contains_key(&atom.world)).then(|| new_world_record(&atom.world))
             };
-            if let Some(record) = &new_world {
-                let wkey = world_key(&atom.world);
-                let json = self.seal(&wkey, serde_json::to_vec(record).unwrap_or_default())?;
-                batch.insert(wkey, json);
+            let world_json = match &new_world {
+                Some(record) => {
+                    let wkey = world_key(&atom.world);
+                    let json = self.seal(&wkey, serde_json::to_vec(record).unwrap_or_default())?;
+                    Some((wkey, json))
+                }
+                None => None,
+            };
+            // Log entry, atom, world record: the order recovery relies on (module docs).
+            let lkey = log_key(&atom.world, seq);
+            self.note(self.db.insert(&lkey, atom.id.as_bytes()).map_err(sled_err("writing log")))?;
+            if let Err(e) = self.db.insert(&key, bytes.as_slice()) {
+                // Withdraw the entry so it does not point at nothing (best effort: sled is failing).
+                let _ = self.db.remove(&lkey);
+                return self.note(Err(sled_err("writing atom")(e)));
             }
-            self.note(self.db.apply_batch(batch).map_err(sled_err("writing atom")))?;
+            if let Some((wkey, json)) = world_json {
+                self.note(self.db.insert(wkey, json).map_err(sled_err("writing world")))?;
+            }
             if let Some(record) = new_world {
                 // Known in memory at once, so the next writer does not write the record again.
                 let mut worlds = self.worlds.write().unwrap_or_else(|p| p.into_inner());
-                worlds.entry(atom.world.clone()).or_insert(WorldState { record, atoms: 0 });
+                worlds.entry(atom.world.clone()).or_insert(WorldState {
+                    record,
+                    atoms: 0,
+                    stored: true,
+                });
             }
         };
         // Stop counting as pending first, then ask: a flusher lingering for us sees the request.
@@ -547,9 +613,11 @@ impl Store {
         self.flush().await?;
         {
             let mut worlds = self.worlds.write().unwrap_or_else(|p| p.into_inner());
-            let state = worlds
-                .entry(atom.world.clone())
-                .or_insert_with(|| WorldState { record: new_world_record(&atom.world), atoms: 0 });
+            let state = worlds.entry(atom.world.clone()).or_insert_with(|| WorldState {
+                record: new_world_record(&atom.world),
+                atoms: 0,
+                stored: false,
+            });
             state.atoms += 1;
         }
         self.atoms.fetch_add(1, Ordering::Relaxed);
@@ -624,9 +692,15 @@ impl Store {
         self.note(self.db.apply_batch(batch).map_err(sled_err("importing atoms")))?;
         for record in new_records {
             match worlds.get_mut(&record.world) {
-                Some(state) => state.record = record,
+                Some(state) => {
+                    state.record = record;
+                    state.stored = true;
+                }
                 None => {
-                    worlds.insert(record.world.clone(), WorldState { record, atoms: 0 });
+                    worlds.insert(
+                        record.world.clone(),
+                        WorldState { record, atoms: 0, stored: true },
+                    );
                 }
             }
         }
@@ -787,10 +861,13 @@ impl Store {
             let wkey = world_key(name);
             let json = self.seal(&wkey, serde_json::to_vec(&record).unwrap_or_default())?;
             self.note(self.db.insert(wkey, json).map_err(sled_err("writing world")))?;
-            worlds
-                .entry(name.to_owned())
-                .or_insert_with(|| WorldState { record: record.clone(), atoms: 0 })
-                .record = record.clone();
+            let state = worlds.entry(name.to_owned()).or_insert_with(|| WorldState {
+                record: record.clone(),
+                atoms: 0,
+                stored: true,
+            });
+            state.record = record.clone();
+            state.stored = true;
             (record, created)
         };
         self.flush().await?;
@@ -1015,6 +1092,63 @@ mod tests {
         }
         assert_eq!(store.atom_count(), 64);
         assert!(store.flush_count() <= 64);
+    }
+
+    /// What a crash between a remember's first and second insert leaves (module docs): a log
+    /// entry, last in its world, whose atom was never written. The next open removes it.
+    #[tokio::test]
+    async fn a_torn_last_remember_is_removed_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(&opts(dir.path())).unwrap();
+            for id in ["a", "b", "c"] {
+                store.insert_new(&atom(id, "w1", id)).await.unwrap();
+            }
+        }
+        {
+            let db = open_sled(dir.path(), 8 << 20).unwrap();
+            let seq = db.generate_id().unwrap();
+            db.insert(log_key("w1", seq), b"torn".as_slice()).unwrap();
+            // The first atom of a new world, torn the same way: no record, no atom.
+            db.insert(log_key("ghost", seq + 1), b"torn2".as_slice()).unwrap();
+            db.flush().unwrap();
+        }
+        {
+            let store = Store::open(&opts(dir.path())).unwrap();
+            assert_eq!(store.atom_count(), 3);
+            let ids: Vec<_> =
+                store.replay("w1", &all()).unwrap().into_iter().map(|a| a.id).collect();
+            assert_eq!(ids, ["a", "b", "c"]);
+            let worlds: Vec<_> = store.worlds().into_iter().map(|(r, n)| (r.world, n)).collect();
+            assert_eq!(worlds, [("w1".to_owned(), 3)]);
+            // check_log blocks (it takes the write lock): off the runtime's thread.
+            let scan =
+                std::thread::scope(|s| s.spawn(|| store.check_log(false)).join()).unwrap().unwrap();
+            assert!(scan.dangling.is_empty() && scan.unlogged.is_empty(), "{scan:?}");
+            store.insert_new(&atom("d", "w1", "d")).await.unwrap();
+        }
+        let store = Store::open(&opts(dir.path())).unwrap();
+        assert_eq!(store.atom_count(), 4, "the repair was durable and writes go on");
+    }
+
+    #[tokio::test]
+    async fn a_group_of_writers_shares_one_flush() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(&opts(dir.path())).unwrap());
+        // Every writer announced before any asks for a flush: the flusher lingers for all.
+        let announced: Vec<_> = (0..16).map(|_| store.announce_write()).collect();
+        let before = store.flush_count();
+        let writes = announced.into_iter().enumerate().map(|(i, a)| {
+            let store = store.clone();
+            async move {
+                let atom = atom(&format!("g{i}"), "w", "x");
+                store.insert_new_announced(&atom, a).await.unwrap();
+            }
+        });
+        futures::future::join_all(writes).await;
+        assert_eq!(store.atom_count(), 16);
+        let flushes = store.flush_count() - before;
+        assert!(flushes < 16, "{flushes} flushes for 16 writers announced together");
     }
 
     #[tokio::test]
