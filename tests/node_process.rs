@@ -95,6 +95,15 @@ fn kill_9_and_restarts_lose_no_acknowledged_atom_and_reuse_no_id() {
         assert_eq!(stored_set.len(), stored.len(), "round {round}: duplicate ids");
         let lost: Vec<_> = so_far.iter().filter(|id| !stored_set.contains(id)).collect();
         assert!(lost.is_empty(), "round {round}: acknowledged but lost: {lost:?}");
+        // The node counts log entries: a remember torn by the kill (its log entry written, its
+        // atom not) must have been removed at start, not counted.
+        let (_, health) = node.call("GET", "/health", None);
+        let health: Value = serde_json::from_str(&health).unwrap();
+        assert_eq!(
+            health["checks"]["storage"]["atoms"].as_u64(),
+            Some(stored.len() as u64),
+            "round {round}: atoms counted vs replayed"
+        );
 
         // Writers hammer the node while it is killed with SIGKILL mid-stream.
         let stop = Arc::new(AtomicBool::new(false));

@@ -11,7 +11,7 @@ use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use rand::RngCore;
+use rand::TryRngCore;
 
 /// Random bytes in a generated key (64 hex digits).
 pub const KEY_BYTES: usize = 32;
@@ -100,7 +100,9 @@ pub fn create_key_file(path: &Path) -> Result<()> {
         .create(dir)
         .with_context(|| format!("creating {}", dir.display()))?;
     let mut key = [0u8; KEY_BYTES];
-    rand::rngs::OsRng.fill_bytes(&mut key);
+    rand::rngs::OsRng
+        .try_fill_bytes(&mut key)
+        .context("reading random bytes from the operating system")?;
     let text = format!("{}\n", hex::encode(key));
 
     let tmp = tempfile::Builder::new()
