@@ -141,9 +141,9 @@ fn a_changed_disk_cap_rolls_over_the_nodes_one_at_a_time_while_the_devnet_serves
     let d = Deployment::new();
     let base = free_port_range(3);
     // The test client writes and asks on every poll: no rate limits in its way.
-    let mut text = support::dwbase::template("devnet.toml");
-    text = support::dwbase::set_toml_key(&text, "remember_per_sec", "0");
-    text = support::dwbase::set_toml_key(&text, "ask_per_min", "0");
+    let mut text = dwbase::template("devnet.toml");
+    text = dwbase::set_toml_key(&text, "remember_per_sec", "0");
+    text = dwbase::set_toml_key(&text, "ask_per_min", "0");
     let template = d.dir.path().join("unlimited.toml");
     std::fs::write(&template, text).unwrap();
     let mut args = devnet_args(3, base);
