@@ -17,7 +17,7 @@ use dwbase_proto::process;
 use dwbase_proto::Group;
 use nix::sys::signal::Signal;
 use serde_json::Value;
-use support::dwbase::Deployment;
+use support::dwbase::{self, Deployment};
 use support::*;
 
 /// `deploy devnet` flags shared by these tests (no swarm, short stop timeout).

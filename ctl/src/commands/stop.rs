@@ -7,7 +7,7 @@ use dwbase_proto::state::DEFAULT_STOP_TIMEOUT_MS;
 use dwbase_proto::{ClientError, Desired, Paths, Request, StopSpec};
 
 use crate::cli::StopArgs;
-use crate::daemon::{self, Offline};
+use crate::daemon;
 use crate::fallback::{self, StopReport};
 
 /// `dwbase deploy stop`: through the supervisor (started first when nodes are recorded and
@@ -55,21 +55,8 @@ pub async fn run(paths: &Paths, args: &StopArgs, no_start: bool) -> Result<()> {
                 crate::outln!("nothing to stop (nothing deployed under {})", paths.root.display())?;
                 return Ok(());
             }
-            if matches!(offline, Offline::NothingRecorded) && args.nodes.is_empty() {
-                // Records of stopped nodes only: nothing runs, but say it from the files.
-                let r = fallback::stop_by_signal(paths, &[], args.timeout, true).await?;
-                return print_signal_report(&r);
-            }
             check_names_recorded(paths, &args.nodes)?;
-            let r =
-                fallback::stop_by_signal(paths, &args.nodes, args.timeout, args.nodes.is_empty())
-                    .await?;
-            print_signal_report(&r)?;
-            if r.failed.is_empty() {
-                Ok(())
-            } else {
-                bail!("could not stop {}", r.failed.join(", "))
-            }
+            by_signal(paths, args).await
         }
         Err(e) => match e.downcast::<ClientError>() {
             Ok(e @ ClientError::VersionMismatch { .. }) => {
@@ -77,23 +64,24 @@ pub async fn run(paths: &Paths, args: &StopArgs, no_start: bool) -> Result<()> {
                 // nodes and exit; then sweep whatever is recorded.
                 eprintln!("{e}");
                 eprintln!("stopping by signal instead");
-                let r = fallback::stop_by_signal(
-                    paths,
-                    &args.nodes,
-                    args.timeout,
-                    args.nodes.is_empty(),
-                )
-                .await?;
-                print_signal_report(&r)?;
-                if r.failed.is_empty() {
-                    Ok(())
-                } else {
-                    bail!("could not stop {}", r.failed.join(", "))
-                }
+                by_signal(paths, args).await
             }
             Ok(e) => Err(e.into()),
             Err(e) => Err(e),
         },
+    }
+}
+
+/// Stops the recorded nodes by signal (and, without names, a recorded supervisor that does
+/// not answer), holding the root lock; fails if one could not be stopped.
+async fn by_signal(paths: &Paths, args: &StopArgs) -> Result<()> {
+    let r =
+        fallback::stop_by_signal(paths, &args.nodes, args.timeout, args.nodes.is_empty()).await?;
+    print_signal_report(&r)?;
+    if r.failed.is_empty() {
+        Ok(())
+    } else {
+        bail!("could not stop {}", r.failed.join(", "))
     }
 }
 
