@@ -152,7 +152,7 @@ pub struct CommonDeployArgs {
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub stop_timeout: Duration,
     /// Serve the supervisor's Prometheus metrics here (loopback), when this command starts it.
-    #[arg(long, value_name = "ADDR")]
+    #[arg(long, value_name = "ADDR", value_parser = parse_loopback_addr)]
     pub metrics_addr: Option<SocketAddr>,
     /// Stay attached: run the supervisor as a child, stream the logs, and stop everything on
     /// Ctrl+C (SIGINT) or SIGTERM.
@@ -320,8 +320,8 @@ pub enum SupervisorCommand {
 /// `dwbase supervisor restart`
 #[derive(Debug, Clone, Args)]
 pub struct SupervisorRestartArgs {
-    /// Serve Prometheus metrics here from the new supervisor.
-    #[arg(long, value_name = "ADDR")]
+    /// Serve Prometheus metrics here from the new supervisor (loopback).
+    #[arg(long, value_name = "ADDR", value_parser = parse_loopback_addr)]
     pub metrics_addr: Option<SocketAddr>,
 }
 
@@ -344,6 +344,20 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         return Ok(Duration::from_secs(secs));
     }
     humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 30s, 1m, 250ms)"))
+}
+
+/// A `--metrics-addr`: loopback only from this CLI (the metrics have no authentication).
+pub fn parse_loopback_addr(s: &str) -> Result<SocketAddr, String> {
+    let addr: SocketAddr =
+        s.parse().map_err(|e| format!("{s:?} is not IP:PORT ({e}); e.g. 127.0.0.1:9464"))?;
+    if !addr.ip().is_loopback() {
+        return Err(format!(
+            "{addr} is not a loopback address: anyone who can reach it would read node names, \
+             states and exit codes (no authentication). Use 127.0.0.1:PORT, or run \
+             `dwbase-supervisor run --metrics-addr {addr} --metrics-allow-remote` yourself"
+        ));
+    }
+    Ok(addr)
 }
 
 fn parse_nodes(s: &str) -> Result<u32, String> {
@@ -377,6 +391,23 @@ mod tests {
         let err = Cli::try_parse_from(["dwbase", "deploy", "devnet", "--nodes", "0"]).unwrap_err();
         assert_eq!(err.exit_code(), 2);
         assert!(err.to_string().contains("at least 1 node"), "{err}");
+    }
+
+    #[test]
+    fn remote_metrics_addresses_are_refused() {
+        let err =
+            Cli::try_parse_from(["dwbase", "deploy", "devnet", "--metrics-addr", "0.0.0.0:9464"])
+                .unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+        assert!(err.to_string().contains("--metrics-allow-remote"), "{err}");
+        assert!(Cli::try_parse_from([
+            "dwbase",
+            "deploy",
+            "devnet",
+            "--metrics-addr",
+            "[::1]:9464"
+        ])
+        .is_ok());
     }
 
     #[test]
