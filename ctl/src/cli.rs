@@ -105,9 +105,12 @@ pub enum DeployCommand {
     /// Start the single local node.
     Local(LocalArgs),
     /// Show the supervisor and every node (works without a supervisor, from state.json).
-    Status(StatusArgs),
+    Status(DeployStatusArgs),
     /// Print node logs.
     Logs(LogsArgs),
+    /// The live view: every node with its state, CPU, memory, request rate and p99, the
+    /// selected node's log, and keys to restart, stop and start (needs a terminal).
+    Top(crate::commands::top::TopArgs),
     /// Restart one node (clears a crash loop).
     Restart(RestartArgs),
     /// Stop nodes; without NODE, stop every node and then the supervisor.
@@ -223,6 +226,22 @@ pub struct StatusArgs {
     /// One JSON object on stdout (keys: see --help).
     #[arg(long)]
     pub json: bool,
+}
+
+/// `dwbase deploy status`
+#[derive(Debug, Clone, Args)]
+#[command(after_long_help = STATUS_JSON_HELP)]
+pub struct DeployStatusArgs {
+    /// One JSON object on stdout (keys: see --help); with --watch, one per line.
+    #[arg(long)]
+    pub json: bool,
+    /// Print the status again every --interval until Ctrl+C: the plain table, redrawn in
+    /// place on a terminal, one block after another (with a time line) otherwise.
+    #[arg(long)]
+    pub watch: bool,
+    /// How often --watch prints.
+    #[arg(long, default_value = "2s", value_parser = parse_duration, requires = "watch")]
+    pub interval: Duration,
 }
 
 /// The `--json` keys of `deploy status`, for `--help`.

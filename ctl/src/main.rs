@@ -95,8 +95,12 @@ async fn dispatch(command: Command, no_start: bool) -> anyhow::Result<()> {
         Command::Deploy(cmd) => match cmd {
             DeployCommand::Devnet(a) => commands::deploy::devnet(&paths, a).await,
             DeployCommand::Local(a) => commands::deploy::local(&paths, a).await,
+            DeployCommand::Status(a) if a.watch => {
+                commands::watch::run(&paths, a.interval, a.json).await
+            }
             DeployCommand::Status(a) => commands::status::run(&paths, a.json, no_start).await,
             DeployCommand::Logs(a) => commands::logs::run(&paths, a, no_start).await,
+            DeployCommand::Top(a) => commands::top::run(&paths, a).await,
             DeployCommand::Restart(a) => {
                 commands::restart::restart(&paths, &a.node, no_start).await
             }

@@ -16,4 +16,6 @@ pub mod status;
 pub mod stop;
 pub mod storage;
 pub mod supervisor;
+pub mod top;
+pub mod watch;
 pub mod world;
