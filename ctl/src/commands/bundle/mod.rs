@@ -42,7 +42,7 @@ pub enum BundleCommand {
     /// Make a minisign key pair for signing bundles (the secret key never goes into a bundle).
     Keygen(KeygenArgs),
     /// Pack the three programs, templates, units, container and k8s files and docs into a
-    /// signed dwbase-<version>-<target>.tar.zst.
+    /// signed dwbase-VERSION-TARGET.tar.zst.
     Create(CreateArgs),
     /// Check a bundle's signature and every file's size and sha256.
     Verify(VerifyArgs),
@@ -71,7 +71,7 @@ pub struct KeygenArgs {
 /// `dwbase bundle create`
 #[derive(Debug, Clone, Args)]
 pub struct CreateArgs {
-    /// The bundle to write (default: dwbase-<version>-<target>.tar.zst here; a folder means
+    /// The bundle to write (default: dwbase-VERSION-TARGET.tar.zst here; a folder means
     /// that name inside it). `<out>.minisig` is written beside it.
     #[arg(long, short, value_name = "FILE")]
     pub out: Option<PathBuf>,
@@ -121,7 +121,7 @@ pub struct InstallArgs {
     /// bundle is never installed.
     #[arg(long, value_name = "KEY", env = "DWBASE_BUNDLE_PUBKEY")]
     pub pubkey: String,
-    /// Install under here: PREFIX/lib/dwbase/<bundle>/, with PREFIX/bin/dwbase* and
+    /// Install under here: PREFIX/lib/dwbase/BUNDLE/, with PREFIX/bin/dwbase* and
     /// PREFIX/share/dwbase linking to it.
     #[arg(long, value_name = "DIR", default_value = "/usr/local")]
     pub prefix: PathBuf,
