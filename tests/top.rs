@@ -160,9 +160,28 @@ fn top_shows_nodes_restarts_follows_the_log_and_restores_the_terminal() {
         row(s, "node-a").is_some_and(|r| r.iter().any(|c| c.ends_with("MiB")))
     });
 
+    // Requests to node-a give it a request rate and a p99 (its /metrics, over the interval).
+    let addr_a = format!("127.0.0.1:{base}");
+    let mut sent = 0;
+    poll_until("a request rate and p99 for node-a", Duration::from_secs(20), || {
+        // One worker per request: remember is rate-limited per worker.
+        for _ in 0..5 {
+            sent += 1;
+            let atom = serde_json::json!({
+                "world": "top", "worker": format!("top-test-{sent}"), "kind": "observation",
+                "importance": 0.5, "payload_json": "{}", "labels": []
+            });
+            let (code, body) = http("POST", &addr_a, "/remember", Some(&atom.to_string()));
+            assert_eq!(code, 200, "{body}");
+        }
+        let s = t.screen();
+        let r = row(&s, "node-a")?;
+        let (rate, p99) = (r[r.len() - 2], r[r.len() - 1]);
+        (rate.parse::<f64>().is_ok_and(|v| v > 0.0) && p99.ends_with("ms")).then_some(())
+    });
+
     // A line node-a writes after the view opened shows up in the pane.
     assert!(!s.contains("snapshot taken"), "{s}");
-    let addr_a = format!("127.0.0.1:{base}");
     let (code, _) = http("POST", &addr_a, "/admin/snapshot", None);
     assert_eq!(code, 200);
     t.wait_for("the snapshot log line", Duration::from_secs(10), |s| s.contains("snapshot taken"));

@@ -3,8 +3,9 @@
 //! The node table comes from the supervisor (see [`feed`]); without one it shows what the
 //! state files record and says so, and resumes when a supervisor answers again. CPU % and RSS
 //! come from /proc, request rate and p99 from each node's `/metrics` ([`sample`]), once per
-//! `--interval`. The selected node's log follows below ([`logpane`]). Keys are handled in
-//! [`model`], drawing in [`ui`]; this file is the loop and the terminal.
+//! `--interval`. The selected node's log follows below ([`logpane`]). Colour follows `--color`
+//! and `NO_COLOR`. Keys are handled in [`model`], drawing in [`ui`]; this file is the loop and
+//! the terminal.
 //!
 //! The terminal is put back (raw mode off, main screen, cursor shown) on every way out: `q`,
 //! Ctrl+C, SIGTERM/SIGHUP/SIGINT, an error, and a panic (the hook restores it before the
@@ -129,7 +130,8 @@ async fn event_loop(
     paths: &Paths,
     args: &TopArgs,
 ) -> Result<()> {
-    let theme = ui::Theme::from_env();
+    // The global --color (its value as main parsed it: the last one given).
+    let theme = ui::Theme::new(dwbase_node::term::ColorWhen::from_args(std::env::args_os()));
     let (update_tx, mut updates) = mpsc::unbounded_channel();
     let feed = tokio::spawn(feed::run(paths.clone(), update_tx));
     let (targets_tx, targets_rx) = watch::channel(Vec::<Target>::new());

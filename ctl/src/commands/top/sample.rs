@@ -33,15 +33,18 @@ pub struct Figures {
 const NOT_API: &[&str] = &["/metrics", "/healthz", "/readyz", "/health"];
 
 /// The latency histograms whose union gives p99 (same buckets).
-const LATENCY: &[&str] =
-    &["dwbase_remember_latency_ms", "dwbase_ask_latency_ms", "dwbase_replay_latency_ms"];
+const LATENCY: &[&str] = &[
+    "dwbase_remember_latency_seconds",
+    "dwbase_ask_latency_seconds",
+    "dwbase_replay_latency_seconds",
+];
 
 /// The figures of one `/metrics` page that later ones are compared with.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct MetricsPage {
     /// Sum of `dwbase_http_requests_total` over API routes.
     pub api_requests: f64,
-    /// Cumulative latency buckets (upper bound, count), summed over [`LATENCY`], by bound.
+    /// Cumulative latency buckets (upper bound in seconds, count), summed over [`LATENCY`].
     pub buckets: Vec<(f64, f64)>,
 }
 
@@ -236,7 +239,7 @@ impl Sampler {
                         // A counter that went down means the node started over.
                         if after.api_requests >= before.api_requests {
                             f.req_rate = Some((after.api_requests - before.api_requests) / secs);
-                            f.p99_ms = quantile_between(before, after, 0.99);
+                            f.p99_ms = quantile_between(before, after, 0.99).map(|s| s * 1000.0);
                         }
                     }
                 }
@@ -301,27 +304,27 @@ mod tests {
     fn p99_of_the_requests_between_two_pages() {
         let m = dwbase_node::metrics::Metrics::new();
         for _ in 0..50 {
-            m.remember_latency_ms.observe(4.0);
+            m.remember_latency_seconds.observe(0.004);
         }
         let before = parse_metrics(&m.encode()).unwrap();
         // Between the pages: 99 fast asks and one slow replay; the earlier 50 do not count.
         for _ in 0..99 {
-            m.ask_latency_ms.observe(0.4);
+            m.ask_latency_seconds.observe(0.0004);
         }
-        m.replay_latency_ms.observe(800.0);
+        m.replay_latency_seconds.observe(0.8);
         let after = parse_metrics(&m.encode()).unwrap();
         let p99 = quantile_between(&before, &after, 0.99).unwrap();
-        assert!(p99 > 0.25 && p99 <= 0.5, "p99 {p99}");
+        assert!(p99 > 0.00025 && p99 <= 0.0005, "p99 {p99}");
         let p100 = quantile_between(&before, &after, 1.0).unwrap();
-        assert!(p100 > 500.0 && p100 <= 1000.0, "max {p100}");
+        assert!(p100 > 0.5 && p100 <= 1.0, "max {p100}");
         assert_eq!(quantile_between(&after, &after, 0.99), None, "no requests in between");
     }
 
     #[test]
     fn slower_than_every_bucket_reports_the_highest_bound() {
         let before = node_page(|_| {});
-        let after = node_page(|m| m.ask_latency_ms.observe(60_000.0));
-        assert_eq!(quantile_between(&before, &after, 0.99), Some(5000.0));
+        let after = node_page(|m| m.ask_latency_seconds.observe(60.0));
+        assert_eq!(quantile_between(&before, &after, 0.99), Some(5.0));
     }
 
     #[cfg(target_os = "linux")]

@@ -23,9 +23,16 @@ pub struct Theme {
 }
 
 impl Theme {
-    /// From the environment: <https://no-color.org> — set and not empty means no colour.
-    pub fn from_env() -> Self {
-        Self { color: std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()) }
+    /// From `--color` and the environment: `never` or, with `auto`, `NO_COLOR` set and not
+    /// empty (<https://no-color.org>) means no colour.
+    pub fn new(when: dwbase_node::term::ColorWhen) -> Self {
+        use dwbase_node::term::ColorWhen;
+        let color = match when {
+            ColorWhen::Always => true,
+            ColorWhen::Never => false,
+            ColorWhen::Auto => std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
+        };
+        Self { color }
     }
 
     fn fg(&self, c: Color) -> Style {
