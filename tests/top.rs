@@ -110,8 +110,11 @@ fn pid_on_screen(screen: &str, node: &str) -> Option<u32> {
     row(screen, node)?.get(3)?.parse().ok()
 }
 
+/// `deploy status --json` (exit 0, or 3 while a node is not ready yet).
 fn status(d: &Deployment) -> serde_json::Value {
-    serde_json::from_str(&d.run(&["deploy", "status", "--json"]).ok().stdout).unwrap()
+    let out = d.run(&["deploy", "status", "--json", "--no-start"]);
+    assert!(matches!(out.code(), 0 | 3), "{out:?}");
+    serde_json::from_str(&out.stdout).unwrap()
 }
 
 fn node_pid(doc: &serde_json::Value, node: &str) -> Option<u32> {

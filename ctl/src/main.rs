@@ -96,7 +96,7 @@ async fn dispatch(command: Command, no_start: bool) -> anyhow::Result<()> {
             DeployCommand::Devnet(a) => commands::deploy::devnet(&paths, a).await,
             DeployCommand::Local(a) => commands::deploy::local(&paths, a).await,
             DeployCommand::Status(a) if a.watch => {
-                commands::watch::run(&paths, a.interval, a.json).await
+                commands::watch::run(&paths, a.interval, a.json, no_start).await
             }
             DeployCommand::Status(a) => commands::status::run(&paths, a.json, no_start).await,
             DeployCommand::Logs(a) => commands::logs::run(&paths, a, no_start).await,

@@ -14,7 +14,7 @@ use crate::daemon;
 use crate::report::{from_state_files, write_human, NodeJson, StatusJson, SupervisorJson};
 
 /// Runs until Ctrl+C or a closed stdout.
-pub async fn run(paths: &Paths, interval: Duration, json: bool) -> Result<()> {
+pub async fn run(paths: &Paths, interval: Duration, json: bool, no_start: bool) -> Result<()> {
     if interval < Duration::from_millis(100) {
         return Err(
             crate::Usage(format!("--interval {interval:?} is too short (at least 100ms)")).into()
@@ -22,7 +22,7 @@ pub async fn run(paths: &Paths, interval: Duration, json: bool) -> Result<()> {
     }
     let redraw = !json && std::io::stdout().is_terminal() && can_redraw();
     loop {
-        let doc = document(paths).await?;
+        let doc = document(paths, no_start).await?;
         let mut text = Vec::new();
         if json {
             serde_json::to_writer(&mut text, &doc)?;
@@ -47,18 +47,23 @@ pub async fn run(paths: &Paths, interval: Duration, json: bool) -> Result<()> {
     }
 }
 
-/// The status document: from the supervisor, else the state files.
-async fn document(paths: &Paths) -> Result<StatusJson> {
-    Ok(match daemon::connect(paths).await? {
-        Some(mut client) => {
+/// The status document, as `deploy status` gets it: from the supervisor (started when nodes
+/// are recorded and none runs, unless --no-start), else the state files.
+async fn document(paths: &Paths, no_start: bool) -> Result<StatusJson> {
+    Ok(match daemon::attach(paths, no_start).await? {
+        Ok(mut client) => {
             let report = daemon::status(&mut client).await?;
             StatusJson {
                 root: paths.root.clone(),
                 supervisor: SupervisorJson::from_info(&report.supervisor),
                 nodes: report.nodes.iter().map(NodeJson::from_status).collect(),
+                warnings: report.warnings.clone(),
             }
         }
-        None => from_state_files(paths)?,
+        Err(offline) => {
+            offline.warn();
+            from_state_files(paths)?
+        }
     })
 }
 

@@ -3,7 +3,10 @@
 
 use std::time::Duration;
 
-use dwbase_proto::{Client, Paths, StatusReport};
+use dwbase_proto::{
+    Client, ClientError, EndOfStream, Event, EventKind, EventsSpec, Paths, Request, Response,
+    StatusReport,
+};
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::model::Update;
@@ -12,9 +15,6 @@ use crate::report::{from_state_files, NodeJson, StatusJson, SupervisorJson};
 
 /// How often, without a supervisor, the socket is tried again and the state files re-read.
 pub const AWAY_RETRY: Duration = Duration::from_secs(1);
-
-/// How often a supervisor is asked for its status.
-pub const STATUS_EVERY: Duration = Duration::from_secs(1);
 
 /// Runs until the receiver is dropped.
 pub async fn run(paths: Paths, tx: UnboundedSender<Update>) {
@@ -51,56 +51,62 @@ pub async fn run(paths: Paths, tx: UnboundedSender<Update>) {
     }
 }
 
-/// Feeds updates from a connected supervisor until the connection breaks; returns why. The
-/// first answer is a snapshot; after it, only the nodes that changed are sent (as the
-/// supervisor's events will carry them), with a note of what changed.
+/// Feeds updates from a connected supervisor until the stream ends; returns why. The
+/// supervisor's `Events` stream starts with a status snapshot (sent again if we fall behind),
+/// then one event per change with the node's status after it: the view never asks on a timer,
+/// so an idle supervisor is not woken by an open view.
 async fn follow(paths: &Paths, mut client: Client, tx: &UnboundedSender<Update>) -> String {
-    let mut last: Option<StatusJson> = None;
+    if let Err(e) = client.send(&Request::Events(EventsSpec { group: None })).await {
+        return e.to_string();
+    }
     loop {
-        let report = match daemon::status(&mut client).await {
-            Ok(r) => r,
-            Err(e) => return format!("{e:#}"),
-        };
-        let doc = document(paths, &report);
-        let sent = match &last {
-            None => tx.send(Update::Snapshot { doc: document(paths, &report), away: None }),
-            Some(before) => {
-                let mut sent = Ok(());
-                for note in changes(Some(before), &doc) {
-                    sent = sent.and(tx.send(Update::Note(note)));
-                }
-                for n in report.nodes.iter().map(NodeJson::from_status) {
-                    if !before.nodes.iter().any(|o| same(o, &n)) {
-                        sent = sent.and(tx.send(Update::Node(n)));
-                    }
-                }
-                for o in before.nodes.iter().filter(|o| !doc.nodes.iter().any(|n| n.name == o.name))
-                {
-                    sent = sent.and(tx.send(Update::Removed(o.name.clone())));
-                }
-                sent
+        let update = match client.recv().await {
+            Ok(Response::Status(report)) => {
+                Update::Snapshot { doc: document(paths, &report), away: None }
             }
+            Ok(Response::Event(ev)) => {
+                if tx.send(Update::Note(describe(&ev))).is_err() {
+                    return "view closed".into();
+                }
+                match &ev.status {
+                    Some(n) => Update::Node(NodeJson::from_status(n)),
+                    None => Update::Removed(ev.node.clone()),
+                }
+            }
+            Ok(Response::EndOfStream(end)) => {
+                return match end {
+                    EndOfStream::SupervisorShutdown => "it shut down".into(),
+                    EndOfStream::Evicted => "too many connections: it closed ours".into(),
+                    EndOfStream::Failed(m) => m,
+                    other => format!("{other:?}"),
+                }
+            }
+            Ok(Response::Error(e)) => return e.message,
+            Ok(other) => return format!("unexpected answer in the event stream: {other:?}"),
+            Err(ClientError::Closed) => return "connection closed".into(),
+            Err(e) => return e.to_string(),
         };
-        if sent.is_err() {
+        if tx.send(update).is_err() {
             return "view closed".into();
         }
-        last = Some(doc);
-        tokio::time::sleep(STATUS_EVERY).await;
     }
 }
 
-/// Whether two reports of a node show the same (uptime aside, which the view counts itself).
-fn same(a: &NodeJson, b: &NodeJson) -> bool {
-    let exit = |n: &NodeJson| n.last_exit.as_ref().map(|e| (e.code, e.signal, e.at_unix_ms));
-    a.name == b.name
-        && a.pid == b.pid
-        && a.state == b.state
-        && a.ready == b.ready
-        && a.restarts == b.restarts
-        && a.port == b.port
-        && exit(a) == exit(b)
-        && a.message == b.message
-        && a.log_path == b.log_path
+/// The event line for the footer ("node-a: spawned, pid 12").
+fn describe(ev: &Event) -> String {
+    let what = match &ev.kind {
+        EventKind::Added => "added".to_owned(),
+        EventKind::Spawned { pid } => format!("spawned, pid {pid}"),
+        EventKind::Adopted { pid } => format!("adopted, pid {pid}"),
+        EventKind::State { from, to } => format!("{from} → {to}"),
+        EventKind::Exited(e) => format!("exited ({})", e.kind),
+        EventKind::LivenessFailed { failures, reason } => {
+            format!("liveness probe failed ({failures} in a row): {reason}")
+        }
+        EventKind::Rollout(step) => format!("deploy: {step}"),
+        EventKind::Removed => "removed".to_owned(),
+    };
+    format!("{}: {what}", ev.node)
 }
 
 /// The status document of a supervisor's report.
@@ -109,34 +115,6 @@ pub fn document(paths: &Paths, report: &StatusReport) -> StatusJson {
         root: paths.root.clone(),
         supervisor: SupervisorJson::from_info(&report.supervisor),
         nodes: report.nodes.iter().map(NodeJson::from_status).collect(),
+        warnings: report.warnings.clone(),
     }
-}
-
-/// What changed between two documents, as event lines ("node-a: ready → starting, pid 12").
-pub fn changes(before: Option<&StatusJson>, after: &StatusJson) -> Vec<String> {
-    let Some(before) = before else { return Vec::new() };
-    let mut out = Vec::new();
-    for n in &after.nodes {
-        match before.nodes.iter().find(|o| o.name == n.name) {
-            None => out.push(format!("{}: added", n.name)),
-            Some(o) => {
-                if o.pid != n.pid {
-                    if let Some(pid) = n.pid {
-                        out.push(format!("{}: spawned, pid {pid}", n.name));
-                    } else {
-                        out.push(format!("{}: exited", n.name));
-                    }
-                }
-                if o.state != n.state {
-                    out.push(format!("{}: {} → {}", n.name, o.state, n.state));
-                }
-            }
-        }
-    }
-    for o in &before.nodes {
-        if !after.nodes.iter().any(|n| n.name == o.name) {
-            out.push(format!("{}: removed", o.name));
-        }
-    }
-    out
 }

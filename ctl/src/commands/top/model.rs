@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
+use dwbase_proto::state::Desired;
 use dwbase_proto::Group;
 
 use super::logpane::LogPane;
@@ -36,6 +37,8 @@ pub struct Row {
     pub log_path: PathBuf,
     /// Why it is not ready, or what went wrong last.
     pub message: Option<String>,
+    /// Stopped on purpose (`deploy stop NODE`, or `s` here).
+    pub stopped_on_purpose: bool,
     /// What `top` measured.
     pub figures: Figures,
 }
@@ -55,6 +58,7 @@ impl Row {
             last_exit: last_exit_words(n.last_exit.as_ref()),
             log_path: n.log_path.clone(),
             message: n.message.clone(),
+            stopped_on_purpose: n.desired == Desired::Stopped,
             figures: Figures::default(),
         }
     }
@@ -66,7 +70,8 @@ impl Row {
 
     /// Whether the node is stopped (so `s` starts it).
     pub fn is_stopped(&self) -> bool {
-        matches!(self.state.as_str(), "stopped" | "dead") && self.pid.is_none()
+        self.pid.is_none()
+            && (self.stopped_on_purpose || matches!(self.state.as_str(), "stopped" | "dead"))
     }
 }
 
@@ -469,6 +474,8 @@ mod tests {
             log_path: format!("/nonexistent/{name}/node.log").into(),
             config_path: "/nonexistent/config.toml".into(),
             message: None,
+            desired: if state == "stopped" { Desired::Stopped } else { Desired::Running },
+            liveness: None,
         }
     }
 
@@ -486,6 +493,7 @@ mod tests {
                 state_files: vec![],
             },
             nodes,
+            warnings: vec![],
         }
     }
 
