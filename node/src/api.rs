@@ -287,7 +287,12 @@ async fn get_atom(
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Atom>, ApiError> {
     let Path(id) = id.map_err(|e| ApiError::invalid_field("id", e.body_text()))?;
-    node.get_atom(&id).map(Json)
+    // sled can block a read on a failing disk: keep it off the async workers, which must go
+    // on serving the probes.
+    tokio::task::spawn_blocking(move || node.get_atom(&id))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
+        .map(Json)
 }
 
 async fn worlds(State(node): State<Node>) -> Json<Vec<String>> {
@@ -343,8 +348,19 @@ async fn swarm_ingest(State(node): State<Node>, req: Request) -> Result<Response
     Ok(Json(outcome).into_response())
 }
 
-async fn healthz() -> Json<serde_json::Value> {
-    Json(serde_json::json!({ "status": "alive" }))
+/// Liveness: 200 while the node can make progress, 503 when its commit path is stuck (a
+/// batch apply or flush running for [`crate::storage::COMMIT_STALL`]), so that the supervisor
+/// or kubelet restarts it. A full disk is not a liveness failure: writes are refused at once
+/// and resume by themselves (that is `/readyz`'s business).
+async fn healthz(State(node): State<Node>) -> Response {
+    match node.liveness() {
+        Ok(()) => Json(serde_json::json!({ "status": "alive" })).into_response(),
+        Err(why) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(serde_json::json!({ "status": "stuck", "reason": "commit_stalled", "message": why })),
+        )
+            .into_response(),
+    }
 }
 
 /// `/readyz` needs no key (probes carry none), so without the key it says only ready or not and

@@ -302,6 +302,19 @@ pub struct LimitsConfig {
     pub header_timeout_secs: u64,
     /// Seconds a request has to send its whole body; past it the answer is 408.
     pub body_timeout_secs: u64,
+    /// MiB that must stay free on the filesystem holding data_dir (`df`'s "Avail"): below
+    /// it writes are refused with 507 and `/readyz` answers 503 (reason `disk_reserve`),
+    /// checked by the write path itself once per commit batch; writes resume by themselves
+    /// once space is back. Unset: 5 % of the filesystem, at least 8 and at most 64 MiB (and
+    /// at most a quarter of it). 0: no reserve (writes go on until the filesystem is full
+    /// and the store meets "no space left" itself: 507, then a reopen once space is back).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub min_free_mb: Option<u64>,
+    /// MiB of the ballast file (`dwbase.ballast` in data_dir) kept for the store: deleted
+    /// when the store hits "no space left" so it can reopen (and at start on a full disk),
+    /// re-created once space is back. Unset: half the reserve, at most 16 MiB. 0: none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ballast_mb: Option<u64>,
 }
 
 /// Default `node.limits.max_connections`.
@@ -319,6 +332,8 @@ impl Default for LimitsConfig {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             header_timeout_secs: DEFAULT_HEADER_TIMEOUT_SECS,
             body_timeout_secs: DEFAULT_BODY_TIMEOUT_SECS,
+            min_free_mb: None,
+            ballast_mb: None,
         }
     }
 }
@@ -519,6 +534,8 @@ const SCHEMA: &[(&str, Kind)] = &[
     ("node.limits.max_connections", Kind::UInt),
     ("node.limits.header_timeout_secs", Kind::UInt),
     ("node.limits.body_timeout_secs", Kind::UInt),
+    ("node.limits.min_free_mb", Kind::UInt),
+    ("node.limits.ballast_mb", Kind::UInt),
     ("node.swarm", Kind::Table),
     ("node.swarm.enabled", Kind::Bool),
     ("node.swarm.peers", Kind::StrArray),

@@ -132,7 +132,7 @@ impl ApiError {
         e
     }
 
-    /// 507: the data dir is over `max_disk_mb`.
+    /// 507: the data dir is over `max_disk_mb`, or its filesystem below the reserve.
     pub fn disk_full(message: impl Into<String>) -> Self {
         Self::new(StatusCode::INSUFFICIENT_STORAGE, "disk_full", message).refused("disk_full")
     }
@@ -155,9 +155,36 @@ impl ApiError {
     }
 
     /// 503: storage failed.
+    ///
+    /// "No space left" (below the reserve, or ENOSPC inside the store) is a 507 `disk_full`
+    /// with the reason; a write that timed out is a 503 `storage_timeout`; any other storage
+    /// failure a 503 `storage_unavailable`. Every one says what happened and what brings
+    /// writes back.
     pub fn storage(e: &StorageError) -> Self {
-        tracing::error!(error = %e, "storage error");
-        Self::new(StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable", e.to_string())
+        match e {
+            StorageError::NoRoom(_) => {
+                tracing::debug!(error = %e, "write refused: below the disk reserve");
+                Self::disk_full(e.to_string())
+            }
+            _ if e.is_no_space() => {
+                tracing::warn!(error = %e, "write refused: no space left");
+                Self::disk_full(e.to_string())
+            }
+            StorageError::CommitTimeout | StorageError::LockTimeout => {
+                tracing::warn!(error = %e, "write timed out");
+                Self::new(StatusCode::SERVICE_UNAVAILABLE, "storage_timeout", e.to_string())
+                    .refused("storage")
+            }
+            StorageError::Failed { .. } => {
+                tracing::debug!(error = %e, "write refused: the store is stopped");
+                Self::new(StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable", e.to_string())
+                    .refused("storage")
+            }
+            _ => {
+                tracing::error!(error = %e, "storage error");
+                Self::new(StatusCode::SERVICE_UNAVAILABLE, "storage_unavailable", e.to_string())
+            }
+        }
     }
 }
 

@@ -60,6 +60,8 @@ pub fn dir_size(dir: &Path) -> u64 {
             let Ok(meta) = entry.path().symlink_metadata() else { continue };
             if meta.is_dir() {
                 stack.push(entry.path());
+            } else if entry.file_name() == crate::disk::BALLAST_FILE && d == dir {
+                // Room kept for the store (see crate::disk), not data.
             } else {
                 total += allocated(&meta);
             }

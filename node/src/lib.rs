@@ -16,6 +16,7 @@ pub mod cli;
 pub mod config;
 pub mod connections;
 pub mod crypto;
+pub mod disk;
 pub mod error;
 pub mod health;
 pub mod index;

@@ -62,6 +62,13 @@ pub const METRIC_NAMES: &[&str] = &[
     "dwbase_http_connections_refused_total",
     "dwbase_http_connections_evicted_total",
     "dwbase_http_header_timeouts_total",
+    "dwbase_disk_free_bytes",
+    "dwbase_disk_reserve_bytes",
+    "dwbase_disk_ballast_bytes",
+    "dwbase_disk_writes_refused_total",
+    "dwbase_storage_io_errors_total",
+    "dwbase_storage_no_space_errors_total",
+    "dwbase_storage_recoveries_total",
 ];
 
 /// Every `reason` of `dwbase_refused_total`.
@@ -73,6 +80,7 @@ pub const REFUSAL_REASONS: &[&str] = &[
     "body_too_large",
     "archived",
     "body_timeout",
+    "storage",
 ];
 
 /// Labels of `dwbase_http_requests_total`.
@@ -184,6 +192,23 @@ pub struct Metrics {
     /// `dwbase_http_header_timeouts_total` (connections closed for a slow or missing request
     /// head, idle keep-alive included).
     pub header_timeouts: Counter,
+    /// `dwbase_disk_free_bytes` (available on the data dir's filesystem, as the write path
+    /// last read it).
+    pub disk_free_bytes: Gauge,
+    /// `dwbase_disk_reserve_bytes` (free bytes writes need: the reserve, plus the ballast
+    /// while it is released).
+    pub disk_reserve_bytes: Gauge,
+    /// `dwbase_disk_ballast_bytes` (size of the ballast in place; 0 while released).
+    pub disk_ballast_bytes: Gauge,
+    /// `dwbase_disk_writes_refused_total` (507 below the reserve).
+    pub disk_refused: Counter,
+    /// `dwbase_storage_io_errors_total` (I/O errors that stopped the store).
+    pub storage_io_errors: Counter,
+    /// `dwbase_storage_no_space_errors_total` (ENOSPC seen by the store; the reserve should
+    /// keep this at 0).
+    pub storage_no_space_errors: Counter,
+    /// `dwbase_storage_recoveries_total` (store reopened after an I/O error).
+    pub storage_recoveries: Counter,
 }
 
 impl Default for Metrics {
@@ -226,6 +251,13 @@ impl Metrics {
             connections_refused: Counter::default(),
             connections_evicted: Counter::default(),
             header_timeouts: Counter::default(),
+            disk_free_bytes: Gauge::default(),
+            disk_reserve_bytes: Gauge::default(),
+            disk_ballast_bytes: Gauge::default(),
+            disk_refused: Counter::default(),
+            storage_io_errors: Counter::default(),
+            storage_no_space_errors: Counter::default(),
+            storage_recoveries: Counter::default(),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -347,6 +379,41 @@ impl Metrics {
             "Connections closed for not sending a complete request head within \
              node.limits.header_timeout_secs (idle keep-alive connections included)",
             m.header_timeouts.clone(),
+        );
+        r.register(
+            "dwbase_disk_free_bytes",
+            "Bytes available on the data dir's filesystem, as the write path last read them",
+            m.disk_free_bytes.clone(),
+        );
+        r.register(
+            "dwbase_disk_reserve_bytes",
+            "Free bytes writes need (node.limits.min_free_mb, plus the ballast while released)",
+            m.disk_reserve_bytes.clone(),
+        );
+        r.register(
+            "dwbase_disk_ballast_bytes",
+            "Size of the disk ballast in place (0 while released to the store)",
+            m.disk_ballast_bytes.clone(),
+        );
+        r.register(
+            "dwbase_disk_writes_refused",
+            "Writes answered 507 because the free space is below the reserve",
+            m.disk_refused.clone(),
+        );
+        r.register(
+            "dwbase_storage_io_errors",
+            "I/O errors that stopped the store until it was reopened",
+            m.storage_io_errors.clone(),
+        );
+        r.register(
+            "dwbase_storage_no_space_errors",
+            "No-space errors seen by the store (the reserve should keep this at 0)",
+            m.storage_no_space_errors.clone(),
+        );
+        r.register(
+            "dwbase_storage_recoveries",
+            "Times the store was reopened after an I/O error",
+            m.storage_recoveries.clone(),
         );
         // Pre-create the refusal series so alert rules see zeros rather than nothing.
         for reason in REFUSAL_REASONS {

@@ -10,6 +10,7 @@ use axum::http::StatusCode;
 
 use crate::config::Config;
 use crate::crypto::{Cipher, MasterKey};
+use crate::disk::DiskGuard;
 use crate::error::ApiError;
 use crate::health::{self, Check, HealthReport, Sample};
 use crate::index::{Index, WorldIndexStatus};
@@ -42,6 +43,7 @@ pub struct Node {
 struct Inner {
     config: Config,
     store: Store,
+    disk: Arc<DiskGuard>,
     index: Index,
     metrics: Arc<Metrics>,
     limits: Limits,
@@ -85,7 +87,16 @@ impl Node {
             }
             _ => AtRest::Plain,
         };
-        let store = Store::open(&StoreOptions { dir: n.data_dir.clone(), cache_bytes, at_rest })?;
+        let disk = Arc::new(DiskGuard::new(&n.data_dir, &n.limits));
+        let store = Store::open_with(
+            &StoreOptions { dir: n.data_dir.clone(), cache_bytes, at_rest },
+            Some(disk.clone()),
+        )?;
+        // Room kept for the store's own reopen after an ENOSPC (see crate::disk).
+        disk.maintain_ballast();
+        if let Err(no) = disk.check(0) {
+            tracing::warn!("{}", no.message);
+        }
         if let Some(key_id) = store.encryption_key_id() {
             tracing::info!(key_id, "encryption at rest: atoms and world records are sealed");
         }
@@ -95,6 +106,7 @@ impl Node {
         let node = Node {
             inner: Arc::new(Inner {
                 store,
+                disk,
                 index: Index::new(index_budget),
                 metrics: Arc::new(metrics),
                 limits,
@@ -125,6 +137,69 @@ impl Node {
     /// The store.
     pub fn store(&self) -> &Store {
         &self.inner.store
+    }
+
+    /// The write path's free-space guard.
+    pub fn disk(&self) -> &DiskGuard {
+        &self.inner.disk
+    }
+
+    /// The disk watch's step (every [`crate::disk::WATCH_INTERVAL`], blocking): refreshes the
+    /// free-space figure, reopens a store stopped by an I/O error once there is room again
+    /// (rebuilding the index when the reopened store holds atoms it did not know of), and
+    /// keeps the ballast in place.
+    pub fn watch_disk(&self) {
+        let disk = &self.inner.disk;
+        disk.refresh();
+        if let Ok(Some(r)) = self.inner.store.try_recover() {
+            if r.atoms_after != r.atoms_before {
+                tracing::info!(
+                    before = r.atoms_before,
+                    after = r.atoms_after,
+                    "the reopened store holds writes that were not acknowledged; rebuilding the index"
+                );
+                let node = self.clone();
+                let _ = std::thread::Builder::new()
+                    .name("dwbase-reindex".into())
+                    .spawn(move || node.rebuild_index());
+            }
+        }
+        if self.inner.store.failed().is_none() {
+            disk.maintain_ballast();
+        }
+        self.sync_disk_metrics();
+    }
+
+    /// Copies the disk guard's and the store's figures into their gauges and counters (the
+    /// disk watch and every `/metrics` render).
+    fn sync_disk_metrics(&self) {
+        // Counters advance by the difference: one sync at a time.
+        static SYNC: Mutex<()> = Mutex::new(());
+        let _one = SYNC.lock().unwrap_or_else(|p| p.into_inner());
+        let disk = &self.inner.disk;
+        let m = &self.inner.metrics;
+        m.disk_free_bytes.set(i64::try_from(disk.free_bytes()).unwrap_or(i64::MAX));
+        m.disk_reserve_bytes.set(i64::try_from(disk.needed_bytes()).unwrap_or(i64::MAX));
+        m.disk_ballast_bytes.set(if disk.ballast_present() {
+            i64::try_from(disk.ballast_bytes()).unwrap_or(i64::MAX)
+        } else {
+            0
+        });
+        let (io, no_space) = self.inner.store.io_error_counts();
+        m.storage_io_errors.inc_by(io.saturating_sub(m.storage_io_errors.get()));
+        m.storage_no_space_errors.inc_by(no_space.saturating_sub(m.storage_no_space_errors.get()));
+        let refused = disk.refused_count();
+        m.disk_refused.inc_by(refused.saturating_sub(m.disk_refused.get()));
+        let reopened = self.inner.store.recovery_count();
+        m.storage_recoveries.inc_by(reopened.saturating_sub(m.storage_recoveries.get()));
+    }
+
+    /// `/healthz`: `Err(why)` when the commit path is stuck (only a restart helps).
+    pub fn liveness(&self) -> Result<(), String> {
+        match self.inner.store.stalled() {
+            Some(why) => Err(why),
+            None => Ok(()),
+        }
     }
 
     /// The text index.
@@ -517,7 +592,16 @@ impl Node {
             reasons.push(("disk_cap", why.clone()));
             disk = Check::degraded(why);
         }
+        let guard = &self.inner.disk;
+        if let Err(no) = guard.check(0) {
+            reasons.push(("disk_reserve", no.message.clone()));
+            disk = Check::degraded(no.message);
+        }
         disk = disk
+            .with("free_bytes", guard.free_bytes())
+            .with("reserve_bytes", guard.reserve_bytes())
+            .with("ballast_bytes", if guard.ballast_present() { guard.ballast_bytes() } else { 0 })
+            .with("writes_refused_for_space", guard.refused_count())
             .with("data_dir", cfg.data_dir.display().to_string())
             .with("data_dir_bytes", self.data_dir_bytes_estimate())
             .with("max_disk_mb", cfg.limits.max_disk_mb)
@@ -550,11 +634,22 @@ impl Node {
                 Check::unhealthy(msg)
             }
         };
+        let storage = match self.inner.store.stalled() {
+            Some(why) => {
+                reasons.push(("commit_stalled", why.clone()));
+                Check::unhealthy(why)
+            }
+            None => storage,
+        };
+        let (io_errors, no_space_errors) = self.inner.store.io_error_counts();
         checks.insert(
             "storage",
             storage
                 .with("atoms", self.inner.store.atom_count())
-                .with("group_commit_flushes", self.inner.store.flush_count()),
+                .with("group_commit_flushes", self.inner.store.flush_count())
+                .with("io_errors", io_errors)
+                .with("no_space_errors", no_space_errors)
+                .with("reopened", self.inner.store.recovery_count()),
         );
 
         // Index.
@@ -655,6 +750,7 @@ impl Node {
 
     /// Refreshes the gauges that are cheap to compute and renders `/metrics` in `format`.
     pub fn metrics_as(&self, format: crate::metrics::Format) -> String {
+        self.sync_disk_metrics();
         let m = &self.inner.metrics;
         let store = &self.inner.store;
         let stats = self.inner.index.stats();

@@ -72,6 +72,7 @@ where
         tracker.spawn_blocking(move || node.rebuild_index());
     }
     tracker.spawn(sampler(node.clone(), cancel.clone()));
+    tracker.spawn(disk_watch(node.clone(), cancel.clone()));
 
     let signal = async move {
         shutdown.await;
@@ -152,5 +153,20 @@ async fn sampler(node: Node, cancel: CancellationToken) {
             node.housekeeping();
             last_housekeeping = tokio::time::Instant::now();
         }
+    }
+}
+
+/// Every [`crate::disk::WATCH_INTERVAL`]: the write path's free-space figure, the store's
+/// reopen after an I/O error once space is back, and the ballast (see [`Node::watch_disk`]).
+async fn disk_watch(node: Node, cancel: CancellationToken) {
+    let mut tick = tokio::time::interval(crate::disk::WATCH_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let n = node.clone();
+        let _ = tokio::task::spawn_blocking(move || n.watch_disk()).await;
     }
 }

@@ -31,6 +31,19 @@
 //!
 //! [`read_archive`] checks every file against `metadata.json` (and rejects unlisted, missing,
 //! unsafe or truncated entries) while it extracts into a staging folder, or only verifies.
+//!
+//! # Hostile archives
+//!
+//! An archive from elsewhere may be a decompression bomb. Before anything is written:
+//! - the sizes `metadata.json` declares must fit the archive's size at most
+//!   [`MAX_COMPRESSION_RATIO`]:1 (plus [`RATIO_ALLOWANCE`]), and, when extracting, the free
+//!   space of the staging folder's filesystem minus its reserve ([`crate::disk::auto_reserve`]);
+//! - every entry must be listed there with the size its tar header gives, so an entry is
+//!   never written past its declared size (the tar reader stops at the header's size);
+//! - while decoding, the bytes out may never exceed the bytes read at that ratio, so even a
+//!   verify (which writes nothing) stops a bomb early instead of decompressing it all.
+//!
+//! Absolute paths, `..`, links and devices stay refused.
 //! The original DWBase wrote `{format_version, created_at, index_metadata}` with no checksums;
 //! such archives cannot be verified and are refused.
 
@@ -63,6 +76,12 @@ pub const AUDIT_FILE: &str = ".snapshot_metadata.json";
 pub const ZSTD_LEVEL: i32 = 3;
 /// Largest `metadata.json` accepted (it lists one line per file).
 const MAX_METADATA_BYTES: u64 = 64 << 20;
+/// Most bytes an archive may decode to per byte it holds. sled's files are mostly zero
+/// padding on a small store, so real archives reach a few hundred to one; a bomb goes far
+/// past it.
+pub const MAX_COMPRESSION_RATIO: u64 = 1000;
+/// Bytes an archive may decode to on top of the ratio (small archives of empty stores).
+pub const RATIO_ALLOWANCE: u64 = 16 << 20;
 /// sled cache when a store is opened just to back it up.
 const OFFLINE_CACHE_BYTES: u64 = 16 << 20;
 
@@ -156,6 +175,39 @@ pub enum SnapshotError {
     NoMetadata {
         /// The archive.
         archive: PathBuf,
+    },
+    /// The archive decodes (or says it decodes) to far more than it holds.
+    #[error(
+        "{}: refusing a decompression bomb: {message} (the cap is {MAX_COMPRESSION_RATIO}:1 \
+         plus {} MiB); nothing past the declared sizes was written",
+        archive.display(),
+        RATIO_ALLOWANCE >> 20
+    )]
+    Bomb {
+        /// The archive.
+        archive: PathBuf,
+        /// What was found.
+        message: String,
+    },
+    /// Extracting would leave less than the reserve free.
+    #[error(
+        "{}: restoring needs {needed} bytes but the filesystem of {} has {free} bytes free \
+         above its reserve of {reserve} bytes; free space or restore elsewhere (nothing was \
+         written)",
+        archive.display(),
+        dir.display()
+    )]
+    NoRoom {
+        /// The archive.
+        archive: PathBuf,
+        /// The staging folder.
+        dir: PathBuf,
+        /// Bytes the archive holds.
+        needed: u64,
+        /// Bytes free above the reserve.
+        free: u64,
+        /// The reserve.
+        reserve: u64,
     },
     /// metadata.json is unreadable or unusable.
     #[error("{}: metadata.json: {message}", archive.display())]
@@ -330,7 +382,7 @@ fn renumber_log_key(
 /// A consistent snapshot of a live store into `target` (a new folder): see the module docs
 /// for the guarantee. Blocking; writers wait while the copy runs.
 pub fn snapshot_store(store: &Store, target: &Path) -> Result<Counts, SnapshotError> {
-    store.with_writes_paused(|db| copy_db(db, target))
+    store.with_writes_paused(|db| copy_db(db, target))?
 }
 
 /// A snapshot of a stopped node's data dir into `target`. Opening the store takes sled's
@@ -580,13 +632,50 @@ struct Frames<R: io::BufRead> {
     decoder: Option<zstd::stream::read::Decoder<'static, R>>,
     /// Index of the frame being decoded.
     frame: std::rc::Rc<std::cell::Cell<usize>>,
+    /// Bytes read from the archive file so far.
+    read_in: std::rc::Rc<std::cell::Cell<u64>>,
+    /// Bytes decoded so far.
+    out: u64,
 }
 
 impl<R: io::BufRead> Frames<R> {
-    fn new(reader: R, frame: std::rc::Rc<std::cell::Cell<usize>>) -> io::Result<Self> {
+    fn new(
+        reader: R,
+        frame: std::rc::Rc<std::cell::Cell<usize>>,
+        read_in: std::rc::Rc<std::cell::Cell<u64>>,
+    ) -> io::Result<Self> {
         let decoder = zstd::stream::read::Decoder::with_buffer(reader)?.single_frame();
-        Ok(Self { decoder: Some(decoder), frame })
+        Ok(Self { decoder: Some(decoder), frame, read_in, out: 0 })
     }
+}
+
+/// The bytes an archive that has yielded `read_in` bytes may have decoded to.
+fn ratio_cap(read_in: u64) -> u64 {
+    read_in.saturating_mul(MAX_COMPRESSION_RATIO).saturating_add(RATIO_ALLOWANCE)
+}
+
+/// The decoder's error for an archive past [`MAX_COMPRESSION_RATIO`] (see [`bomb_in`]).
+#[derive(Debug)]
+struct RatioExceeded(String);
+
+impl std::fmt::Display for RatioExceeded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for RatioExceeded {}
+
+/// The [`RatioExceeded`] message inside `e`, if that is what it is.
+fn bomb_in(e: &io::Error) -> Option<String> {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = e.get_ref().map(|r| r as _);
+    while let Some(err) = source {
+        if let Some(r) = err.downcast_ref::<RatioExceeded>() {
+            return Some(r.0.clone());
+        }
+        source = err.source();
+    }
+    None
 }
 
 impl<R: io::BufRead> Read for Frames<R> {
@@ -598,6 +687,14 @@ impl<R: io::BufRead> Read for Frames<R> {
             let Some(decoder) = self.decoder.as_mut() else { return Ok(0) };
             let n = decoder.read(buf)?;
             if n > 0 {
+                self.out += n as u64;
+                let read_in = self.read_in.get();
+                if self.out > ratio_cap(read_in) {
+                    return Err(io::Error::other(RatioExceeded(format!(
+                        "{} bytes decoded from the first {read_in} bytes of the archive",
+                        self.out
+                    ))));
+                }
                 return Ok(n);
             }
             // This frame is complete (checksum verified): go on with the next, if any.
@@ -608,6 +705,65 @@ impl<R: io::BufRead> Read for Frames<R> {
             self.frame.set(self.frame.get() + 1);
             self.decoder = Some(zstd::stream::read::Decoder::with_buffer(reader)?.single_frame());
         }
+    }
+}
+
+/// Counts the bytes read from the archive file (for the ratio cap).
+struct CountingReader<R> {
+    inner: R,
+    count: std::rc::Rc<std::cell::Cell<u64>>,
+}
+
+impl<R: Read> Read for CountingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.count.set(self.count.get() + n as u64);
+        Ok(n)
+    }
+}
+
+/// What an extraction may still write: the free space of the staging folder's filesystem
+/// minus its reserve ([`crate::disk::auto_reserve`]), read once before the first entry.
+struct Budget {
+    archive: PathBuf,
+    dir: PathBuf,
+    left: u64,
+    reserve: u64,
+}
+
+impl Budget {
+    fn of(archive: &Path, dir: &Path) -> Result<Budget, SnapshotError> {
+        let usage = crate::health::disk_usage(dir).ok_or_else(|| SnapshotError::Io {
+            action: "reading the free space of",
+            path: dir.to_path_buf(),
+            source: io::Error::last_os_error(),
+        })?;
+        let reserve = crate::disk::auto_reserve(usage.total_bytes);
+        Ok(Budget {
+            archive: archive.to_path_buf(),
+            dir: dir.to_path_buf(),
+            left: usage.available_bytes.saturating_sub(reserve),
+            reserve,
+        })
+    }
+
+    fn check(&self, bytes: u64) -> Result<(), SnapshotError> {
+        if bytes > self.left {
+            return Err(SnapshotError::NoRoom {
+                archive: self.archive.clone(),
+                dir: self.dir.clone(),
+                needed: bytes,
+                free: self.left,
+                reserve: self.reserve,
+            });
+        }
+        Ok(())
+    }
+
+    fn take(&mut self, bytes: u64) -> Result<(), SnapshotError> {
+        self.check(bytes)?;
+        self.left -= bytes;
+        Ok(())
     }
 }
 
@@ -627,13 +783,21 @@ pub fn read_archive_from(
     file: impl Read,
     extract_to: Option<&Path>,
 ) -> Result<Metadata, SnapshotError> {
+    let archive_len = fs::metadata(path).map_err(io_err("reading the size of", path))?.len();
     let corrupt = |file: &str, e: &dyn std::fmt::Display| SnapshotError::Corrupt {
         archive: path.to_path_buf(),
         file: file.to_owned(),
         message: e.to_string(),
     };
+    let bomb = |message: String| SnapshotError::Bomb { archive: path.to_path_buf(), message };
+    let mut budget = match extract_to {
+        Some(dir) => Some(Budget::of(path, dir)?),
+        None => None,
+    };
     let frame = std::rc::Rc::new(std::cell::Cell::new(0usize));
-    let frames = Frames::new(io::BufReader::new(file), frame.clone())
+    let read_in = std::rc::Rc::new(std::cell::Cell::new(0u64));
+    let counted = CountingReader { inner: file, count: read_in.clone() };
+    let frames = Frames::new(io::BufReader::new(counted), frame.clone(), read_in)
         .map_err(|e| corrupt(METADATA_FILE, &e))?;
     let mut archive = tar::Archive::new(frames);
     let mut meta_bytes: Option<Vec<u8>> = None;
@@ -681,9 +845,24 @@ pub fn read_archive_from(
                     });
                 }
                 let mut buf = Vec::new();
-                entry.read_to_end(&mut buf).map_err(|e| corrupt(&name, &e))?;
+                entry.read_to_end(&mut buf).map_err(|e| match bomb_in(&e) {
+                    Some(m) => bomb(m),
+                    None => corrupt(&name, &e),
+                })?;
                 if index == 1 {
                     if let Ok(m) = serde_json::from_slice::<Metadata>(&buf) {
+                        // Refuse a bomb before writing anything: what it says it holds must
+                        // fit the archive at the ratio cap, and the free space.
+                        let declared: u64 = m.files.values().map(|f| f.bytes).sum();
+                        if declared > ratio_cap(archive_len) {
+                            return Err(bomb(format!(
+                                "metadata.json declares {declared} bytes in a {archive_len}-byte \
+                                 archive"
+                            )));
+                        }
+                        if let Some(b) = &budget {
+                            b.check(declared)?;
+                        }
                         let mut rest: Vec<String> =
                             m.files.keys().cloned().chain(m.dirs.iter().cloned()).collect();
                         rest.sort();
@@ -701,6 +880,16 @@ pub fn read_archive_from(
                 }
                 return Err(SnapshotError::Unlisted { file: name });
             };
+            if extract_to.is_some() && early.is_none() {
+                return Err(SnapshotError::BadMetadata {
+                    archive: path.to_path_buf(),
+                    message: format!(
+                        "{name} comes before a readable metadata.json, which must be the first \
+                         entry: refusing to extract files whose sizes and checksums cannot be \
+                         checked before they are written"
+                    ),
+                });
+            }
             if kind.is_dir() {
                 if let Some(dir) = extract_to {
                     let d = dir.join(&rel);
@@ -713,6 +902,23 @@ pub fn read_archive_from(
                     file: name,
                     why: format!("entry type {kind:?} (only files and folders are restored)"),
                 });
+            }
+            // Before writing a byte: the entry must be listed, with the size its header gives
+            // (the tar reader never yields more than that), within the space left.
+            if let Some(m) = &early {
+                let Some(want) = m.files.get(&name) else {
+                    return Err(SnapshotError::Unlisted { file: name });
+                };
+                if entry.size() != want.bytes {
+                    return Err(SnapshotError::Size {
+                        file: name,
+                        expected: want.bytes,
+                        actual: entry.size(),
+                    });
+                }
+            }
+            if let Some(b) = budget.as_mut() {
+                b.take(entry.size())?;
             }
             let on_err =
                 |e: &dyn std::fmt::Display| corrupt(&blame(&order, framed, &last, Some(&name)), e);
@@ -728,13 +934,13 @@ pub fn read_archive_from(
                         .open(&dest)
                         .map_err(io_err("creating", &dest))?;
                     let mut w = Hashing { inner: out, hasher: Sha256::new(), bytes: 0 };
-                    copy_entry(&mut entry, &mut w, &dest, &on_err)?;
+                    copy_entry(&mut entry, &mut w, &dest, &on_err, &bomb)?;
                     w.inner.sync_all().map_err(io_err("syncing", &dest))?;
                     FileEntry { sha256: hex::encode(w.hasher.finalize()), bytes: w.bytes }
                 }
                 None => {
                     let mut w = Hashing { inner: io::sink(), hasher: Sha256::new(), bytes: 0 };
-                    copy_entry(&mut entry, &mut w, path, &on_err)?;
+                    copy_entry(&mut entry, &mut w, path, &on_err, &bomb)?;
                     FileEntry { sha256: hex::encode(w.hasher.finalize()), bytes: w.bytes }
                 }
             };
@@ -753,7 +959,10 @@ pub fn read_archive_from(
     let mut rest = archive.into_inner();
     let end = format!("the end of the archive (after {last})");
     let mut drain = move || -> Result<(), SnapshotError> {
-        io::copy(&mut rest, &mut io::sink()).map(drop).map_err(|e| corrupt(&end, &e))
+        io::copy(&mut rest, &mut io::sink()).map(drop).map_err(|e| match bomb_in(&e) {
+            Some(m) => bomb(m),
+            None => corrupt(&end, &e),
+        })
     };
     let Some(meta_bytes) = meta_bytes else {
         drain()?;
@@ -811,6 +1020,7 @@ fn copy_entry(
     w: &mut impl Write,
     dest: &Path,
     corrupt: &impl Fn(&dyn std::fmt::Display) -> SnapshotError,
+    bomb: &impl Fn(String) -> SnapshotError,
 ) -> Result<(), SnapshotError> {
     let mut buf = vec![0u8; 64 << 10];
     loop {
@@ -818,7 +1028,12 @@ fn copy_entry(
             Ok(0) => return Ok(()),
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(corrupt(&e)),
+            Err(e) => {
+                return Err(match bomb_in(&e) {
+                    Some(m) => bomb(m),
+                    None => corrupt(&e),
+                })
+            }
         };
         w.write_all(&buf[..n]).map_err(io_err("writing", dest))?;
     }
@@ -869,7 +1084,14 @@ pub fn read_original_archive(
         file: entry.to_owned(),
         message: e.to_string(),
     };
-    let decoder = zstd::stream::read::Decoder::new(file).map_err(|e| corrupt("the start", &e))?;
+    let archive_len = file.metadata().map_err(io_err("reading the size of", path))?.len();
+    let bomb = |message: String| SnapshotError::Bomb { archive: path.to_path_buf(), message };
+    let mut budget = Budget::of(path, extract_to)?;
+    let frame = std::rc::Rc::new(std::cell::Cell::new(0usize));
+    let read_in = std::rc::Rc::new(std::cell::Cell::new(0u64));
+    let counted = CountingReader { inner: file, count: read_in.clone() };
+    let decoder = Frames::new(io::BufReader::new(counted), frame, read_in)
+        .map_err(|e| corrupt("the start", &e))?;
     let mut archive = tar::Archive::new(decoder);
     let mut meta = None;
     let mut last = String::from("the start");
@@ -881,8 +1103,17 @@ pub fn read_original_archive(
         last = name.clone();
         let kind = entry.header().entry_type();
         if name == METADATA_FILE {
+            if entry.size() > MAX_METADATA_BYTES {
+                return Err(SnapshotError::BadMetadata {
+                    archive: path.to_path_buf(),
+                    message: format!("{} bytes is too large", entry.size()),
+                });
+            }
             let mut buf = Vec::new();
-            entry.read_to_end(&mut buf).map_err(|e| corrupt(&name, &e))?;
+            entry.read_to_end(&mut buf).map_err(|e| match bomb_in(&e) {
+                Some(m) => bomb(m),
+                None => corrupt(&name, &e),
+            })?;
             let m: OriginalMetadata = serde_json::from_slice(&buf).map_err(|e| {
                 SnapshotError::BadMetadata { archive: path.to_path_buf(), message: e.to_string() }
             })?;
@@ -906,6 +1137,15 @@ pub fn read_original_archive(
                 why: format!("entry type {kind:?} (only files and folders are restored)"),
             });
         }
+        // No checksums to check against: the ratio cap and the space left bound what an entry
+        // of this archive may write.
+        if entry.size() > ratio_cap(archive_len) {
+            return Err(bomb(format!(
+                "{name} says it holds {} bytes in a {archive_len}-byte archive",
+                entry.size()
+            )));
+        }
+        budget.take(entry.size())?;
         if let Some(parent) = dest.parent() {
             fs::create_dir_all(parent).map_err(io_err("creating", parent))?;
         }
@@ -914,7 +1154,7 @@ pub fn read_original_archive(
             .create_new(true)
             .open(&dest)
             .map_err(io_err("creating", &dest))?;
-        copy_entry(&mut entry, &mut out, &dest, &|e| corrupt(&name, e))?;
+        copy_entry(&mut entry, &mut out, &dest, &|e| corrupt(&name, e), &bomb)?;
         out.sync_all().map_err(io_err("syncing", &dest))?;
     }
     let meta = meta.ok_or_else(|| SnapshotError::NoMetadata { archive: path.to_path_buf() })?;
@@ -1223,6 +1463,84 @@ mod tests {
             bytes.len() / 2,
             wrong.join("\n")
         );
+    }
+
+    /// A zstd tar with `metadata.json` first (listing `declared`) when given, then each
+    /// `(name, header size, content bytes of zeros)`.
+    fn crafted(path: &Path, declared: Option<&[(&str, u64)]>, entries: &[(&str, u64, u64)]) {
+        let file = File::create(path).unwrap();
+        let enc = zstd::stream::write::Encoder::new(file, 19).unwrap().auto_finish();
+        let mut tar = tar::Builder::new(enc);
+        if let Some(declared) = declared {
+            let mut meta = Metadata::new("crafted", None, None);
+            for (name, bytes) in declared {
+                meta.files.insert(
+                    (*name).to_owned(),
+                    FileEntry { sha256: "00".repeat(32), bytes: *bytes },
+                );
+            }
+            let json = serde_json::to_vec(&meta).unwrap();
+            let mut h = file_header(json.len() as u64);
+            tar.append_data(&mut h, METADATA_FILE, json.as_slice()).unwrap();
+        }
+        for (name, header_size, content) in entries {
+            let mut h = file_header(*header_size);
+            h.set_cksum();
+            tar.append_data(&mut h, name, io::repeat(0).take(*content)).unwrap();
+        }
+        let _ = tar.into_inner().map(drop);
+    }
+
+    #[test]
+    fn bombs_are_refused_before_more_than_their_declared_size_is_written() {
+        const BIG: u64 = 256 << 20;
+        let tmp = tempfile::tempdir().unwrap();
+        type Case<'a> = (&'a str, Option<Vec<(&'a str, u64)>>, Vec<(&'a str, u64, u64)>, &'a str);
+        let cases: Vec<Case> = vec![
+            // Says what it holds: far more than fits the archive at the ratio cap.
+            ("declared", Some(vec![("data/db", BIG)]), vec![("data/db", BIG, BIG)], "bomb"),
+            // Says 1000 bytes, its tar header says 256 MiB.
+            ("header", Some(vec![("data/db", 1000)]), vec![("data/db", BIG, BIG)], "size mismatch"),
+            // An entry metadata.json does not list.
+            (
+                "unlisted",
+                Some(vec![("data/db", 1000)]),
+                vec![("data/evil", BIG, BIG)],
+                "not listed",
+            ),
+            // No metadata.json first: nothing can be checked before writing.
+            ("nometa", None, vec![("data/db", BIG, BIG)], "first entry"),
+        ];
+        for (name, declared, entries, expect) in cases {
+            let archive = tmp.path().join(format!("{name}.tzst"));
+            crafted(&archive, declared.as_deref(), &entries);
+            let len = fs::metadata(&archive).unwrap().len();
+            let out = tmp.path().join(format!("{name}-out"));
+            fs::create_dir(&out).unwrap();
+            let err = read_archive(&archive, Some(&out)).unwrap_err().to_string();
+            let written = crate::health::dir_size(&out);
+            println!("{name}: {len}-byte archive refused after writing {written} bytes: {err}");
+            assert!(err.contains(expect), "{name}: {err}");
+            assert_eq!(written, 0, "{name}: nothing written before the refusal");
+            // Verifying decodes nothing past the ratio cap either.
+            let err = read_archive(&archive, None).unwrap_err().to_string();
+            assert!(err.contains(expect) || err.contains("bomb"), "{name} (verify): {err}");
+        }
+        // The stream check on its own: a verify of the archive without metadata stops at the
+        // ratio cap instead of decoding all 256 MiB.
+        let err = read_archive(&tmp.path().join("nometa.tzst"), None).unwrap_err();
+        assert!(matches!(err, SnapshotError::Bomb { .. }), "{err}");
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn an_archive_larger_than_the_free_space_above_the_reserve_is_refused_before_writing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let free = crate::health::disk_usage(tmp.path()).unwrap().available_bytes;
+        let mut b = Budget::of(Path::new("a.tzst"), tmp.path()).unwrap();
+        assert!(b.left < free && b.left >= free.saturating_sub(crate::disk::AUTO_RESERVE_MAX));
+        let err = b.take(free).unwrap_err().to_string();
+        assert!(err.contains("reserve"), "{err}");
+        b.take(1).unwrap();
     }
 
     #[test]

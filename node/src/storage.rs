@@ -29,6 +29,20 @@
 //! next group's writes go on. Ids are ULIDs (time + 80 random bits) and are checked against the
 //! store before use, so ids never repeat across restarts; `seq` comes from sled's persisted id
 //! generator, which never goes backwards either.
+//!
+//! # When the disk fills up or fails
+//!
+//! sled stops for good at its first I/O error (it answers every later write with that error
+//! until it is reopened). So an I/O error on the write path puts the store in a *failed*
+//! state: writes are refused at once, 507 for "no space left" and 503 for other errors, while
+//! reads, `/healthz`, `/readyz` and `/metrics` keep answering; [`Store::try_recover`] (run by
+//! the node's disk watch) reopens sled once there is room again, so writes resume by
+//! themselves, without a restart. Acknowledged writes were flushed before their answer, so a
+//! reopen keeps every one of them. No client waits for ever: sled runs on blocking threads,
+//! never on the async workers, and a write that is not durable within [`COMMIT_TIMEOUT`]
+//! is answered 503. A commit path stuck for [`COMMIT_STALL`] makes [`Store::stalled`] (and so
+//! `/healthz`) fail, so that liveness restarts the node. See [`crate::disk`] for the free-space
+//! reserve checked before every write and the ballast kept for sled's reopen.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -42,6 +56,8 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 
 use crate::crypto::{self, Cipher, CryptoError, KeyError};
+use crate::disk::{self, DiskGuard, NoRoom};
+use crate::health;
 use crate::model::{now_rfc3339, Atom, CompiledFilter, WorldPolicy, WorldRecord};
 
 const ATOM_PREFIX: &[u8] = b"a/";
@@ -82,8 +98,51 @@ pub enum StorageError {
         source: sled::Error,
     },
     /// The flush that makes a write durable failed.
-    #[error("flushing to disk: {0}")]
-    Flush(String),
+    #[error("flushing to disk: {message}")]
+    Flush {
+        /// The cause.
+        message: String,
+        /// Whether it was "no space left on device".
+        no_space: bool,
+    },
+    /// An earlier I/O error stopped the store; writes are refused until it is reopened.
+    #[error("{message}")]
+    Failed {
+        /// What happened, and what brings writes back.
+        message: String,
+        /// Whether the cause is "no space left on device" (507 rather than 503).
+        no_space: bool,
+    },
+    /// Not enough free space for the write (the reserve, see [`crate::disk`]).
+    #[error("{}", .0.message)]
+    NoRoom(NoRoom),
+    /// The write did not become durable within [`COMMIT_TIMEOUT`].
+    #[error(
+        "the store did not confirm the write within {}s (disk stalled or very slow); it was not \
+         acknowledged and may or may not be stored",
+        COMMIT_TIMEOUT.as_secs()
+    )]
+    CommitTimeout,
+    /// The write waited [`LOCK_WAIT`] for its turn.
+    #[error(
+        "the write waited {}s for its turn (a snapshot or a stuck write holds the store); it \
+         was not stored",
+        LOCK_WAIT.as_secs()
+    )]
+    LockTimeout,
+    /// sled could not open the data dir for lack of space.
+    #[error(
+        "opening sled store in {dir}: no space left on its filesystem ({free} free, {ballast}): \
+         free space on that filesystem (or grow it) and start the node again"
+    )]
+    OpenNoSpace {
+        /// The data dir.
+        dir: PathBuf,
+        /// Free space then.
+        free: String,
+        /// Whether a ballast was released.
+        ballast: &'static str,
+    },
     /// A stored value could not be decoded.
     #[error("corrupt record {key}: {message}")]
     Corrupt {
@@ -157,6 +216,28 @@ pub enum StorageError {
     },
 }
 
+impl StorageError {
+    /// Whether the cause is "no space left on device" (or a full quota): 507, not 503.
+    pub fn is_no_space(&self) -> bool {
+        match self {
+            StorageError::Open { source, .. } | StorageError::Sled { source, .. } => {
+                matches!(source, sled::Error::Io(e) if disk::is_no_space(e))
+            }
+            StorageError::Flush { no_space, .. } | StorageError::Failed { no_space, .. } => {
+                *no_space
+            }
+            StorageError::NoRoom(_) | StorageError::OpenNoSpace { .. } => true,
+            _ => false,
+        }
+    }
+
+    /// Whether this error from a write means sled has stopped (it refuses every write after
+    /// its first I/O error until reopened).
+    fn stops_store(&self) -> bool {
+        matches!(self, StorageError::Sled { .. } | StorageError::Flush { .. })
+    }
+}
+
 /// How stored values are protected.
 #[derive(Debug, Clone, Default)]
 pub enum AtRest {
@@ -181,7 +262,14 @@ pub struct StoreOptions {
     pub at_rest: AtRest,
 }
 
-type FlushReply = oneshot::Sender<Result<(), String>>;
+/// A failed group commit: the message, and whether it was "no space left".
+#[derive(Debug, Clone)]
+struct FlushFailure {
+    message: String,
+    no_space: bool,
+}
+
+type FlushReply = oneshot::Sender<Result<(), FlushFailure>>;
 
 /// Outcome of [`Store::insert_new`].
 #[derive(Debug)]
@@ -192,27 +280,100 @@ pub enum Inserted {
     Exists,
 }
 
+/// How long a write may take from its turn at the write lock to its durable answer.
+pub const COMMIT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Free space (beyond reserve and ballast, counted twice as a write would be) a store stopped
+/// by "no space left" waits for before it reopens.
+pub const RECOVERY_HEADROOM: u64 = 1 << 20;
+/// How long a write waits for its turn at the write lock (a snapshot holds it while it copies
+/// the store; writers wait rather than being refused) before it is answered 503.
+pub const LOCK_WAIT: Duration = Duration::from_secs(60);
+/// A batch apply or flush running this long means the commit path is stuck: `/healthz` fails.
+pub const COMMIT_STALL: Duration = Duration::from_secs(15);
+
+/// The sled database, replaced when the store is reopened after an I/O error.
+#[derive(Default)]
+struct DbSlot(RwLock<Option<sled::Db>>);
+
+impl DbSlot {
+    fn get(&self) -> Option<sled::Db> {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// Why the store stopped accepting writes.
+#[derive(Debug, Clone)]
+struct Failure {
+    message: String,
+    no_space: bool,
+    since: Instant,
+    /// Whether sled has been reopened since (reads work again; after "no space left",
+    /// writes wait for room).
+    reopened: bool,
+    /// Atoms counted when it stopped.
+    atoms: u64,
+}
+
+/// When a step of the commit path started (ms since the store's epoch + 1; 0 = not running).
+#[derive(Debug)]
+struct Busy {
+    epoch: Instant,
+    since: AtomicU64,
+}
+
+impl Busy {
+    fn new(epoch: Instant) -> Self {
+        Self { epoch, since: AtomicU64::new(0) }
+    }
+    fn start(&self) {
+        let ms = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.since.store(ms.saturating_add(1), Ordering::Relaxed);
+    }
+    fn stop(&self) {
+        self.since.store(0, Ordering::Relaxed);
+    }
+    fn running_for(&self) -> Option<Duration> {
+        let since = self.since.load(Ordering::Relaxed);
+        (since != 0).then(|| {
+            let now = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+            Duration::from_millis(now.saturating_sub(since - 1))
+        })
+    }
+}
+
 /// The node's durable store.
 pub struct Store {
-    db: sled::Db,
+    db: Arc<DbSlot>,
     dir: PathBuf,
+    cache_bytes: u64,
     /// Serializes "check id is free, apply batch" so ids and log order stay consistent. An
     /// async mutex: while a snapshot holds it (from a blocking thread), waiting writers park
     /// their tasks instead of blocking the runtime's few worker threads, so reads and probes
     /// keep being served.
-    write_lock: tokio::sync::Mutex<()>,
+    write_lock: Arc<tokio::sync::Mutex<()>>,
     /// `None` only while dropping.
     flush_tx: Option<mpsc::Sender<FlushReply>>,
     /// Writers that have started a write but not yet asked for its flush (group-commit hint).
     pending: Arc<AtomicU64>,
     flusher: Option<std::thread::JoinHandle<()>>,
-    worlds: RwLock<BTreeMap<String, WorldState>>,
+    worlds: Arc<RwLock<BTreeMap<String, WorldState>>>,
     atoms: AtomicU64,
     bytes_written: AtomicU64,
-    healthy: AtomicBool,
-    last_error: Mutex<Option<String>>,
+    failure: Mutex<Option<Failure>>,
+    /// Set by [`Store::note`] so readers of [`Store::health`] need no lock.
+    failed: AtomicBool,
     flushes: Arc<AtomicU64>,
     at_rest: AtRest,
+    /// The free-space guard (live nodes; offline tools have none).
+    disk: Option<Arc<DiskGuard>>,
+    applying: Arc<Busy>,
+    flushing: Arc<Busy>,
+    /// I/O errors seen on the write path, and how many were "no space left".
+    io_errors: AtomicU64,
+    no_space_errors: AtomicU64,
+    recoveries: AtomicU64,
+    /// A [`Store::nudge`] thread is running.
+    nudging: Arc<AtomicBool>,
 }
 
 /// A world's record plus its atom count.
@@ -357,8 +518,31 @@ fn unseal<'a>(
 /// and is reported as [`StorageError::Locked`].
 pub const LOCK_RETRY: Duration = Duration::from_secs(2);
 
+/// Removes the snapshot files sled left half written (`snap.<lsn>.generating`): when writing
+/// one fails (ENOSPC on a full disk) the file stays, and sled 0.34 then takes it for the
+/// newest snapshot and refuses to open ("Read corrupted data"). It is only ever a copy being
+/// made: the complete snapshot before it and the log stay, and sled rebuilds from them.
+fn remove_incomplete_snapshots(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("snap.") && name.ends_with(".generating") {
+            match std::fs::remove_file(entry.path()) {
+                Ok(()) => {
+                    tracing::warn!(file = %entry.path().display(), "removed a snapshot file sled left half written")
+                }
+                Err(e) => {
+                    tracing::warn!(file = %entry.path().display(), error = %e, "cannot remove a half-written snapshot file")
+                }
+            }
+        }
+    }
+}
+
 /// Opens sled in `dir`, retrying a held lock for [`LOCK_RETRY`] (then [`StorageError::Locked`]).
 pub fn open_sled(dir: &Path, cache_bytes: u64) -> Result<sled::Db, StorageError> {
+    remove_incomplete_snapshots(dir);
     let started = Instant::now();
     loop {
         let result = sled::Config::new()
@@ -386,84 +570,375 @@ fn sled_err(action: &'static str) -> impl FnOnce(sled::Error) -> StorageError {
     move |source| StorageError::Sled { action, source }
 }
 
+/// Opens sled in `dir` and checks and loads what the store needs in memory: the format, the
+/// encryption, the world records and atom counts.
+fn open_db(
+    dir: &Path,
+    cache_bytes: u64,
+    at_rest: &AtRest,
+) -> Result<(sled::Db, BTreeMap<String, WorldState>, u64), StorageError> {
+    let db = open_sled(dir, cache_bytes)?;
+    if crate::legacy::is_original(&db).map_err(sled_err("checking the store's format"))? {
+        let (entries, worlds) =
+            crate::legacy::count(&db).map_err(sled_err("counting the original's atoms"))?;
+        return Err(StorageError::Original { dir: dir.to_path_buf(), entries, worlds });
+    }
+    check_at_rest(&db, dir, at_rest)?;
+    if db.get(FORMAT_KEY).map_err(sled_err("reading format"))?.is_none() {
+        db.insert(FORMAT_KEY, FORMAT_VERSION).map_err(sled_err("writing format"))?;
+        db.flush().map_err(sled_err("flushing format"))?;
+    }
+
+    // Load world records and count atoms per world from the log.
+    let mut worlds = BTreeMap::new();
+    for item in db.scan_prefix(WORLD_PREFIX) {
+        let (key, value) = item.map_err(sled_err("loading worlds"))?;
+        let record: WorldRecord = match at_rest {
+            // Copy-only: the name is in the key; the record itself is not needed.
+            AtRest::Opaque => {
+                new_world_record(&String::from_utf8_lossy(&key[WORLD_PREFIX.len()..]))
+            }
+            at_rest => {
+                let plain = unseal(at_rest, &key, &value)?;
+                serde_json::from_slice(&plain).map_err(|e| corrupt(&key, e))?
+            }
+        };
+        worlds.insert(record.world.clone(), WorldState { record, atoms: 0, stored: true });
+    }
+    let mut total = 0u64;
+    for item in db.scan_prefix(LOG_PREFIX) {
+        let (key, _) = item.map_err(sled_err("counting atoms"))?;
+        if let Some(world) = world_of_log_key(&key) {
+            total += 1;
+            let state = worlds.entry(world.to_owned()).or_insert_with(|| WorldState {
+                record: new_world_record(world),
+                atoms: 0,
+                stored: false,
+            });
+            state.atoms += 1;
+        }
+    }
+    if !matches!(at_rest, AtRest::Opaque) {
+        total -= drop_torn_tail(&db, &mut worlds)?;
+    }
+    Ok((db, worlds, total))
+}
+
+/// What [`Store::try_recover`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Recovered {
+    /// Atoms counted when the store stopped.
+    pub atoms_before: u64,
+    /// Atoms found in the reopened store (more when writes applied but not acknowledged
+    /// before the failure made it to disk).
+    pub atoms_after: u64,
+}
+
 impl Store {
     /// Opens (or creates) the store in `opts.dir`. Fails at once, naming the dir, when another
     /// process holds it.
     pub fn open(opts: &StoreOptions) -> Result<Self, StorageError> {
+        Self::open_with(opts, None)
+    }
+
+    /// [`Store::open`] for a live node: writes are checked against `disk`'s reserve, its
+    /// figure is refreshed after every group commit, and when sled cannot open for lack of
+    /// space its ballast is released and the open tried again.
+    pub fn open_with(
+        opts: &StoreOptions,
+        disk: Option<Arc<DiskGuard>>,
+    ) -> Result<Self, StorageError> {
         let dir = opts.dir.clone();
         std::fs::create_dir_all(&dir)
             .map_err(|e| StorageError::Open { dir: dir.clone(), source: sled::Error::Io(e) })?;
-        let db = open_sled(&dir, opts.cache_bytes)?;
-        if crate::legacy::is_original(&db).map_err(sled_err("checking the store's format"))? {
-            let (entries, worlds) =
-                crate::legacy::count(&db).map_err(sled_err("counting the original's atoms"))?;
-            return Err(StorageError::Original { dir, entries, worlds });
-        }
-        check_at_rest(&db, &dir, &opts.at_rest)?;
-        if db.get(FORMAT_KEY).map_err(sled_err("reading format"))?.is_none() {
-            db.insert(FORMAT_KEY, FORMAT_VERSION).map_err(sled_err("writing format"))?;
-            db.flush().map_err(sled_err("flushing format"))?;
-        }
-
-        // Load world records and count atoms per world from the log.
-        let mut worlds = BTreeMap::new();
-        for item in db.scan_prefix(WORLD_PREFIX) {
-            let (key, value) = item.map_err(sled_err("loading worlds"))?;
-            let record: WorldRecord = match &opts.at_rest {
-                // Copy-only: the name is in the key; the record itself is not needed.
-                AtRest::Opaque => {
-                    new_world_record(&String::from_utf8_lossy(&key[WORLD_PREFIX.len()..]))
-                }
-                at_rest => {
-                    let plain = unseal(at_rest, &key, &value)?;
-                    serde_json::from_slice(&plain).map_err(|e| corrupt(&key, e))?
-                }
-            };
-            worlds.insert(record.world.clone(), WorldState { record, atoms: 0, stored: true });
-        }
-        let mut total = 0u64;
-        for item in db.scan_prefix(LOG_PREFIX) {
-            let (key, _) = item.map_err(sled_err("counting atoms"))?;
-            if let Some(world) = world_of_log_key(&key) {
-                total += 1;
-                let state = worlds.entry(world.to_owned()).or_insert_with(|| WorldState {
-                    record: new_world_record(world),
-                    atoms: 0,
-                    stored: false,
-                });
-                state.atoms += 1;
+        let opened = match open_db(&dir, opts.cache_bytes, &opts.at_rest) {
+            Err(e) if e.is_no_space() => {
+                let released = disk.as_ref().is_some_and(|d| d.release_ballast());
+                let retried = if released {
+                    tracing::warn!(dir = %dir.display(), error = %e, "no space to open the store; trying again with the ballast's room");
+                    open_db(&dir, opts.cache_bytes, &opts.at_rest)
+                } else {
+                    Err(e)
+                };
+                retried.map_err(|e| {
+                    if e.is_no_space() {
+                        StorageError::OpenNoSpace {
+                            dir: dir.clone(),
+                            free: disk::mib(
+                                health::disk_usage(&dir).map_or(0, |u| u.available_bytes),
+                            ),
+                            ballast: if released {
+                                "even after releasing the ballast"
+                            } else {
+                                "no ballast to release"
+                            },
+                        }
+                    } else {
+                        e
+                    }
+                })
             }
-        }
+            other => other,
+        };
+        let (db, worlds, total) = opened?;
 
-        if !matches!(opts.at_rest, AtRest::Opaque) {
-            total -= drop_torn_tail(&db, &mut worlds)?;
-        }
-
+        let slot = Arc::new(DbSlot(RwLock::new(Some(db))));
+        let epoch = Instant::now();
+        let flushing = Arc::new(Busy::new(epoch));
         let (flush_tx, flush_rx) = mpsc::channel();
-        let flusher_db = db.clone();
         let flushes = Arc::new(AtomicU64::new(0));
         let pending = Arc::new(AtomicU64::new(0));
-        let (flusher_count, flusher_pending) = (flushes.clone(), pending.clone());
+        let commit = GroupCommit {
+            slot: slot.clone(),
+            rx: flush_rx,
+            count: flushes.clone(),
+            pending: pending.clone(),
+            busy: flushing.clone(),
+            disk: disk.clone(),
+        };
         let flusher = std::thread::Builder::new()
             .name("dwbase-flush".into())
-            .spawn(move || group_commit(flusher_db, flush_rx, flusher_count, flusher_pending))
+            .spawn(move || commit.run())
             .map_err(|e| StorageError::Open { dir: dir.clone(), source: sled::Error::Io(e) })?;
 
         Ok(Store {
-            db,
+            db: slot,
             dir,
-            write_lock: tokio::sync::Mutex::new(()),
+            cache_bytes: opts.cache_bytes,
+            write_lock: Arc::new(tokio::sync::Mutex::new(())),
             flush_tx: Some(flush_tx),
             pending,
             flusher: Some(flusher),
-            worlds: RwLock::new(worlds),
+            worlds: Arc::new(RwLock::new(worlds)),
             atoms: AtomicU64::new(total),
             bytes_written: AtomicU64::new(0),
-            healthy: AtomicBool::new(true),
-            last_error: Mutex::new(None),
+            failure: Mutex::new(None),
+            failed: AtomicBool::new(false),
             flushes,
             at_rest: opts.at_rest.clone(),
+            disk,
+            applying: Arc::new(Busy::new(epoch)),
+            flushing,
+            io_errors: AtomicU64::new(0),
+            no_space_errors: AtomicU64::new(0),
+            recoveries: AtomicU64::new(0),
+            nudging: Arc::new(AtomicBool::new(false)),
         })
+    }
+
+    /// The sled database (`Err` while it is being reopened).
+    fn db(&self) -> Result<sled::Db, StorageError> {
+        self.db.get().ok_or_else(|| StorageError::Failed {
+            message: "the store is being reopened after an I/O error; retry in a moment".into(),
+            no_space: false,
+        })
+    }
+
+    /// `Err` when an earlier I/O error stopped the store (writes wait for [`Store::try_recover`]).
+    fn writable(&self) -> Result<(), StorageError> {
+        if !self.failed.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let failure = self.failure.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        match failure {
+            None => Ok(()),
+            Some(f) => Err(StorageError::Failed {
+                message: format!(
+                    "writes are refused since the store stopped {:.0}s ago: {}; {}",
+                    f.since.elapsed().as_secs_f64(),
+                    f.message,
+                    if f.no_space {
+                        "they resume by themselves once space is freed on its filesystem"
+                    } else {
+                        "the node reopens it by itself; if this persists, check the disk and \
+                         the node's log"
+                    }
+                ),
+                no_space: f.no_space,
+            }),
+        }
+    }
+
+    /// Records a write-path failure: sled stops at its first I/O error, so the store refuses
+    /// writes until [`Store::try_recover`] reopens it. After "no space left", the ballast is
+    /// released for the reopen.
+    fn fail(&self, e: &StorageError) {
+        let no_space = e.is_no_space();
+        let mut failure = self.failure.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(f) = failure.as_mut() {
+            if f.reopened {
+                // The reopened sled stopped too (its own housekeeping met the full disk).
+                f.reopened = false;
+                self.io_errors.fetch_add(1, Ordering::Relaxed);
+                if no_space {
+                    self.no_space_errors.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            return;
+        }
+        self.io_errors.fetch_add(1, Ordering::Relaxed);
+        if no_space {
+            self.no_space_errors.fetch_add(1, Ordering::Relaxed);
+        }
+        tracing::error!(error = %e, no_space, "the store stopped after a write error; writes are refused until it is reopened");
+        *failure = Some(Failure {
+            message: e.to_string(),
+            no_space,
+            since: Instant::now(),
+            reopened: false,
+            atoms: self.atom_count(),
+        });
+        self.failed.store(true, Ordering::Release);
+        drop(failure);
+        if no_space {
+            if let Some(d) = &self.disk {
+                d.release_ballast();
+            }
+        }
+    }
+
+    /// Waits for this write's turn at the write lock, giving up (rather than queueing behind
+    /// it) as soon as the store stops, or the write holding the lock has been applying for
+    /// [`COMMIT_TIMEOUT`] (a stuck disk), and after [`LOCK_WAIT`] in any case (a long snapshot).
+    async fn turn(&self) -> Result<tokio::sync::OwnedMutexGuard<()>, StorageError> {
+        let started = tokio::time::Instant::now();
+        loop {
+            let lock = self.write_lock.clone().lock_owned();
+            if let Ok(guard) = tokio::time::timeout(Duration::from_millis(100), lock).await {
+                return Ok(guard);
+            }
+            self.writable()?;
+            if self.applying.running_for().is_some_and(|d| d >= COMMIT_TIMEOUT) {
+                return Err(StorageError::CommitTimeout);
+            }
+            if started.elapsed() >= LOCK_WAIT {
+                return Err(StorageError::LockTimeout);
+            }
+        }
+    }
+
+    /// Flushes the stopped sled once on a thread of its own: with sled's error set it returns
+    /// at once and wakes every thread waiting in a flush.
+    fn nudge(&self) {
+        if self.nudging.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let Some(db) = self.db.get() else {
+            self.nudging.store(false, Ordering::Release);
+            return;
+        };
+        let done = self.nudging.clone();
+        let spawned = std::thread::Builder::new().name("dwbase-nudge".into()).spawn(move || {
+            let _ = db.flush();
+            done.store(false, Ordering::Release);
+        });
+        if spawned.is_err() {
+            self.nudging.store(false, Ordering::Release);
+        }
+    }
+
+    /// I/O errors the write path has met since start: (all, "no space left" among them).
+    pub fn io_error_counts(&self) -> (u64, u64) {
+        (self.io_errors.load(Ordering::Relaxed), self.no_space_errors.load(Ordering::Relaxed))
+    }
+
+    /// Times the store was reopened after a failure.
+    pub fn recovery_count(&self) -> u64 {
+        self.recoveries.load(Ordering::Relaxed)
+    }
+
+    /// Whether an I/O error has stopped writes, and whether it was "no space left".
+    pub fn failed(&self) -> Option<bool> {
+        if !self.failed.load(Ordering::Acquire) {
+            return None;
+        }
+        self.failure.lock().unwrap_or_else(|p| p.into_inner()).as_ref().map(|f| f.no_space)
+    }
+
+    /// `Some(why)` when a batch apply or group-commit flush has run for [`COMMIT_STALL`]: the
+    /// store library is stuck, and only a restart helps (`/healthz` fails).
+    pub fn stalled(&self) -> Option<String> {
+        for (what, busy) in
+            [("applying a write batch", &self.applying), ("flushing", &self.flushing)]
+        {
+            if let Some(d) = busy.running_for().filter(|d| *d >= COMMIT_STALL) {
+                return Some(format!(
+                    "the commit path is stuck: {what} for {:.0}s (more than {}s)",
+                    d.as_secs_f64(),
+                    COMMIT_STALL.as_secs()
+                ));
+            }
+        }
+        None
+    }
+
+    /// Brings a stopped store back (the node's disk watch calls it every
+    /// [`crate::disk::WATCH_INTERVAL`]; blocking, up to [`LOCK_RETRY`] while sled lets go of
+    /// its files). In two steps:
+    /// 1. sled is reopened at once (reads work again; a stopped sled may fail them), unless a
+    ///    commit step is stuck;
+    /// 2. after "no space left", writes stay refused until the free space is back above
+    ///    reserve + ballast + [`RECOVERY_HEADROOM`] (so they never eat the room released for
+    ///    the store); after another I/O error they resume with the reopen.
+    ///
+    /// `Ok(None)`: nothing to do or not yet; `Ok(Some(_))` when writes were let back in.
+    pub fn try_recover(&self) -> Result<Option<Recovered>, StorageError> {
+        let Some((no_space, reopened)) = self
+            .failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(|f| (f.no_space, f.reopened))
+        else {
+            return Ok(None);
+        };
+        if !reopened {
+            if self.flushing.running_for().is_some() || self.applying.running_for().is_some() {
+                // sled 0.34 can miss the wake-up of a flush waiting when its I/O fails: that
+                // thread then waits for ever (holding sled, so no reopen). Any later flush
+                // finds the error and wakes every waiter; if one stays stuck past
+                // COMMIT_STALL, /healthz fails and liveness restarts the node.
+                self.nudge();
+                return Ok(None);
+            }
+            // No writer in the middle of a batch while sled is swapped.
+            let Ok(_guard) = self.write_lock.try_lock() else { return Ok(None) };
+            let old = self.db.0.write().unwrap_or_else(|p| p.into_inner()).take();
+            drop(old);
+            let (db, worlds, total) = match open_db(&self.dir, self.cache_bytes, &self.at_rest) {
+                Ok(opened) => opened,
+                Err(e) => {
+                    tracing::warn!(error = %e, "reopening the store failed; trying again shortly");
+                    if let Some(f) = self.failure.lock().unwrap_or_else(|p| p.into_inner()).as_mut()
+                    {
+                        f.no_space = f.no_space || e.is_no_space();
+                    }
+                    return Err(e);
+                }
+            };
+            *self.worlds.write().unwrap_or_else(|p| p.into_inner()) = worlds;
+            self.atoms.store(total, Ordering::Relaxed);
+            *self.db.0.write().unwrap_or_else(|p| p.into_inner()) = Some(db);
+            if let Some(f) = self.failure.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+                f.reopened = true;
+            }
+            self.recoveries.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(atoms = total, "store reopened after the I/O error; reads served again");
+        }
+        if no_space {
+            if let Some(d) = &self.disk {
+                d.refresh();
+                if d.room(RECOVERY_HEADROOM).is_err() {
+                    return Ok(None);
+                }
+            }
+        }
+        let Some(failure) = self.failure.lock().unwrap_or_else(|p| p.into_inner()).take() else {
+            return Ok(None);
+        };
+        self.failed.store(false, Ordering::Release);
+        tracing::info!(down_for = ?failure.since.elapsed(), "writes accepted again");
+        Ok(Some(Recovered { atoms_before: failure.atoms, atoms_after: self.atom_count() }))
     }
 
     /// Whether values are encrypted, and under which key id.
@@ -511,35 +986,28 @@ impl Store {
         self.flushes.load(Ordering::Relaxed)
     }
 
-    /// Whether the last storage operation succeeded, and the last error if not.
+    /// `Err(why)` while an I/O error keeps writes stopped.
     pub fn health(&self) -> Result<(), String> {
-        if self.healthy.load(Ordering::Relaxed) {
-            return Ok(());
+        match self.writable() {
+            Ok(()) => Ok(()),
+            Err(e) => Err(e.to_string()),
         }
-        Err(self
-            .last_error
-            .lock()
-            .map(|e| e.clone().unwrap_or_default())
-            .unwrap_or_else(|_| "unknown".into()))
     }
 
-    /// A cheap read that proves the store answers.
+    /// A cheap read that proves the store answers (and [`Store::health`]).
     pub fn probe(&self) -> Result<(), String> {
-        match self.db.get(FORMAT_KEY) {
+        match self.db().map_err(|e| e.to_string())?.get(FORMAT_KEY) {
             Ok(Some(_)) => self.health(),
             Ok(None) => Err("format marker missing".into()),
             Err(e) => Err(e.to_string()),
         }
     }
 
+    /// Passes `result` on; a write-path error stops the store (see [`Store::fail`]).
     fn note<T>(&self, result: Result<T, StorageError>) -> Result<T, StorageError> {
-        match &result {
-            Ok(_) => {}
-            Err(e) => {
-                self.healthy.store(false, Ordering::Relaxed);
-                if let Ok(mut last) = self.last_error.lock() {
-                    *last = Some(e.to_string());
-                }
+        if let Err(e) = &result {
+            if e.stops_store() {
+                self.fail(e);
             }
         }
         result
@@ -560,57 +1028,91 @@ impl Store {
     }
 
     /// [`Store::insert_new`] for a write announced with [`Store::announce_write`].
+    ///
+    /// Refused at once when the store is stopped or the disk is below its reserve; answered
+    /// within [`COMMIT_TIMEOUT`] of its turn otherwise. sled runs on a blocking thread, so a
+    /// stuck disk never stalls the async workers that serve reads and probes.
     pub async fn insert_new_announced(
         &self,
         atom: &Atom,
         pending: PendingWrite<'_>,
     ) -> Result<Inserted, StorageError> {
+        self.writable()?;
         let key = atom_key(&atom.id);
         let json = serde_json::to_vec(atom)
             .map_err(|e| StorageError::Corrupt { key: atom.id.clone(), message: e.to_string() })?;
         let bytes = self.seal(&key, json)?;
-        {
-            let _guard = self.write_lock.lock().await;
-            if self.db.contains_key(&key).map_err(sled_err("checking id"))? {
-                return Ok(Inserted::Exists);
-            }
-            let seq = self.note(self.db.generate_id().map_err(sled_err("generating seq")))?;
-            let new_world = {
-                let worlds = self.worlds.read().unwrap_or_else(|p| p.into_inner());
-                (!worlds.contains_key(&atom.world)).then(|| new_world_record(&atom.world))
-            };
-            let world_json = match &new_world {
-                Some(record) => {
-                    let wkey = world_key(&atom.world);
-                    let json = self.seal(&wkey, serde_json::to_vec(record).unwrap_or_default())?;
-                    Some((wkey, json))
-                }
-                None => None,
-            };
-            // Log entry, atom, world record: the order recovery relies on (module docs).
-            let lkey = log_key(&atom.world, seq);
-            self.note(self.db.insert(&lkey, atom.id.as_bytes()).map_err(sled_err("writing log")))?;
-            if let Err(e) = self.db.insert(&key, bytes.as_slice()) {
-                // Withdraw the entry so it does not point at nothing (best effort: sled is failing).
-                let _ = self.db.remove(&lkey);
-                return self.note(Err(sled_err("writing atom")(e)));
-            }
-            if let Some((wkey, json)) = world_json {
-                self.note(self.db.insert(wkey, json).map_err(sled_err("writing world")))?;
-            }
-            if let Some(record) = new_world {
-                // Known in memory at once, so the next writer does not write the record again.
-                let mut worlds = self.worlds.write().unwrap_or_else(|p| p.into_inner());
-                worlds.entry(atom.world.clone()).or_insert(WorldState {
-                    record,
-                    atoms: 0,
-                    stored: true,
-                });
-            }
+        let written = bytes.len() as u64 + 64;
+        if let Some(d) = &self.disk {
+            d.admit(written).map_err(StorageError::NoRoom)?;
+        }
+        let guard = self.turn().await?;
+        let deadline = tokio::time::Instant::now() + COMMIT_TIMEOUT;
+        self.writable()?;
+        let db = self.db()?;
+        let (worlds, applying) = (self.worlds.clone(), self.applying.clone());
+        let new_world = {
+            let worlds = worlds.read().unwrap_or_else(|p| p.into_inner());
+            (!worlds.contains_key(&atom.world)).then(|| new_world_record(&atom.world))
         };
+        let world_json = match &new_world {
+            Some(record) => {
+                let wkey = world_key(&atom.world);
+                let json = self.seal(&wkey, serde_json::to_vec(record).unwrap_or_default())?;
+                Some((wkey, json))
+            }
+            None => None,
+        };
+        let (world, id) = (atom.world.clone(), atom.id.clone());
+        let apply = tokio::task::spawn_blocking(move || {
+            let _guard = guard;
+            applying.start();
+            let result = (|| {
+                if db.contains_key(&key).map_err(sled_err("checking id"))? {
+                    return Ok(false);
+                }
+                let seq = db.generate_id().map_err(sled_err("generating seq"))?;
+                // Log entry, atom, world record: the order recovery relies on (module docs).
+                let lkey = log_key(&world, seq);
+                db.insert(&lkey, id.as_bytes()).map_err(sled_err("writing log"))?;
+                if let Err(e) = db.insert(&key, bytes) {
+                    // Withdraw the entry so it does not point at nothing (best effort: sled
+                    // is failing).
+                    let _ = db.remove(&lkey);
+                    return Err(sled_err("writing atom")(e));
+                }
+                if let Some((wkey, json)) = world_json {
+                    db.insert(wkey, json).map_err(sled_err("writing world"))?;
+                }
+                if let Some(record) = new_world {
+                    // Known in memory before the lock is released, so the next writer does
+                    // not write the record again.
+                    let mut worlds = worlds.write().unwrap_or_else(|p| p.into_inner());
+                    worlds.entry(world).or_insert(WorldState { record, atoms: 0, stored: true });
+                }
+                Ok(true)
+            })();
+            applying.stop();
+            result
+        });
+        let applied = match tokio::time::timeout_at(deadline, apply).await {
+            Err(_) => return Err(StorageError::CommitTimeout),
+            Ok(Err(join)) => {
+                return Err(StorageError::Flush {
+                    message: format!("the write task failed: {join}"),
+                    no_space: false,
+                })
+            }
+            Ok(Ok(result)) => self.note(result)?,
+        };
+        if !applied {
+            return Ok(Inserted::Exists);
+        }
         // Stop counting as pending first, then ask: a flusher lingering for us sees the request.
         drop(pending);
-        self.flush().await?;
+        tokio::time::timeout_at(deadline, self.flush())
+            .await
+            .map_err(|_| StorageError::CommitTimeout)??;
         {
             let mut worlds = self.worlds.write().unwrap_or_else(|p| p.into_inner());
             let state = worlds.entry(atom.world.clone()).or_insert_with(|| WorldState {
@@ -621,7 +1123,7 @@ impl Store {
             state.atoms += 1;
         }
         self.atoms.fetch_add(1, Ordering::Relaxed);
-        self.bytes_written.fetch_add(bytes.len() as u64 + 64, Ordering::Relaxed);
+        self.bytes_written.fetch_add(written, Ordering::Relaxed);
         Ok(Inserted::Stored)
     }
 
@@ -641,7 +1143,7 @@ impl Store {
         Ok(async move {
             let result = match rx.await {
                 Ok(Ok(())) => Ok(()),
-                Ok(Err(e)) => Err(StorageError::Flush(e)),
+                Ok(Err(f)) => Err(StorageError::Flush { message: f.message, no_space: f.no_space }),
                 Err(_) => Err(StorageError::Closed),
             };
             self.note(result)
@@ -658,6 +1160,8 @@ impl Store {
         records: &[WorldRecord],
     ) -> Result<u64, StorageError> {
         let _guard = self.write_lock.blocking_lock();
+        self.writable()?;
+        let db = self.db()?;
         let mut batch = sled::Batch::default();
         let mut seen = std::collections::HashSet::new();
         let mut per_world: BTreeMap<&str, u64> = BTreeMap::new();
@@ -665,14 +1169,14 @@ impl Store {
         for atom in atoms {
             let key = atom_key(&atom.id);
             if !seen.insert(atom.id.as_str())
-                || self.db.contains_key(&key).map_err(sled_err("checking id"))?
+                || db.contains_key(&key).map_err(sled_err("checking id"))?
             {
                 continue;
             }
             let json = serde_json::to_vec(atom).map_err(|e| corrupt(&key, e))?;
             let sealed = self.seal(&key, json)?;
             bytes_total += sealed.len() as u64 + 64;
-            let seq = self.db.generate_id().map_err(sled_err("generating seq"))?;
+            let seq = db.generate_id().map_err(sled_err("generating seq"))?;
             batch.insert(key, sealed);
             batch.insert(log_key(&atom.world, seq), atom.id.as_bytes());
             *per_world.entry(atom.world.as_str()).or_default() += 1;
@@ -689,7 +1193,7 @@ impl Store {
             let json = self.seal(&wkey, serde_json::to_vec(record).unwrap_or_default())?;
             batch.insert(wkey, json);
         }
-        self.note(self.db.apply_batch(batch).map_err(sled_err("importing atoms")))?;
+        self.note(db.apply_batch(batch).map_err(sled_err("importing atoms")))?;
         for record in new_records {
             match worlds.get_mut(&record.world) {
                 Some(state) => {
@@ -721,17 +1225,14 @@ impl Store {
     /// atom to its world's log (oldest first). Blocking; writers wait meanwhile.
     pub fn check_log(&self, repair: bool) -> Result<LogScan, StorageError> {
         let _guard = self.write_lock.blocking_lock();
+        let db = self.db()?;
         let mut scan = LogScan::default();
         let mut logged = std::collections::HashSet::new();
         let mut dangling_keys = Vec::new();
-        for item in self.db.scan_prefix(LOG_PREFIX) {
+        for item in db.scan_prefix(LOG_PREFIX) {
             let (key, id) = item.map_err(sled_err("reading log"))?;
             scan.log_entries += 1;
-            if self
-                .db
-                .contains_key([ATOM_PREFIX, &id].concat())
-                .map_err(sled_err("reading atom"))?
-            {
+            if db.contains_key([ATOM_PREFIX, &id].concat()).map_err(sled_err("reading atom"))? {
                 logged.insert(id.to_vec());
             } else {
                 scan.dangling.push(String::from_utf8_lossy(&id).into_owned());
@@ -739,7 +1240,7 @@ impl Store {
             }
         }
         let mut unlogged = Vec::new();
-        for item in self.db.scan_prefix(ATOM_PREFIX) {
+        for item in db.scan_prefix(ATOM_PREFIX) {
             let (key, bytes) = item.map_err(sled_err("scanning atoms"))?;
             scan.atoms += 1;
             match self.decode_atom(&key, &bytes) {
@@ -756,10 +1257,10 @@ impl Store {
                 batch.remove(key);
             }
             for atom in &unlogged {
-                let seq = self.db.generate_id().map_err(sled_err("generating seq"))?;
+                let seq = db.generate_id().map_err(sled_err("generating seq"))?;
                 batch.insert(log_key(&atom.world, seq), atom.id.as_bytes());
             }
-            self.note(self.db.apply_batch(batch).map_err(sled_err("repairing the log")))?;
+            self.note(db.apply_batch(batch).map_err(sled_err("repairing the log")))?;
             self.flush_blocking()?;
             scan.repaired = true;
         }
@@ -768,13 +1269,29 @@ impl Store {
 
     /// Flushes synchronously (shutdown path).
     pub fn flush_blocking(&self) -> Result<(), StorageError> {
-        self.db.flush().map(|_| ()).map_err(sled_err("flushing"))
+        self.db()?.flush().map(|_| ()).map_err(sled_err("flushing"))
+    }
+
+    /// A read's error: a stopped sled (it may refuse reads after an I/O error) is reopened by
+    /// [`Store::try_recover`]; meanwhile the read is a 503 "reopening", never a 507.
+    fn read_err(&self, e: StorageError) -> StorageError {
+        if e.stops_store() {
+            self.fail(&e);
+            return StorageError::Failed {
+                message: format!(
+                    "the store is being reopened after an I/O error ({e}); retry in a moment"
+                ),
+                no_space: false,
+            };
+        }
+        e
     }
 
     /// The atom with `id`, if stored.
     pub fn get(&self, id: &str) -> Result<Option<Atom>, StorageError> {
         let key = atom_key(id);
-        match self.db.get(&key).map_err(sled_err("reading atom"))? {
+        let found = self.db()?.get(&key).map_err(sled_err("reading atom"));
+        match found.map_err(|e| self.read_err(e))? {
             Some(bytes) => self.decode_atom(&key, &bytes).map(Some),
             None => Ok(None),
         }
@@ -787,10 +1304,12 @@ impl Store {
         if limit == 0 {
             return Ok(out);
         }
-        for item in self.db.scan_prefix(log_prefix(world)) {
-            let (_, id) = item.map_err(sled_err("reading log"))?;
+        let db = self.db()?;
+        for item in db.scan_prefix(log_prefix(world)) {
+            let (_, id) = item.map_err(sled_err("reading log")).map_err(|e| self.read_err(e))?;
             let key = [ATOM_PREFIX, &id].concat();
-            let Some(bytes) = self.db.get(&key).map_err(sled_err("reading atom"))? else {
+            let found = db.get(&key).map_err(sled_err("reading atom"));
+            let Some(bytes) = found.map_err(|e| self.read_err(e))? else {
                 continue;
             };
             let atom = self.decode_atom(&key, &bytes)?;
@@ -811,7 +1330,7 @@ impl Store {
         mut f: impl FnMut(Vec<Atom>) -> bool,
     ) -> Result<(), StorageError> {
         let mut buf = Vec::with_capacity(chunk);
-        for item in self.db.scan_prefix(ATOM_PREFIX) {
+        for item in self.db()?.scan_prefix(ATOM_PREFIX) {
             let (key, bytes) = item.map_err(sled_err("scanning atoms"))?;
             match self.decode_atom(&key, &bytes) {
                 Ok(atom) => buf.push(atom),
@@ -848,8 +1367,14 @@ impl Store {
         create: bool,
         change: impl FnOnce(&mut WorldRecord),
     ) -> Result<Option<(WorldRecord, bool)>, StorageError> {
+        self.writable()?;
+        if let Some(d) = &self.disk {
+            d.admit(1024).map_err(StorageError::NoRoom)?;
+        }
         let (record, created) = {
-            let _guard = self.write_lock.lock().await;
+            let _guard = self.turn().await?;
+            self.writable()?;
+            let db = self.db()?;
             let mut worlds = self.worlds.write().unwrap_or_else(|p| p.into_inner());
             let created = !worlds.contains_key(name);
             if created && !create {
@@ -860,7 +1385,7 @@ impl Store {
             change(&mut record);
             let wkey = world_key(name);
             let json = self.seal(&wkey, serde_json::to_vec(&record).unwrap_or_default())?;
-            self.note(self.db.insert(wkey, json).map_err(sled_err("writing world")))?;
+            self.note(db.insert(wkey, json).map_err(sled_err("writing world")))?;
             let state = worlds.entry(name.to_owned()).or_insert_with(|| WorldState {
                 record: record.clone(),
                 atoms: 0,
@@ -870,7 +1395,9 @@ impl Store {
             state.stored = true;
             (record, created)
         };
-        self.flush().await?;
+        tokio::time::timeout(COMMIT_TIMEOUT, self.flush())
+            .await
+            .map_err(|_| StorageError::CommitTimeout)??;
         Ok(Some((record, created)))
     }
 
@@ -886,17 +1413,17 @@ impl Store {
 
     /// Size sled reports for its files.
     pub fn size_on_disk(&self) -> u64 {
-        self.db.size_on_disk().unwrap_or(0)
+        self.db.get().and_then(|db| db.size_on_disk().ok()).unwrap_or(0)
     }
 
     /// Runs `f` on the sled database with every writer paused (the lock each write holds to
     /// apply its batch), for consistent snapshots ([`crate::snapshot`]): `f` sees exactly the
     /// writes applied before it started — every acknowledged one — and none half applied.
     /// Writers wait (they are not refused) until `f` returns; reads go on. Blocking.
-    pub fn with_writes_paused<T>(&self, f: impl FnOnce(&sled::Db) -> T) -> T {
+    pub fn with_writes_paused<T>(&self, f: impl FnOnce(&sled::Db) -> T) -> Result<T, StorageError> {
         // Called from a blocking thread (or outside any runtime): never from async code.
         let _guard = self.write_lock.blocking_lock();
-        f(&self.db)
+        Ok(f(&self.db()?))
     }
 }
 
@@ -908,7 +1435,9 @@ impl Drop for Store {
         if let Some(handle) = self.flusher.take() {
             let _ = handle.join();
         }
-        let _ = self.db.flush();
+        if let Some(db) = self.db.get() {
+            let _ = db.flush();
+        }
     }
 }
 
@@ -965,35 +1494,60 @@ const LINGER_MAX: Duration = Duration::from_micros(300);
 /// When other writers are mid-write (they will ask for a flush within microseconds) the
 /// flusher lingers up to [`LINGER_MAX`] for them, so one `fsync` serves the whole group. A lone
 /// writer never waits: with nothing pending the flush starts at once.
-fn group_commit(
-    db: sled::Db,
+struct GroupCommit {
+    slot: Arc<DbSlot>,
     rx: mpsc::Receiver<FlushReply>,
     count: Arc<AtomicU64>,
     pending: Arc<AtomicU64>,
-) {
-    let mut waiting = Vec::new();
-    while let Ok(first) = rx.recv() {
-        waiting.push(first);
-        let linger_until = Instant::now() + LINGER_MAX;
-        loop {
-            while let Ok(more) = rx.try_recv() {
-                waiting.push(more);
+    busy: Arc<Busy>,
+    disk: Option<Arc<DiskGuard>>,
+}
+
+impl GroupCommit {
+    fn run(self) {
+        let mut waiting = Vec::new();
+        while let Ok(first) = self.rx.recv() {
+            waiting.push(first);
+            let linger_until = Instant::now() + LINGER_MAX;
+            loop {
+                while let Ok(more) = self.rx.try_recv() {
+                    waiting.push(more);
+                }
+                let now = Instant::now();
+                if self.pending.load(Ordering::SeqCst) == 0 || now >= linger_until {
+                    break;
+                }
+                match self.rx.recv_timeout(linger_until - now) {
+                    Ok(more) => waiting.push(more),
+                    Err(_) => break,
+                }
             }
-            let now = Instant::now();
-            if pending.load(Ordering::SeqCst) == 0 || now >= linger_until {
-                break;
+            let started = Instant::now();
+            // Hold sled only for the flush, so a reopen never waits for this thread.
+            let result = match self.slot.get() {
+                Some(db) => {
+                    self.busy.start();
+                    let r = db.flush();
+                    self.busy.stop();
+                    r.map(drop).map_err(|e| FlushFailure {
+                        no_space: matches!(&e, sled::Error::Io(io) if disk::is_no_space(io)),
+                        message: e.to_string(),
+                    })
+                }
+                None => Err(FlushFailure {
+                    message: "the store is being reopened".into(),
+                    no_space: false,
+                }),
+            };
+            self.count.fetch_add(1, Ordering::Relaxed);
+            // The free-space figure the next writers are admitted against: once per batch.
+            if let Some(d) = &self.disk {
+                d.refresh();
             }
-            match rx.recv_timeout(linger_until - now) {
-                Ok(more) => waiting.push(more),
-                Err(_) => break,
+            tracing::trace!(writers = waiting.len(), elapsed = ?started.elapsed(), "group commit");
+            for reply in waiting.drain(..) {
+                let _ = reply.send(result.clone());
             }
-        }
-        let started = Instant::now();
-        let result = db.flush().map(|_| ()).map_err(|e| e.to_string());
-        count.fetch_add(1, Ordering::Relaxed);
-        tracing::trace!(writers = waiting.len(), elapsed = ?started.elapsed(), "group commit");
-        for reply in waiting.drain(..) {
-            let _ = reply.send(result.clone());
         }
     }
 }
@@ -1052,6 +1606,45 @@ mod tests {
         let mut limited = all();
         limited.limit = Some(2);
         assert_eq!(store.replay("w1", &limited).unwrap().len(), 2);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_stopped_store_refuses_writes_keeps_reads_and_reopens_with_every_acknowledged_atom() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&opts(dir.path())).unwrap();
+        for i in 0..20 {
+            store.insert_new(&atom(&format!("a{i:02}"), "w", "x")).await.unwrap();
+        }
+        // What an I/O error on the write path does (sled stops at its first one).
+        store.fail(&StorageError::Flush {
+            message: "No space left on device".into(),
+            no_space: true,
+        });
+        assert_eq!(store.failed(), Some(true));
+        let err = store.insert_new(&atom("b", "w", "y")).await.unwrap_err();
+        assert!(err.is_no_space(), "{err}");
+        assert!(err.to_string().contains("resume by themselves"), "{err}");
+        assert!(store.health().is_err());
+        assert_eq!(store.get("a05").unwrap().unwrap().payload_json, "x", "reads go on");
+        assert!(store.stalled().is_none(), "refused at once, nothing stuck");
+        // No disk guard here: nothing to wait for, the reopen happens at once.
+        let recovered = tokio::task::block_in_place(|| store.try_recover()).unwrap().unwrap();
+        assert_eq!(recovered, Recovered { atoms_before: 20, atoms_after: 20 });
+        assert!(store.health().is_ok());
+        assert_eq!(store.recovery_count(), 1);
+        store.insert_new(&atom("b", "w", "y")).await.unwrap();
+        assert_eq!(store.replay("w", &all()).unwrap().len(), 21);
+        assert!(tokio::task::block_in_place(|| store.try_recover()).unwrap().is_none());
+    }
+
+    #[test]
+    fn a_commit_step_running_too_long_is_reported_as_stuck() {
+        let busy = Busy::new(Instant::now() - COMMIT_STALL * 2);
+        assert!(busy.running_for().is_none());
+        busy.since.store(1, Ordering::Relaxed); // started at the epoch
+        assert!(busy.running_for().unwrap() >= COMMIT_STALL);
+        busy.stop();
+        assert!(busy.running_for().is_none());
     }
 
     #[tokio::test]
