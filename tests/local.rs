@@ -1,7 +1,9 @@
 //! `dwbase deploy local` with each template of `deploy/` (each on a free port: the templates
 //! all say 8080, which parallel tests cannot share). edge.toml binds every interface and so
-//! needs an API key: as shipped its key file is missing and the deploy is refused clearly;
-//! with a key file, as the template documents, it runs.
+//! needs an API key: on first run, as from a fresh clone, `deploy local` creates its missing key
+//! file (0600, 32 random bytes as hex) and says where it is and how to use it. Each config's
+//! node gets its own folder, named by its id, so the edge node and the local node never share a
+//! store.
 
 mod support;
 
@@ -30,7 +32,7 @@ fn deploy_local_and_stop(d: &Deployment, config_text: &str, expect_id: &str, hos
     };
     assert_eq!(field("id"), expect_id, "{out}");
     assert_eq!(field("endpoint"), format!("http://127.0.0.1:{port}"), "{out}");
-    let local = d.paths().group_dir(Group::Local);
+    let local = d.paths().node_dir(Group::Local, expect_id);
     assert_eq!(field("data"), local.join("data").display().to_string(), "{out}");
     assert_eq!(field("logs"), local.join("logs").display().to_string(), "{out}");
     assert_eq!(field("summaries"), local.join("summaries").display().to_string(), "{out}");
@@ -79,14 +81,98 @@ fn edge_template_with_its_key_file() {
     deploy_local_and_stop(&d, &text, "edge", "0.0.0.0");
 }
 
+fn mode_of(path: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+/// A fresh clone: `deploy/edge.toml` as shipped (only its port changed) and no `deploy/edge.key`.
+/// The first `deploy local --config deploy/edge.toml`, run from the clone, creates the key and
+/// starts the node with it, in its own folder; the local node deployed next has its own store;
+/// deploying edge again keeps the key and finds the edge node's atoms.
 #[test]
-fn edge_template_as_shipped_is_refused_without_its_key() {
+fn edge_first_run_from_a_fresh_clone_creates_its_key_and_keeps_its_own_store() {
+    let d = Deployment::new();
+    let clone = d.dir.path();
+    std::fs::create_dir_all(clone.join("deploy")).unwrap();
+    let edge_port = free_port();
+    let edge = set_toml_key(&template("edge.toml"), "listen", &format!("\"0.0.0.0:{edge_port}\""));
+    std::fs::write(clone.join("deploy/edge.toml"), edge).unwrap();
+    let key_file = clone.join("deploy/edge.key");
+    assert!(!key_file.exists());
+
+    let out = d.run(&["deploy", "local", "--config", "deploy/edge.toml"]).ok();
+    assert!(out.stderr.contains(&key_file.display().to_string()), "names the key file\n{out}");
+    assert!(out.stderr.contains("--node edge") && out.stderr.contains("Bearer"), "says how\n{out}");
+    assert_eq!(mode_of(&key_file), 0o600);
+    let key = std::fs::read_to_string(&key_file).unwrap().trim_end().to_owned();
+    assert!(key.len() == 64 && key.bytes().all(|b| b.is_ascii_hexdigit()), "{key:?}");
+    let edge_dir = d.paths().node_dir(Group::Local, "edge");
+    assert_ne!(edge_dir, d.paths().node_dir(Group::Local, "local"));
+    assert!(out.stdout.contains(&edge_dir.join("data").display().to_string()), "{out}");
+
+    // The node runs with that key: refused without it, answered with it.
+    let addr = format!("127.0.0.1:{edge_port}");
+    let (code, body) = http("GET", &addr, "/worlds", None);
+    assert_eq!(code, 401, "{body}");
+    let api = format!("http://{addr}");
+    let stored = d.run(&["remember", "shed", "edge only", "--api", &api, "--api-key", &key]).ok();
+    assert!(!stored.stdout.trim().is_empty(), "{stored}");
+    let ask = |port: u16, key: Option<&str>| {
+        let api = format!("http://127.0.0.1:{port}");
+        let mut args = vec!["replay", "shed", "--json", "--api", &api];
+        if let Some(k) = key {
+            args.extend(["--api-key", k]);
+        }
+        let out = d.run(&args).ok();
+        serde_json::from_str::<serde_json::Value>(&out.stdout)
+            .unwrap_or_else(|e| panic!("{e}\n{out}"))
+    };
+    assert_eq!(ask(edge_port, Some(&key)).as_array().map(Vec::len), Some(1));
+    // As the notice says: by node name the key is found without being given.
+    let listed = d.run(&["list-worlds", "--node", "edge"]).ok();
+    assert!(listed.stdout.contains("shed"), "{listed}");
+    d.run(&["deploy", "stop"]).ok();
+
+    // The local node: its own folder, and none of the edge node's atoms.
+    let local_port = free_port();
+    let local =
+        set_toml_key(&template("local.toml"), "listen", &format!("\"127.0.0.1:{local_port}\""));
+    std::fs::write(clone.join("deploy/local.toml"), local).unwrap();
+    let out = d.run(&["deploy", "local", "--config", "deploy/local.toml"]).ok();
+    let local_dir = d.paths().node_dir(Group::Local, "local");
+    assert!(out.stdout.contains(&local_dir.join("data").display().to_string()), "{out}");
+    assert_eq!(ask(local_port, None).as_array().map(Vec::len), Some(0), "edge's atom leaked");
+    d.run(&["deploy", "stop"]).ok();
+
+    // Edge again: same key, no new one announced, its atom still there.
+    let out = d.run(&["deploy", "local", "--config", "deploy/edge.toml"]).ok();
+    assert!(!out.stderr.contains("Created the API key file"), "{out}");
+    assert_eq!(std::fs::read_to_string(&key_file).unwrap().trim_end(), key);
+    assert_eq!(ask(edge_port, Some(&key)).as_array().map(Vec::len), Some(1));
+}
+
+#[test]
+fn a_dry_run_creates_no_key_file() {
     let d = Deployment::new();
     let cfg = d.dir.path().join("edge.toml");
     std::fs::write(&cfg, template("edge.toml")).unwrap();
-    let out = d.run(&["deploy", "local", "--config", cfg.to_str().unwrap()]).code_is(1);
-    assert!(out.stderr.contains("api_key_file"), "{out}");
-    assert!(out.stderr.contains(cfg.to_str().unwrap()), "the error names the file\n{out}");
-    assert!(!d.paths().socket().exists(), "nothing may be started\n{out}");
+    let out =
+        d.run(&["deploy", "local", "--dry-run", "--config", cfg.to_str().unwrap()]).code_is(1);
+    assert!(out.stderr.contains("would create the API key file"), "{out}");
+    assert!(!d.dir.path().join("edge.key").exists(), "{out}");
     assert!(d.supervisor_pid().is_none(), "nothing may be started\n{out}");
+}
+
+#[test]
+fn a_local_node_id_that_is_not_a_folder_name_is_refused() {
+    let d = Deployment::new();
+    for id in ["data", "../elsewhere"] {
+        let text = set_toml_key(&template("local.toml"), "id", &format!("{id:?}"));
+        let text = set_toml_key(&text, "listen", &format!("\"127.0.0.1:{}\"", free_port()));
+        let cfg = d.dir.path().join("bad.toml");
+        std::fs::write(&cfg, text).unwrap();
+        let out = d.run(&["deploy", "local", "--config", cfg.to_str().unwrap()]).code_is(1);
+        assert!(out.stderr.contains("node.id") && out.stderr.contains(id), "{out}");
+    }
 }

@@ -23,6 +23,8 @@ pub struct Created {
     pub config: PathBuf,
     /// The new file (absolute).
     pub path: PathBuf,
+    /// The node's id in that config (`local` when it has none), the name `--node` takes.
+    pub node_id: String,
 }
 
 impl Created {
@@ -34,13 +36,23 @@ impl Created {
              {KEY_BYTES} random bytes as hex, readable by this user only (0600). Keep it secret; \
              the node refuses requests without it (except /healthz, /readyz and /metrics).\n\
              Use it with:\n  \
-             dwbase --api-key \"$(cat {path})\" list-worlds\n  \
-             DWBASE_API_KEY=\"$(cat {path})\" dwbase ask WORLD -q TEXT\n  \
-             curl -H \"Authorization: Bearer $(cat {path})\" http://HOST:PORT/worlds\n\
-             (`dwbase --node NAME …` finds it by itself.)",
+             dwbase list-worlds --node {id}        (a deployed node: the key is read for you)\n  \
+             DWBASE_API_KEY=\"$(cat {path})\" dwbase list-worlds --api http://HOST:PORT\n  \
+             dwbase ask WORLD -q TEXT --api http://HOST:PORT --api-key \"$(cat {path})\"\n  \
+             curl -H \"Authorization: Bearer $(cat {path})\" http://HOST:PORT/worlds",
             config = self.config.display(),
+            id = self.node_id,
         )
     }
+}
+
+/// The `node.id` of a config (`local` when it has none or does not parse).
+fn node_id_of(config: &Path) -> String {
+    fs::read_to_string(config)
+        .ok()
+        .and_then(|t| t.parse::<toml::Table>().ok())
+        .and_then(|t| t.get("node")?.get("id")?.as_str().map(str::to_owned))
+        .unwrap_or_else(|| "local".to_owned())
 }
 
 /// The key file `config` names, resolved as the node resolves it (against the config file's
@@ -67,14 +79,17 @@ pub fn key_file_of(config: &Path, env_api_key: Option<&str>) -> Result<Option<Pa
     Ok(Some(base.join(file)))
 }
 
+/// The key file [`ensure_for_config`] would create for `config` (it names one that is missing).
+pub fn would_create(config: &Path) -> Result<Option<PathBuf>> {
+    let env_key = std::env::var(dwbase_node::config::ENV_API_KEY).ok();
+    let Some(path) = key_file_of(config, env_key.as_deref())? else { return Ok(None) };
+    Ok(fs::symlink_metadata(&path).is_err().then_some(path))
+}
+
 /// Creates the key file `config` names if it is missing (see the module docs); `Ok(None)` when
 /// there is nothing to create.
 pub fn ensure_for_config(config: &Path) -> Result<Option<Created>> {
-    let env_key = std::env::var(dwbase_node::config::ENV_API_KEY).ok();
-    let Some(path) = key_file_of(config, env_key.as_deref())? else { return Ok(None) };
-    if fs::symlink_metadata(&path).is_ok() {
-        return Ok(None);
-    }
+    let Some(path) = would_create(config)? else { return Ok(None) };
     create_key_file(&path).with_context(|| {
         format!(
             "{}: node.security.api_key_file = {} does not exist and could not be created",
@@ -82,7 +97,7 @@ pub fn ensure_for_config(config: &Path) -> Result<Option<Created>> {
             path.display()
         )
     })?;
-    Ok(Some(Created { config: config.to_path_buf(), path }))
+    Ok(Some(Created { config: config.to_path_buf(), path, node_id: node_id_of(config) }))
 }
 
 /// Writes a new key to `path`, which must not exist: the key goes to a private temporary file
@@ -166,7 +181,8 @@ mod tests {
         assert_eq!(cfg.node.security.effective_api_key(), Some(key));
         let msg = created.message();
         assert!(msg.contains(&created.path.display().to_string()), "{msg}");
-        assert!(msg.contains("--api-key") && msg.contains("Authorization: Bearer"), "{msg}");
+        assert!(msg.contains("--node edge") && msg.contains("DWBASE_API_KEY"), "{msg}");
+        assert!(msg.contains("Authorization: Bearer"), "{msg}");
 
         // A second run keeps the key.
         assert_eq!(ensure_for_config(&config).unwrap(), None);

@@ -11,8 +11,6 @@ mod daemon;
 mod fallback;
 mod filelogs;
 mod httpclient;
-// First-run key files; `deploy local` calls it once the supervisor restructure (issue 9) lands.
-#[allow(dead_code)]
 mod keyfile;
 mod nodeapi;
 mod nodes;

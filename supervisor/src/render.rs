@@ -7,6 +7,7 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 
+use dwbase_proto::paths::{LOCAL_NODE_ID, RESERVED_LOCAL_IDS};
 use dwbase_proto::{
     DevnetSpec, ErrorKind, ErrorReply, Group, LivenessSpec, LocalSpec, Paths, Template,
 };
@@ -253,10 +254,9 @@ pub fn render_local(paths: &Paths, spec: &LocalSpec) -> Result<RenderedNode, Err
     let mut doc = parse_template(&text, &origin)?;
     let liveness = take_liveness(&mut doc, &origin)?;
     let base_dir = spec.config.as_ref().and_then(|t| t.path.parent().map(Path::to_path_buf));
-    let dir = paths.node_dir(Group::Local, "local");
     let node = node_table(&mut doc, &origin)?;
     let id = match node.get("id") {
-        None => "local".to_owned(),
+        None => LOCAL_NODE_ID.to_owned(),
         Some(toml::Value::String(s)) if !s.trim().is_empty() => s.clone(),
         Some(_) => {
             return Err(err(
@@ -265,6 +265,22 @@ pub fn render_local(paths: &Paths, spec: &LocalSpec) -> Result<RenderedNode, Err
             ))
         }
     };
+    // The node's folder is named by its id (so two configs never share a store): a plain
+    // folder name, and none of the default local node's own folders.
+    let plain = Path::new(&id).components().count() == 1
+        && matches!(Path::new(&id).components().next(), Some(std::path::Component::Normal(_)));
+    if !plain || RESERVED_LOCAL_IDS.contains(&id.as_str()) {
+        return Err(err(
+            ErrorKind::BadConfig,
+            format!(
+                "{origin}: node.id {id:?} cannot name the local node's folder under {}: use \
+                 a plain name without '/' other than {}",
+                paths.group_dir(Group::Local).display(),
+                RESERVED_LOCAL_IDS.join(", ")
+            ),
+        ));
+    }
+    let dir = paths.node_dir(Group::Local, &id);
     let listen = match node.get("listen") {
         None => SocketAddr::from(([127, 0, 0, 1], 8080)),
         Some(toml::Value::String(s)) => s.parse().map_err(|e| {
@@ -504,7 +520,7 @@ mod tests {
         let n = render_local(&paths, &spec).unwrap();
         assert_eq!(n.name, "edge-1");
         assert_eq!(n.listen.port(), 9123);
-        assert_eq!(n.dir, dir.path().join("root/local"));
+        assert_eq!(n.dir, dir.path().join("root/local/edge-1"), "a folder of its own, by id");
         let doc: toml::Table = n.text.parse().unwrap();
         assert_eq!(
             doc["node"]["security"]["api_key_file"].as_str().unwrap(),
@@ -523,6 +539,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(builtin.name, "local");
+        assert_eq!(builtin.dir, dir.path().join("root/local"), "the original's .dwbase/local");
     }
 
     #[test]

@@ -7,7 +7,8 @@
 //! <root>/devnet/state.json   durable record of the devnet
 //! <root>/devnet/node-a/      data/ logs/ summaries/ config.toml
 //! <root>/local/state.json    durable record of the local node
-//! <root>/local/              data/ logs/ summaries/ config.toml
+//! <root>/local/              data/ logs/ summaries/ config.toml   (node id "local")
+//! <root>/local/<id>/         the same, for a local node with another id
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -26,6 +27,13 @@ pub const MAX_SOCKET_PATH: usize = 107;
 /// The longest socket path the OS accepts.
 #[cfg(not(target_os = "linux"))]
 pub const MAX_SOCKET_PATH: usize = 103;
+
+/// The id of the default local node, whose folder is `<root>/local` itself.
+pub const LOCAL_NODE_ID: &str = "local";
+
+/// Names a local node's id cannot take: the folders of the default local node, which its
+/// folder would sit in (see [`Paths::node_dir`]).
+pub const RESERVED_LOCAL_IDS: &[&str] = &["data", "logs", "summaries"];
 
 /// All paths under one state root.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -97,11 +105,14 @@ impl Paths {
         self.group_dir(group).join("state.json")
     }
 
-    /// The folder of one node: `<root>/devnet/<name>` or `<root>/local`.
+    /// The folder of one node: `<root>/devnet/<name>`; for the local node `<root>/local` when
+    /// its id is `local` (the default config, the original DWBase's `.dwbase/local/data`), else
+    /// `<root>/local/<id>`, so that configs with different ids never share a store.
     pub fn node_dir(&self, group: Group, name: &str) -> PathBuf {
         match group {
             Group::Devnet => self.group_dir(group).join(name),
-            Group::Local => self.group_dir(group),
+            Group::Local if name == LOCAL_NODE_ID => self.group_dir(group),
+            Group::Local => self.group_dir(group).join(name),
         }
     }
 }
@@ -146,6 +157,7 @@ mod tests {
         assert_eq!(p.state_file(Group::Devnet), PathBuf::from("/tmp/x/devnet/state.json"));
         assert_eq!(p.node_dir(Group::Devnet, "node-b"), PathBuf::from("/tmp/x/devnet/node-b"));
         assert_eq!(p.node_dir(Group::Local, "local"), PathBuf::from("/tmp/x/local"));
+        assert_eq!(p.node_dir(Group::Local, "edge"), PathBuf::from("/tmp/x/local/edge"));
     }
 
     #[test]

@@ -89,6 +89,9 @@ pub async fn devnet(paths: &Paths, args: DevnetArgs) -> Result<()> {
 
 /// `dwbase deploy local`.
 pub async fn local(paths: &Paths, args: LocalArgs) -> Result<()> {
+    if let Some(path) = args.config.as_deref() {
+        first_run_key(path, args.common.dry_run)?;
+    }
     let config = args.config.as_deref().map(read_template).transpose()?;
     if let Some(t) = &config {
         check_listen(t)?;
@@ -102,6 +105,26 @@ pub async fn local(paths: &Paths, args: LocalArgs) -> Result<()> {
         options: options(&args.common),
     };
     run_deploy(paths, Group::Local, Request::DeployLocal(spec), &args.common).await
+}
+
+/// A config naming an `api_key_file` that does not exist yet gets one on first run (see
+/// [`crate::keyfile`]); the notice goes to stderr, so `--json` output stays one document.
+fn first_run_key(config: &Path, dry_run: bool) -> Result<()> {
+    if dry_run {
+        if let Some(path) = crate::keyfile::would_create(config)? {
+            eprintln!(
+                "dry run: would create the API key file {} named by {} (not created, so the \
+                 config cannot be checked further)",
+                path.display(),
+                config.display()
+            );
+        }
+        return Ok(());
+    }
+    if let Some(created) = crate::keyfile::ensure_for_config(config)? {
+        eprintln!("{}", created.message());
+    }
+    Ok(())
 }
 
 fn options(common: &CommonDeployArgs) -> DeployOptions {
