@@ -184,23 +184,12 @@ impl NodeApi {
 /// instead of `T`), taken as UTC; or a duration back from now (`10m`, `2h`, `1d`).
 pub fn parse_since(s: &str) -> Result<String, String> {
     use time::format_description::well_known::Rfc3339;
-    use time::macros::format_description;
     let s = s.trim();
     if dwbase_node::model::parse_timestamp(s).is_some() {
         return Ok(s.to_owned());
     }
-    let t = s.replacen(' ', "T", 1);
-    if let Ok(d) = time::Date::parse(&t, format_description!("[year]-[month]-[day]")) {
-        return Ok(d.midnight().assume_utc().format(&Rfc3339).expect("formats"));
-    }
-    for fmt in [
-        format_description!("[year]-[month]-[day]T[hour]:[minute]"),
-        format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]"),
-        format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond]"),
-    ] {
-        if let Ok(dt) = time::PrimitiveDateTime::parse(&t, fmt) {
-            return Ok(dt.assume_utc().format(&Rfc3339).expect("formats"));
-        }
+    if let Some(t) = dwbase_node::model::parse_filter_time(s) {
+        return Ok(t.format(&Rfc3339).expect("formats"));
     }
     if let Ok(ago) = humantime::parse_duration(s) {
         let at = time::OffsetDateTime::now_utc() - ago;

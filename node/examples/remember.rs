@@ -430,38 +430,43 @@ async fn syscall_phase(
     Ok(counts)
 }
 
-/// The tokens of the atoms stored in `world`, by replaying it.
-async fn stored_tokens(client: &reqwest::Client, node: &Node, world: &str) -> HashSet<String> {
+/// The tokens of the atoms stored in `world`, by replaying it; `Err` with what the node said
+/// when it does not answer with atoms.
+async fn stored_tokens(
+    client: &reqwest::Client,
+    node: &Node,
+    world: &str,
+) -> Result<HashSet<String>, String> {
     let r = client
         .post(format!("{}/replay", node.base))
         .json(&json!({"world": world, "filter": {}}))
         .send()
         .await
-        .expect("replay request");
+        .map_err(|e| format!("replay: {e}"))?;
     let status = r.status();
-    let atoms: Value = r.json().await.expect("replay answer");
-    assert!(status.is_success(), "replay answered {status}: {atoms}");
-    atoms
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|atom| atom["payload_json"].as_str())
-                .filter_map(|p| serde_json::from_str::<Value>(p).ok())
-                .filter_map(|p| p["token"].as_str().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default()
+    let text = r.text().await.map_err(|e| format!("replay: {e}"))?;
+    let atoms: Value = serde_json::from_str(&text)
+        .map_err(|_| format!("replay answered {status}: {}", text.trim()))?;
+    let Some(atoms) = atoms.as_array().filter(|_| status.is_success()) else {
+        return Err(format!("replay answered {status}: {}", text.trim()));
+    };
+    Ok(atoms
+        .iter()
+        .filter_map(|atom| atom["payload_json"].as_str())
+        .filter_map(|p| serde_json::from_str::<Value>(p).ok())
+        .filter_map(|p| p["token"].as_str().map(str::to_owned))
+        .collect())
 }
 
 /// Writes with 8 clients until `after` more are acknowledged, kills the node with SIGKILL,
 /// restarts it and checks every acknowledged atom; `cycles` times. Returns (acknowledged,
-/// lost) after each restart.
+/// lost, why the world could not be read back) after each restart.
 async fn crash_check(
     client: &reqwest::Client,
     node: &mut Node,
     cycles: usize,
     after: usize,
-) -> Vec<(usize, usize)> {
+) -> Vec<(usize, usize, Option<String>)> {
     let world = format!("crash-{}", node.kind.name());
     let acked: Arc<Mutex<Vec<String>>> = Arc::default();
     let counter = Arc::new(AtomicUsize::new(0));
@@ -509,10 +514,15 @@ async fn crash_check(
             let _ = t.await;
         }
         node.start(client).await;
-        let stored = stored_tokens(client, node, &world).await;
         let acked_now = acked.lock().expect("acked").clone();
-        let lost = acked_now.iter().filter(|t| !stored.contains(*t)).count();
-        out.push((acked_now.len(), lost));
+        match stored_tokens(client, node, &world).await {
+            Ok(stored) => {
+                let lost = acked_now.iter().filter(|t| !stored.contains(*t)).count();
+                out.push((acked_now.len(), lost, None));
+            }
+            // Nothing can be read back: every acknowledged atom counts as lost.
+            Err(why) => out.push((acked_now.len(), acked_now.len(), Some(why))),
+        }
     }
     out
 }
@@ -641,13 +651,14 @@ fn main() {
                 "\nDurability: 8 clients, SIGKILL after every {} acknowledged atoms, restart, replay ({} cycles):\n",
                 args.crash_after, args.crash_cycles
             );
-            println!("| node | after restart | acknowledged | lost |");
-            println!("|---|---:|---:|---:|");
+            println!("| node | after restart | acknowledged | lost | note |");
+            println!("|---|---:|---:|---:|---|");
             for node in [&mut ours, &mut original] {
-                for (i, (acked, lost)) in
+                for (i, (acked, lost, why)) in
                     crash_check(&client, node, args.crash_cycles, args.crash_after).await.into_iter().enumerate()
                 {
-                    println!("| {} | {} | {acked} | {lost} |", node.kind.name(), i + 1);
+                    let why = why.map(|w| w.replace('|', "/")).unwrap_or_default();
+                    println!("| {} | {} | {acked} | {lost} | {why} |", node.kind.name(), i + 1);
                 }
             }
         }

@@ -204,8 +204,14 @@ impl AtomFilter {
         let time = |field: &'static str, value: &Option<String>| -> Result<_, FieldError> {
             match value.as_deref().map(str::trim) {
                 None | Some("") => Ok(None),
-                Some(v) => parse_timestamp(v).map(|t| Some(unix_ms(t))).ok_or_else(|| {
-                    FieldError::new(field, format!("{v:?} is not an RFC 3339 timestamp"))
+                Some(v) => parse_filter_time(v).map(|t| Some(unix_ms(t))).ok_or_else(|| {
+                    FieldError::new(
+                        field,
+                        format!(
+                            "{v:?} is not a time: use RFC 3339 (2026-01-01T10:00:00Z), a date \
+                             (2026-01-01) or a time in UTC (2026-01-01T10:00)"
+                        ),
+                    )
                 }),
             }
         };
@@ -412,6 +418,27 @@ pub fn parse_timestamp(s: &str) -> Option<OffsetDateTime> {
     OffsetDateTime::parse(s.trim(), &Rfc3339).ok()
 }
 
+/// A filter time (`since`, `until`): RFC 3339, or what the original DWBase's replay compared
+/// as text against its RFC 3339 timestamps — a date (`2026-01-01`) or a time without zone
+/// (`2026-01-01T10:00`, `…:30`, `….5`, a space instead of `T`), taken as UTC.
+pub fn parse_filter_time(s: &str) -> Option<OffsetDateTime> {
+    use time::macros::format_description;
+    if let Some(t) = parse_timestamp(s) {
+        return Some(t);
+    }
+    let t = s.trim().replacen(' ', "T", 1);
+    if let Ok(d) = time::Date::parse(&t, format_description!("[year]-[month]-[day]")) {
+        return Some(d.midnight().assume_utc());
+    }
+    [
+        format_description!("[year]-[month]-[day]T[hour]:[minute]"),
+        format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]"),
+        format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond]"),
+    ]
+    .into_iter()
+    .find_map(|fmt| time::PrimitiveDateTime::parse(&t, fmt).ok().map(|dt| dt.assume_utc()))
+}
+
 /// Unix milliseconds of a time.
 pub fn unix_ms(t: OffsetDateTime) -> i64 {
     i64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
@@ -483,5 +510,21 @@ mod tests {
         assert!(!c.matches(AtomKind::Plan, 0, &["a".into()], &[]));
         let bad = AtomFilter { until: Some("soon".into()), ..Default::default() };
         assert_eq!(bad.compile().unwrap_err().field, "filter.until");
+    }
+
+    /// What the original CLI sent as `--since` and the original node compared as text.
+    #[test]
+    fn filter_times_take_the_originals_prefixes_as_utc() {
+        let ms = |s: &str| unix_ms(parse_timestamp(s).unwrap());
+        for (given, meant) in [
+            ("2026-01-02", "2026-01-02T00:00:00Z"),
+            ("2026-01-02T03:04", "2026-01-02T03:04:00Z"),
+            ("2026-01-02 03:04:05", "2026-01-02T03:04:05Z"),
+            ("2026-01-02T03:04:05.5", "2026-01-02T03:04:05.5Z"),
+            ("2026-01-02T03:04:05+02:00", "2026-01-02T01:04:05Z"),
+        ] {
+            let f = AtomFilter { since: Some(given.into()), ..Default::default() };
+            assert_eq!(f.compile().unwrap().since_ms, Some(ms(meant)), "{given}");
+        }
     }
 }
