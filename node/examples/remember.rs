@@ -439,7 +439,8 @@ async fn stored_tokens(
 ) -> Result<HashSet<String>, String> {
     let r = client
         .post(format!("{}/replay", node.base))
-        .json(&json!({"world": world, "filter": {}}))
+        // No filter: the original's needs every field of one, or none.
+        .json(&json!({"world": world}))
         .send()
         .await
         .map_err(|e| format!("replay: {e}"))?;
