@@ -8,7 +8,6 @@ mod support;
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -17,17 +16,8 @@ use dwbase_proto::process;
 use dwbase_proto::Group;
 use nix::sys::signal::Signal;
 use serde_json::Value;
-use support::dwbase::{self, Deployment};
+use support::dwbase::{self, devnet_args, node_processes, Deployment};
 use support::*;
-
-/// `deploy devnet` flags shared by these tests (no swarm, short stop timeout).
-fn devnet_args(nodes: u32, base: u16) -> Vec<String> {
-    ["deploy", "devnet", "--no-swarm", "--stop-timeout", "3s", "--timeout", "60s"]
-        .iter()
-        .map(|s| s.to_string())
-        .chain(["--nodes".into(), nodes.to_string(), "--base-port".into(), base.to_string()])
-        .collect()
-}
 
 fn run(d: &Deployment, args: &[String]) -> Output {
     let a: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -49,26 +39,6 @@ fn pids(doc: &Value) -> BTreeMap<String, u64> {
         .iter()
         .filter_map(|n| Some((n["name"].as_str()?.to_owned(), n["pid"].as_u64()?)))
         .collect()
-}
-
-/// Every live `dwbase-node` process whose `--config` lies under the root: node name → pids.
-fn node_processes(root: &Path) -> BTreeMap<String, Vec<u32>> {
-    let mut out: BTreeMap<String, Vec<u32>> = BTreeMap::new();
-    let mut found = Vec::new();
-    for id in process::find_processes(|args| {
-        let is_node =
-            args.first().and_then(|a| Path::new(a).file_name()).is_some_and(|n| n == "dwbase-node");
-        is_node && process::arg_value(args, "--config").is_some_and(|c| c.starts_with(root))
-    }) {
-        found.push(id.pid);
-    }
-    for pid in found {
-        let Some(args) = process::cmdline(pid) else { continue };
-        let Some(cfg) = process::arg_value(&args, "--config") else { continue };
-        let name = cfg.parent().and_then(|p| p.file_name()).unwrap().to_string_lossy().into_owned();
-        out.entry(name).or_default().push(pid);
-    }
-    out
 }
 
 /// Whether `127.0.0.1:port/readyz` answers 200 within half a second.
@@ -297,11 +267,7 @@ fn after_the_supervisor_is_killed_the_next_command_heals_and_adopts_every_node()
     let base = free_port_range(2);
     run(&d, &devnet_args(2, base)).ok();
     let before = pids(&wait_all_ready(&d, 2));
-    let sup = d.supervisor_pid().expect("supervisor pid");
-    kill_pid(sup, Signal::SIGKILL);
-    poll_until("the supervisor gone", Duration::from_secs(10), || {
-        (!process::pid_running(sup) || process::is_zombie(sup)).then_some(())
-    });
+    let sup = d.kill_supervisor();
 
     // Read-only: 3, from state.json, nothing started.
     let ro = d.run(&["--no-start", "deploy", "status"]).code_is(3);
@@ -332,11 +298,7 @@ fn a_lost_or_corrupt_state_file_still_finds_every_node_without_duplicates() {
         let base = free_port_range(2);
         run(&d, &devnet_args(2, base)).ok();
         let before = pids(&wait_all_ready(&d, 2));
-        let sup = d.supervisor_pid().expect("supervisor pid");
-        kill_pid(sup, Signal::SIGKILL);
-        poll_until("the supervisor gone", Duration::from_secs(10), || {
-            (!process::pid_running(sup) || process::is_zombie(sup)).then_some(())
-        });
+        d.kill_supervisor();
         let state = d.paths().state_file(Group::Devnet);
         match damage {
             "delete" => std::fs::remove_file(&state).unwrap(),
@@ -422,11 +384,7 @@ fn clean_never_deletes_the_data_of_a_running_node() {
     let base = free_port_range(1);
     run(&d, &devnet_args(1, base)).ok();
     let pid = pids(&wait_all_ready(&d, 1))["node-a"] as u32;
-    let sup = d.supervisor_pid().unwrap();
-    kill_pid(sup, Signal::SIGKILL);
-    poll_until("the supervisor gone", Duration::from_secs(10), || {
-        (!process::pid_running(sup) || process::is_zombie(sup)).then_some(())
-    });
+    d.kill_supervisor();
     // The state file is lost: the CLI alone cannot know node-a runs, but clean must find out.
     std::fs::remove_file(d.paths().state_file(Group::Devnet)).unwrap();
     let refused = d.run(&["--no-start", "deploy", "clean", "--yes"]);

@@ -5,39 +5,13 @@
 
 mod support;
 
-use std::collections::BTreeMap;
-use std::path::Path;
 use std::time::Duration;
 
 use dwbase_proto::process::{self, Liveness};
 use dwbase_proto::Group;
 use nix::sys::signal::Signal;
-use support::dwbase::Deployment;
+use support::dwbase::{devnet_args, node_processes, Deployment};
 use support::*;
-
-fn devnet_args(nodes: u32, base: u16) -> Vec<String> {
-    ["deploy", "devnet", "--no-swarm", "--stop-timeout", "3s", "--timeout", "60s"]
-        .iter()
-        .map(|s| s.to_string())
-        .chain(["--nodes".into(), nodes.to_string(), "--base-port".into(), base.to_string()])
-        .collect()
-}
-
-/// Live `dwbase-node` processes under the root: node name → pids.
-fn node_processes(root: &Path) -> BTreeMap<String, Vec<u32>> {
-    let mut out: BTreeMap<String, Vec<u32>> = BTreeMap::new();
-    for id in process::find_processes(|args| {
-        let is_node =
-            args.first().and_then(|a| Path::new(a).file_name()).is_some_and(|n| n == "dwbase-node");
-        is_node && process::arg_value(args, "--config").is_some_and(|c| c.starts_with(root))
-    }) {
-        let Some(args) = process::cmdline(id.pid) else { continue };
-        let Some(cfg) = process::arg_value(&args, "--config") else { continue };
-        let name = cfg.parent().and_then(|p| p.file_name()).unwrap().to_string_lossy().into_owned();
-        out.entry(name).or_default().push(id.pid);
-    }
-    out
-}
 
 /// Live supervisor processes of this root.
 fn supervisors(d: &Deployment) -> Vec<u32> {

@@ -138,6 +138,43 @@ impl Drop for Deployment {
     }
 }
 
+/// `deploy devnet` flags of the owner tests: no swarm, 3 s stop timeout, 60 s ready timeout.
+pub fn devnet_args(nodes: u32, base: u16) -> Vec<String> {
+    ["deploy", "devnet", "--no-swarm", "--stop-timeout", "3s", "--timeout", "60s"]
+        .iter()
+        .map(|s| s.to_string())
+        .chain(["--nodes".into(), nodes.to_string(), "--base-port".into(), base.to_string()])
+        .collect()
+}
+
+/// Every live `dwbase-node` process whose `--config` lies under `root`: node name → pids.
+pub fn node_processes(root: &Path) -> std::collections::BTreeMap<String, Vec<u32>> {
+    let mut out: std::collections::BTreeMap<String, Vec<u32>> = Default::default();
+    for id in process::find_processes(|args| {
+        let is_node =
+            args.first().and_then(|a| Path::new(a).file_name()).is_some_and(|n| n == "dwbase-node");
+        is_node && process::arg_value(args, "--config").is_some_and(|c| c.starts_with(root))
+    }) {
+        let Some(args) = process::cmdline(id.pid) else { continue };
+        let Some(cfg) = process::arg_value(&args, "--config") else { continue };
+        let name = cfg.parent().and_then(|p| p.file_name()).unwrap().to_string_lossy().into_owned();
+        out.entry(name).or_default().push(id.pid);
+    }
+    out
+}
+
+impl Deployment {
+    /// SIGKILLs this root's supervisor and waits until it is gone; returns its pid.
+    pub fn kill_supervisor(&self) -> u32 {
+        let sup = self.supervisor_pid().expect("supervisor pid");
+        super::kill_pid(sup, nix::sys::signal::Signal::SIGKILL);
+        super::poll_until("the supervisor gone", Duration::from_secs(10), || {
+            (!process::pid_running(sup) || process::is_zombie(sup)).then_some(())
+        });
+        sup
+    }
+}
+
 /// A copy of a file from the repository's `deploy/` folder, as text.
 pub fn template(name: &str) -> String {
     let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy").join(name);

@@ -50,21 +50,7 @@ use crate::report::{from_state_files, write_human, NodeJson, StatusJson, Supervi
 
 /// `dwbase deploy status`.
 pub async fn run(paths: &Paths, json: bool, no_start: bool) -> Result<()> {
-    let doc = match daemon::attach(paths, no_start).await? {
-        Ok(mut client) => {
-            let report = daemon::status(&mut client).await?;
-            StatusJson {
-                root: paths.root.clone(),
-                supervisor: SupervisorJson::from_info(&report.supervisor),
-                nodes: report.nodes.iter().map(NodeJson::from_status).collect(),
-                warnings: report.warnings.clone(),
-            }
-        }
-        Err(offline) => {
-            offline.warn();
-            from_state_files(paths)?
-        }
-    };
+    let doc = document(paths, no_start).await?;
     // One write for the whole table, not one per line.
     let mut text = Vec::new();
     if json {
@@ -79,6 +65,26 @@ pub async fn run(paths: &Paths, json: bool, no_start: bool) -> Result<()> {
     } else {
         Err(crate::Silent(STATUS_NOT_READY).into())
     }
+}
+
+/// The status document: from the supervisor (started when nodes are recorded and none runs,
+/// unless `no_start`), else from the state files. Shared by `deploy status` and `--watch`.
+pub async fn document(paths: &Paths, no_start: bool) -> Result<StatusJson> {
+    Ok(match daemon::attach(paths, no_start).await? {
+        Ok(mut client) => {
+            let report = daemon::status(&mut client).await?;
+            StatusJson {
+                root: paths.root.clone(),
+                supervisor: SupervisorJson::from_info(&report.supervisor),
+                nodes: report.nodes.iter().map(NodeJson::from_status).collect(),
+                warnings: report.warnings,
+            }
+        }
+        Err(offline) => {
+            offline.warn();
+            from_state_files(paths)?
+        }
+    })
 }
 
 /// `deploy status`'s exit code when the supervisor or a node that should run is down.

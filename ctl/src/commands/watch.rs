@@ -10,8 +10,7 @@ use std::time::Duration;
 use anyhow::Result;
 use dwbase_proto::Paths;
 
-use crate::daemon;
-use crate::report::{from_state_files, write_human, NodeJson, StatusJson, SupervisorJson};
+use crate::report::write_human;
 
 /// Runs until Ctrl+C or a closed stdout.
 pub async fn run(paths: &Paths, interval: Duration, json: bool, no_start: bool) -> Result<()> {
@@ -22,7 +21,7 @@ pub async fn run(paths: &Paths, interval: Duration, json: bool, no_start: bool) 
     }
     let redraw = !json && std::io::stdout().is_terminal() && can_redraw();
     loop {
-        let doc = document(paths, no_start).await?;
+        let doc = super::status::document(paths, no_start).await?;
         let mut text = Vec::new();
         if json {
             serde_json::to_writer(&mut text, &doc)?;
@@ -45,26 +44,6 @@ pub async fn run(paths: &Paths, interval: Duration, json: bool, no_start: bool) 
             _ = tokio::signal::ctrl_c() => return Ok(()),
         }
     }
-}
-
-/// The status document, as `deploy status` gets it: from the supervisor (started when nodes
-/// are recorded and none runs, unless --no-start), else the state files.
-async fn document(paths: &Paths, no_start: bool) -> Result<StatusJson> {
-    Ok(match daemon::attach(paths, no_start).await? {
-        Ok(mut client) => {
-            let report = daemon::status(&mut client).await?;
-            StatusJson {
-                root: paths.root.clone(),
-                supervisor: SupervisorJson::from_info(&report.supervisor),
-                nodes: report.nodes.iter().map(NodeJson::from_status).collect(),
-                warnings: report.warnings.clone(),
-            }
-        }
-        Err(offline) => {
-            offline.warn();
-            from_state_files(paths)?
-        }
-    })
 }
 
 fn can_redraw() -> bool {
