@@ -37,7 +37,7 @@ trap cleanup EXIT
 # A free run of $nodes ports: nothing answers a connect on any of them.
 port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 base=""
-for try in $(seq 1 50); do
+for _ in $(seq 1 50); do
   cand=$(( 20000 + (RANDOM % 400) * 100 ))
   ok=1
   for p in $(seq "$cand" $((cand + nodes - 1))); do port_free "$p" || { ok=0; break; }; done

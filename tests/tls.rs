@@ -559,3 +559,109 @@ fn pem_der(pem: &str) -> Vec<u8> {
     use rustls_pki_types::pem::PemObject as _;
     rustls_pki_types::CertificateDer::from_pem_slice(pem.as_bytes()).unwrap().to_vec()
 }
+
+/// `deploy devnet --tls`: the supervisor makes the CA and node certificates, the nodes serve
+/// https and swarm over it, its probes see them ready over https (the deploy returns, a
+/// killed node comes back), `status` shows the scheme, backups through `--node` find the CA,
+/// the same spec again changes nothing, and without `--tls` the devnet goes back to http.
+#[test]
+fn deploy_devnet_tls_end_to_end() {
+    let d = Deployment::new();
+    let base = support::free_port_range(2);
+    let deploy = |tls: bool| {
+        let mut args = vec!["deploy", "devnet", "--stop-timeout", "3s", "--timeout", "60s"];
+        let (nodes, port) = ("2".to_owned(), base.to_string());
+        args.extend(["--nodes", &nodes, "--base-port", &port]);
+        if tls {
+            args.push("--tls");
+        }
+        d.run(&args)
+    };
+    let out = deploy(true).ok();
+    let tls_dir = d.root.join("devnet").join("tls");
+    let ca = tls_dir.join("ca.crt");
+    assert!(out.stdout.contains(&format!("https: CA {}", ca.display())), "{out}");
+    for f in ["ca.key", "node-a.key", "node-b.key"] {
+        let mode = std::fs::metadata(tls_dir.join(f)).unwrap().permissions();
+        assert_eq!(std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777, 0o600, "{f}");
+    }
+
+    // `deploy status` exits 3 while a node is not ready: the document is on stdout either way.
+    let status = |d: &Deployment| json(&d.run(&["deploy", "status", "--json"]).stdout);
+    let doc = status(&d);
+    let pids: Vec<u64> =
+        doc["nodes"].as_array().unwrap().iter().map(|n| n["pid"].as_u64().unwrap()).collect();
+    for (i, n) in doc["nodes"].as_array().unwrap().iter().enumerate() {
+        assert_eq!(n["url"], format!("https://127.0.0.1:{}", base + i as u16), "{n}");
+        assert_eq!(n["ready"], true, "{n}");
+    }
+    let table = d.run(&["deploy", "status"]).ok();
+    assert!(table.stdout.contains("SCHEME") && table.stdout.contains("https"), "{table}");
+
+    // The real curl with the devnet's CA; plain http on the port gets no answer to read.
+    let cacert = ca.to_str().unwrap();
+    let (a_url, b_url) =
+        (format!("https://127.0.0.1:{base}"), format!("https://127.0.0.1:{}", base + 1));
+    let (code, _) = curl_ok(&["--cacert", cacert, &format!("{a_url}/readyz")]);
+    assert_eq!(code, 200);
+    let (code, _) = curl_ok(&["--cacert", cacert, &format!("https://localhost:{base}/readyz")]);
+    assert_eq!(code, 200, "the certificate names localhost too");
+    let plain = curl(&[&format!("http://127.0.0.1:{base}/readyz")]);
+    assert!(!plain.stdout.ends_with("\n200"), "plain http must not be served: {plain}");
+
+    // Swarm across over https, verified against the devnet's CA.
+    let (code, body) = curl_ok(&[
+        "--cacert",
+        cacert,
+        "-X",
+        "POST",
+        "-H",
+        "content-type: application/json",
+        "--data",
+        &atom("devnet over tls"),
+        &format!("{a_url}/remember"),
+    ]);
+    assert!((200..300).contains(&code), "{code} {body}");
+    let id: String = serde_json::from_str(&body).unwrap();
+    let got = poll_until("the atom reaches node-b over https", Duration::from_secs(30), || {
+        let out = curl(&["--cacert", cacert, &format!("{b_url}/atoms/{id}")]);
+        (out.status.success() && out.stdout.ends_with("\n200")).then_some(out.stdout)
+    });
+    assert!(got.contains("devnet over tls"), "{got}");
+
+    // The CLI finds the devnet's CA itself.
+    let archive = d.dir.path().join("a.tzst");
+    d.run(&["backup", "create", "--node", "node-a", "--out", archive.to_str().unwrap()]).ok();
+    assert!(archive.is_file());
+
+    // kill -9: the supervisor's https probes see the new process ready.
+    kill_pid(pids[0] as u32, nix::sys::signal::Signal::SIGKILL);
+    poll_until("node-a back and ready over https", Duration::from_secs(60), || {
+        let doc = status(&d);
+        let a = &doc["nodes"][0];
+        (a["ready"] == true && a["pid"].as_u64() != Some(pids[0])).then_some(())
+    });
+
+    // The same spec again: nothing changes, the certificates stay.
+    let cert_a = std::fs::read(tls_dir.join("node-a.crt")).unwrap();
+    let ca_bytes = std::fs::read(&ca).unwrap();
+    let before = status(&d);
+    deploy(true).ok();
+    let after = status(&d);
+    for i in 0..2 {
+        assert_eq!(before["nodes"][i]["pid"], after["nodes"][i]["pid"], "a no-op keeps pids");
+    }
+    assert_eq!(std::fs::read(tls_dir.join("node-a.crt")).unwrap(), cert_a);
+    assert_eq!(std::fs::read(&ca).unwrap(), ca_bytes);
+
+    // Without --tls: replaced one at a time, back to plain http.
+    deploy(false).ok();
+    let doc = status(&d);
+    for (i, n) in doc["nodes"].as_array().unwrap().iter().enumerate() {
+        assert_eq!(n["url"], format!("http://127.0.0.1:{}", base + i as u16), "{n}");
+        assert_eq!(n["ready"], true, "{n}");
+    }
+    let (code, _) = curl_ok(&[&format!("http://127.0.0.1:{base}/readyz")]);
+    assert_eq!(code, 200);
+    d.run(&["deploy", "stop"]).ok();
+}

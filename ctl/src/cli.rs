@@ -181,6 +181,12 @@ pub struct DevnetArgs {
     /// Do not make the nodes swarm peers of each other.
     #[arg(long)]
     pub no_swarm: bool,
+    /// Serve HTTPS: the supervisor makes a throwaway CA and one certificate per node under
+    /// <root>/devnet/tls/ (kept across deploys), and peers are https:// URLs. `backup create
+    /// --node NAME`, `deploy top` and soak find the CA themselves; other clients are given
+    /// <root>/devnet/tls/ca.crt (`--cacert FILE`, `curl --cacert FILE`).
+    #[arg(long)]
+    pub tls: bool,
     /// Base node config, rewritten per node (default: the built-in deploy/devnet.toml).
     #[arg(long, value_name = "FILE")]
     pub template: Option<PathBuf>,
@@ -252,6 +258,7 @@ const STATUS_JSON_HELP: &str = "\
   supervisor.pid, version, socket, metrics_url, started_unix_ms, uptime_ms
   supervisor.state_files    the state files read (when not running)
   nodes[].name, id, group (devnet|local), pid, port, ready, restarts, uptime_ms,
+          url (http://127.0.0.1:PORT, or https:// when the node serves TLS),
           restart_policy (always|on-failure|never), dir, data_dir, log_path, config_path,
           message, desired (running|stopped),
           last_exit {code, signal, at_unix_ms, cause (unexpected|requested|liveness)} or null,

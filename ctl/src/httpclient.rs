@@ -57,13 +57,18 @@ pub fn deployed_node(config_path: &Path, port: u16) -> (String, Option<PathBuf>)
     if !tls {
         return (format!("http://127.0.0.1:{port}"), None);
     }
-    let ca = config_path
+    (format!("https://127.0.0.1:{port}"), deployed_ca(config_path))
+}
+
+/// The CA a deployment generated for the node whose config is `config_path`: `tls/ca.crt` in
+/// the node's folder, its group's (`deploy devnet --tls`) or the root's.
+pub fn deployed_ca(config_path: &Path) -> Option<PathBuf> {
+    config_path
         .ancestors()
         .skip(1)
         .take(3)
         .map(|dir| dir.join("tls").join("ca.crt"))
-        .find(|p| p.is_file());
-    (format!("https://127.0.0.1:{port}"), ca)
+        .find(|p| p.is_file())
 }
 
 /// Why a request did not get an answer, with the causes reqwest keeps in its source chain

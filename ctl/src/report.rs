@@ -95,6 +95,9 @@ pub struct NodeJson {
     pub pid: Option<u32>,
     /// Port.
     pub port: u16,
+    /// Base URL of its API on this machine: `http://127.0.0.1:7000`, or `https://…` when its
+    /// config serves TLS.
+    pub url: String,
     /// State word.
     pub state: String,
     /// Ready at the last probe.
@@ -145,6 +148,7 @@ impl NodeJson {
             group: n.group,
             pid: n.pid,
             port: n.port,
+            url: n.url.clone(),
             state: n.state.as_str().to_owned(),
             ready: n.ready,
             restarts: n.restarts,
@@ -204,6 +208,7 @@ pub fn from_state_files(paths: &Paths) -> Result<StatusJson> {
                 group: n.group,
                 pid: n.pid,
                 port: n.port,
+                url: crate::httpclient::deployed_node(&n.config_path, n.port).0,
                 state: fallback::node_state_word(n).to_owned(),
                 ready: false,
                 restarts: n.restarts,
@@ -288,6 +293,7 @@ pub fn write_human(out: &mut impl Write, doc: &StatusJson) -> std::io::Result<()
         "ID",
         "PID",
         "PORT",
+        "SCHEME",
         "STATE",
         "READY",
         "RESTARTS",
@@ -301,6 +307,7 @@ pub fn write_human(out: &mut impl Write, doc: &StatusJson) -> std::io::Result<()
             n.id.clone(),
             n.pid.map_or("-".into(), |p| p.to_string()),
             n.port.to_string(),
+            n.url.split_once("://").map_or("http", |(scheme, _)| scheme).to_owned(),
             n.state.clone(),
             if doc.supervisor.running {
                 if n.ready {

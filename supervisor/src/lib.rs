@@ -34,6 +34,7 @@
 //! root, [`logs`] writes and reads node logs, [`metrics`] serves Prometheus text.
 
 pub mod cli;
+pub mod devnet_tls;
 pub mod fsm;
 pub mod handlers;
 pub mod instance;

@@ -48,6 +48,9 @@ pub struct RenderedNode {
     /// The template's `[liveness]` table, if it had one (removed from the node's config: the
     /// node does not read it, the supervisor does).
     pub liveness: Option<LivenessSpec>,
+    /// `deploy devnet --tls`: the folder of the devnet's CA and node certificates, which
+    /// [`write_node`] makes sure hold this node's certificate.
+    pub devnet_tls: Option<PathBuf>,
 }
 
 impl RenderedNode {
@@ -211,16 +214,18 @@ pub fn render_devnet(paths: &Paths, spec: &DevnetSpec) -> Result<Vec<RenderedNod
     let liveness = take_liveness(&mut template, &origin)?;
     let base_dir = spec.template.as_ref().and_then(|t| t.path.parent().map(Path::to_path_buf));
     let ports: Vec<u16> = (0..n).map(|i| spec.base_port + i as u16).collect();
+    let tls_dir = crate::devnet_tls::dir(paths);
     let mut out = Vec::with_capacity(n);
     for (i, port) in ports.iter().enumerate() {
         let name = node_name(i);
         let dir = paths.node_dir(Group::Devnet, &name);
         let listen = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), *port);
+        let scheme = if spec.tls { "https" } else { "http" };
         let peers: Vec<toml::Value> = if spec.swarm {
             ports
                 .iter()
                 .filter(|p| *p != port)
-                .map(|p| toml::Value::String(format!("http://127.0.0.1:{p}")))
+                .map(|p| toml::Value::String(format!("{scheme}://127.0.0.1:{p}")))
                 .collect()
         } else {
             vec![]
@@ -230,9 +235,21 @@ pub fn render_devnet(paths: &Paths, spec: &DevnetSpec) -> Result<Vec<RenderedNod
         node.insert("id".into(), toml::Value::String(name.clone()));
         node.insert("listen".into(), toml::Value::String(listen.to_string()));
         let r = rewrite_dirs(node, &dir, base_dir.as_deref(), &origin)?;
+        if spec.tls {
+            let files = crate::devnet_tls::Files::new(&tls_dir, &name);
+            let tls = sub_table(node, "tls", &origin)?;
+            tls.clear();
+            tls.insert("cert_file".into(), path_value(&files.cert));
+            tls.insert("key_file".into(), path_value(&files.key));
+        }
         let swarm = sub_table(node, "swarm", &origin)?;
         swarm.insert("enabled".into(), toml::Value::Boolean(spec.swarm));
         swarm.insert("peers".into(), toml::Value::Array(peers));
+        if spec.tls {
+            // Peers are verified against the devnet's own CA only.
+            let files = crate::devnet_tls::Files::new(&tls_dir, &name);
+            swarm.insert("ca_file".into(), path_value(&files.ca));
+        }
         let body = toml::to_string(&doc).map_err(|e| err(ErrorKind::Internal, e.to_string()))?;
         out.push(RenderedNode {
             id: name.clone(),
@@ -242,6 +259,7 @@ pub fn render_devnet(paths: &Paths, spec: &DevnetSpec) -> Result<Vec<RenderedNod
             text: header(&origin) + &body,
             body,
             liveness,
+            devnet_tls: spec.tls.then(|| tls_dir.clone()),
             ..r
         });
     }
@@ -355,14 +373,21 @@ fn rewrite_dirs(
         text: String::new(),
         body: String::new(),
         liveness: None,
+        devnet_tls: None,
     })
 }
 
-/// Writes the config and creates the node's folders.
+/// Writes the config and creates the node's folders (and, for `deploy devnet --tls`, its
+/// certificate).
 pub fn write_node(node: &RenderedNode) -> Result<(), ErrorReply> {
     for d in [&node.dir, &node.data_dir, &node.log_dir, &node.summaries_dir] {
         std::fs::create_dir_all(d)
             .map_err(|e| err(ErrorKind::Internal, format!("creating {}: {e}", d.display())))?;
+    }
+    if let Some(dir) = &node.devnet_tls {
+        crate::devnet_tls::ensure(dir, &node.name).map_err(|e| {
+            err(ErrorKind::Internal, format!("node {}: TLS certificate: {e:#}", node.name))
+        })?;
     }
     // 0600: a config can hold an API key.
     dwbase_proto::fsutil::atomic_write(&node.config_path, node.text.as_bytes(), 0o600).map_err(
@@ -396,6 +421,80 @@ pub fn check_port(node: &RenderedNode) -> Result<(), ErrorReply> {
     })
 }
 
+/// Where and how a node's API answers on this machine: what the prober probes and the URL
+/// `status` shows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    /// The address to probe (the listen address, loopback for an unspecified IP).
+    pub addr: SocketAddr,
+    /// `Some` when the node serves HTTPS.
+    pub tls: Option<ProbeTls>,
+}
+
+/// How the prober talks to a node that serves HTTPS. Like the kubelet's HTTPS probes, it
+/// does not verify the node's certificate (a probe carries no secret and goes to loopback);
+/// a node that requires client certificates gets one: the swarm's client certificate of its
+/// config, else its own (a `deploy devnet --tls` certificate is valid for both uses).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ProbeTls {
+    /// Certificate and key to present, when the node requires one.
+    pub identity: Option<(PathBuf, PathBuf)>,
+}
+
+impl Endpoint {
+    /// A plain-HTTP endpoint at `listen`.
+    pub fn plain(listen: SocketAddr) -> Self {
+        Self { addr: probe_addr(listen), tls: None }
+    }
+
+    /// From a node's config text (as it is or will be written at `config_path`) and the
+    /// environment the node gets (`DWBASE_TLS_*` override the file). A config that does not
+    /// the node's loader refuses gives plain HTTP at its `node.listen`, else at `fallback`.
+    pub fn of_config(
+        text: &str,
+        config_path: &Path,
+        env: &[(String, String)],
+        fallback: SocketAddr,
+    ) -> Self {
+        let Ok(mut cfg) = dwbase_node::config::Config::from_toml_str(text, config_path) else {
+            let listen = text
+                .parse::<toml::Table>()
+                .ok()
+                .and_then(|doc| doc.get("node")?.get("listen")?.as_str()?.parse().ok());
+            return Self::plain(listen.unwrap_or(fallback));
+        };
+        let _ = cfg.apply_env_from(env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        let node = &cfg.node;
+        let tls = node.tls.enabled().then(|| ProbeTls {
+            identity: node.tls.client_ca_file.as_ref().and_then(|_| {
+                match (&node.swarm.cert_file, &node.swarm.key_file) {
+                    (Some(c), Some(k)) => Some((c.clone(), k.clone())),
+                    _ => node.tls.cert_file.clone().zip(node.tls.key_file.clone()),
+                }
+            }),
+        });
+        Self { addr: probe_addr(node.listen), tls }
+    }
+
+    /// From a node's config file; plain HTTP at `fallback` when it cannot be read.
+    pub fn of_config_file(
+        config_path: &Path,
+        env: &[(String, String)],
+        fallback: SocketAddr,
+    ) -> Self {
+        match std::fs::read_to_string(config_path) {
+            Ok(text) => Self::of_config(&text, config_path, env, fallback),
+            Err(_) => Self::plain(fallback),
+        }
+    }
+
+    /// `http://127.0.0.1:7000` or `https://…`.
+    pub fn url(&self) -> String {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
+    }
+}
+
 /// The address to probe: the listen address, with an unspecified IP replaced by loopback.
 pub fn probe_addr(listen: SocketAddr) -> SocketAddr {
     match listen.ip() {
@@ -422,6 +521,7 @@ mod tests {
             nodes,
             base_port: 7000,
             swarm: true,
+            tls: false,
             template: None,
             restart_policy: Default::default(),
             env: vec![],

@@ -68,6 +68,7 @@ pub fn devnet_spec(nodes: u32, base_port: u16) -> DevnetSpec {
         nodes,
         base_port,
         swarm: false,
+        tls: false,
         template: None,
         restart_policy: RestartPolicy::Always,
         env: vec![],

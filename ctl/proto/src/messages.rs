@@ -187,6 +187,9 @@ pub struct DevnetSpec {
     pub base_port: u16,
     /// Give every node the others as swarm peers.
     pub swarm: bool,
+    /// Serve HTTPS: the supervisor keeps a throwaway CA and one certificate per node under
+    /// `<root>/devnet/tls/` (made on first use), and the peers are `https://` URLs.
+    pub tls: bool,
     /// Base node config that is rewritten per node; `None` means the built-in devnet template.
     pub template: Option<Template>,
     /// Restart policy of every node.
@@ -612,6 +615,9 @@ pub struct NodeStatus {
     pub liveness: LivenessSpec,
     /// Liveness probes failed in a row right now.
     pub liveness_failures: u32,
+    /// The base URL of its API on this machine (`http://127.0.0.1:7000`, or `https://…` when
+    /// its config serves TLS).
+    pub url: String,
 }
 
 /// Success with a message for people.

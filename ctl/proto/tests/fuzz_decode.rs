@@ -34,6 +34,7 @@ fn arb_request() -> impl Strategy<Value = Request> {
                     nodes,
                     base_port,
                     swarm,
+                    tls: !swarm,
                     template: None,
                     restart_policy,
                     env,

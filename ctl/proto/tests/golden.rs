@@ -19,7 +19,7 @@ fn hello_layout_is_fixed() {
 
 #[test]
 fn protocol_version_is_pinned() {
-    assert_eq!(PROTOCOL_VERSION, 2, "bumping the version? update these golden bytes too");
+    assert_eq!(PROTOCOL_VERSION, 3, "bumping the version? update these golden bytes too");
 }
 
 fn devnet_spec() -> DevnetSpec {
@@ -27,6 +27,7 @@ fn devnet_spec() -> DevnetSpec {
         nodes: 3,
         base_port: 7000,
         swarm: true,
+        tls: true,
         template: Some(Template { path: PathBuf::from("/t.toml"), text: "x".into() }),
         restart_policy: RestartPolicy::OnFailure,
         env: vec![("DWBASE_MAX_RAM_MB".into(), "64".into())],
@@ -41,7 +42,7 @@ fn request_variant_indexes_are_pinned() {
     let cases: Vec<(Request, &str)> = vec![
         (Request::Ping, "00"),
         (Request::Status, "01"),
-        (Request::DeployDevnet(devnet_spec()), "0203fb581b0101072f742e746f6d6c01780101114457424153455f4d41585f52414d5f4d42023634fb102701fb8813fbd007030100fb3075"),
+        (Request::DeployDevnet(devnet_spec()), "0203fb581b010101072f742e746f6d6c01780101114457424153455f4d41585f52414d5f4d42023634fb102701fb8813fbd007030100fb3075"),
         (
             Request::DeployLocal(LocalSpec {
                 config: None,

@@ -77,6 +77,7 @@ pub async fn devnet(paths: &Paths, args: DevnetArgs) -> Result<()> {
         nodes: args.nodes,
         base_port: args.base_port,
         swarm: !args.no_swarm,
+        tls: args.tls,
         template,
         restart_policy: args.common.restart,
         env: forwarded_env()?,
@@ -570,6 +571,14 @@ pub fn write_devnet_table(
         ]);
     }
     t.write(out)?;
+    if nodes.iter().any(|n| n.url.starts_with("https://")) {
+        // `deploy devnet --tls`: where the CA is, for clients other than this CLI.
+        let ca = state_file.parent().map(|g| g.join("tls").join("ca.crt"));
+        match ca.filter(|p| p.is_file()) {
+            Some(ca) => writeln!(out, "https: CA {} (curl --cacert FILE)", ca.display())?,
+            None => writeln!(out, "https: served with the template's own certificates")?,
+        }
+    }
     writeln!(out, "state: {}", state_file.display())
 }
 
@@ -582,7 +591,7 @@ fn write_local_summary(out: &mut impl Write, nodes: &[&NodeStatus]) -> std::io::
         let summaries =
             cfg.as_ref().map_or_else(|| n.dir.join("summaries"), |c| c.node.summaries_dir.clone());
         writeln!(out, "id:        {}", n.id)?;
-        writeln!(out, "endpoint:  http://127.0.0.1:{}", n.port)?;
+        writeln!(out, "endpoint:  {}", n.url)?;
         if let Some(addr) = listen.filter(|a| !a.ip().is_loopback()) {
             writeln!(out, "listen:    {addr} (every interface: clients need the API key)")?;
         }

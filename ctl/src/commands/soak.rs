@@ -88,6 +88,10 @@ pub struct SoakArgs {
     /// Seed of the random choices (default: from the clock; printed in the report).
     #[arg(long)]
     pub seed: Option<u64>,
+    /// Deploy the devnet with `--tls` (HTTPS between the workload, the nodes and their
+    /// swarm, with the devnet's own CA).
+    #[arg(long)]
+    pub tls: bool,
     /// Keep the temp state root afterwards.
     #[arg(long)]
     pub keep: bool,
@@ -210,6 +214,8 @@ pub struct Report {
     pub lost_writes: Vec<LostWrite>,
     /// Whether --chaos was on.
     pub chaos: bool,
+    /// Whether the devnet served HTTPS (--tls).
+    pub tls: bool,
     /// Devnet size.
     pub nodes: u32,
     /// Workload tasks.
@@ -549,6 +555,7 @@ struct Devnet {
     paths: Paths,
     nodes: u32,
     base_port: u16,
+    tls: bool,
     stopped: bool,
 }
 
@@ -610,6 +617,7 @@ impl Devnet {
         ]
         .iter()
         .map(|s| (*s).to_owned())
+        .chain(self.tls.then(|| "--tls".to_owned()))
         .collect()
     }
 
@@ -803,18 +811,27 @@ async fn soak(args: SoakArgs) -> Result<()> {
             .unwrap_or(7)
     });
     eprintln!(
-        "soak: root {}, {} nodes from port {base_port}, {}{}, seed {seed}",
+        "soak: root {}, {} nodes from port {base_port}, {}{}{}, seed {seed}",
         root.display(),
         args.nodes,
         humantime::format_duration(args.duration),
-        if args.chaos { ", chaos on" } else { "" }
+        if args.chaos { ", chaos on" } else { "" },
+        if args.tls { ", https" } else { "" }
     );
 
-    let devnet = Devnet { exe, paths: paths.clone(), nodes: args.nodes, base_port, stopped: false };
+    let devnet = Devnet {
+        exe,
+        paths: paths.clone(),
+        nodes: args.nodes,
+        base_port,
+        tls: args.tls,
+        stopped: false,
+    };
     let mut signals = crate::signals::Terminated::new()?;
     let mut report = Report {
         duration_secs: args.duration.as_secs(),
         chaos: args.chaos,
+        tls: args.tls,
         nodes: args.nodes,
         concurrency: args.concurrency,
         base_port,

@@ -16,6 +16,7 @@
 //!   "nodes": [{
 //!     "name": "node-a", "id": "node-a", "group": "devnet" | "local",
 //!     "pid": 12345 | null, "port": 7000,
+//!     "url": "http://127.0.0.1:7000" | "https://127.0.0.1:7000",  // its config's scheme
 //!     "state": "starting|ready|degraded|unready|backoff|crash-loop|stopping|stopped"
 //!              (supervised) | "alive|dead|pid-reused|stopped" (from state.json),
 //!     "ready": true, "restarts": 0, "uptime_ms": 5000 | null,

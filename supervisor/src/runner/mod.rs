@@ -48,7 +48,7 @@ pub use reconcile::{DesiredNode, Step};
 
 use crate::fsm::{Action, Event, Phase, RestartRules};
 use crate::process::{self, Invocation, LogSink, SpawnSpec};
-use crate::render;
+use crate::render::{self, Endpoint};
 use node::{Node, Removal};
 use probe::{Kind, Outcome, ProbeConfig, Prober, Verdict};
 
@@ -104,13 +104,6 @@ fn unix_ms_now() -> i64 {
 
 fn err(kind: ErrorKind, message: impl Into<String>) -> ErrorReply {
     ErrorReply::new(kind, message)
-}
-
-/// Reads a config's `node.listen`, for the probe address of a node found on disk.
-fn listen_of(config: &std::path::Path) -> Option<SocketAddr> {
-    let text = std::fs::read_to_string(config).ok()?;
-    let doc: toml::Table = text.parse().ok()?;
-    doc.get("node")?.get("listen")?.as_str()?.parse().ok()
 }
 
 /// The runner itself; build with [`Runner::new`], then `tokio::spawn(runner.run())`.
@@ -181,11 +174,11 @@ impl Runner {
         }
         for f in found.nodes {
             let rec = f.rec;
-            let listen = listen_of(&rec.config_path)
-                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], rec.port)));
+            let fallback = SocketAddr::from(([127, 0, 0, 1], rec.port));
+            let endpoint = Endpoint::of_config_file(&rec.config_path, &rec.env, fallback);
             let name = rec.name.clone();
             let recorded = rec.pid.map(|pid| ProcessId { pid, start_time: rec.start_time });
-            let mut node = Node::new(rec, render::probe_addr(listen), self.cfg.rules);
+            let mut node = Node::new(rec, endpoint, self.cfg.rules);
             match recorded.filter(ProcessId::is_alive) {
                 Some(id) => {
                     info!(node = %name, pid = id.pid, "adopting a node that still runs");
@@ -519,7 +512,7 @@ impl Runner {
                 render::write_node(&d.rendered)?;
                 let name = d.record.name.clone();
                 info!(node = %name, port = d.record.port, "adding");
-                let node = Node::new(d.record.clone(), d.probe_addr(), self.cfg.rules);
+                let node = Node::new(d.record.clone(), d.endpoint(), self.cfg.rules);
                 self.nodes.insert(name.clone(), node);
                 self.dirty = true;
                 self.emit(&name, EventKind::Added);
@@ -552,9 +545,9 @@ impl Runner {
                 n.fsm.policy = d.record.restart_policy;
                 n.fsm.liveness = d.record.liveness;
                 n.record_dirty = true;
-                let watch = n.fsm.process.map(|_| (n.fsm.generation, n.probe_addr, n.fsm.liveness));
-                if let Some((generation, addr, liveness)) = watch {
-                    self.prober.watch(&name, generation, addr, liveness);
+                if n.fsm.process.is_some() {
+                    let (generation, liveness) = (n.fsm.generation, n.fsm.liveness);
+                    self.prober.watch(&name, generation, n.endpoint.clone(), liveness);
                 }
                 info!(node = %name, "supervision settings updated in place");
                 self.dirty = true;
@@ -743,8 +736,8 @@ impl Runner {
             if let Err(e) = render::write_node(&d.rendered) {
                 return Err(e.message);
             }
+            n.endpoint = d.endpoint();
             n.rec = d.record;
-            n.probe_addr = render::probe_addr(d.rendered.listen);
             n.fsm.policy = n.rec.restart_policy;
             n.fsm.liveness = n.rec.liveness;
         }
@@ -783,7 +776,7 @@ impl Runner {
         let owned = name.to_owned();
         let grace = sweep_grace(n.rec.stop_timeout_ms);
         let cancel = self.cancel.clone();
-        let (addr, liveness) = (n.probe_addr, n.rec.liveness);
+        let (endpoint, liveness) = (n.endpoint.clone(), n.rec.liveness);
         tokio::spawn(async move {
             tokio::select! {
                 // The runner ended, leaving the node running (the next supervisor adopts
@@ -801,7 +794,7 @@ impl Runner {
                 }
             }
         });
-        self.prober.watch(name, generation, addr, liveness);
+        self.prober.watch(name, generation, endpoint, liveness);
         self.emit(name, EventKind::Spawned { pid: id.pid });
         Ok(id)
     }
@@ -814,7 +807,7 @@ impl Runner {
         let tx = self.tx.clone();
         let owned = name.to_owned();
         let cancel = self.cancel.clone();
-        self.prober.watch(name, generation, n.probe_addr, n.fsm.liveness);
+        self.prober.watch(name, generation, n.endpoint.clone(), n.fsm.liveness);
         tokio::spawn(async move {
             tokio::select! {
                 _ = cancel.cancelled() => {}

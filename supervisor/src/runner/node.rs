@@ -2,8 +2,6 @@
 //! doing — the only writer of that), and the runner's bookkeeping around them (waiters, a
 //! pending replacement, a removal in progress).
 
-use std::net::SocketAddr;
-
 use dwbase_proto::state::{Desired, NodeRecord};
 use dwbase_proto::{NodeState, NodeStatus};
 use tokio::sync::oneshot;
@@ -12,6 +10,7 @@ use super::handle::Spawned;
 use super::reconcile::DesiredNode;
 use crate::fsm::{NodeFsm, RestartRules};
 use crate::process;
+use crate::render::Endpoint;
 
 /// How many log lines `status` shows for a failing node.
 pub const LAST_LOG_LINES: usize = 20;
@@ -30,8 +29,8 @@ pub(super) struct Node {
     pub rec: NodeRecord,
     /// What it is doing.
     pub fsm: NodeFsm,
-    /// Where its HTTP API answers probes.
-    pub probe_addr: SocketAddr,
+    /// Where and how its API answers probes.
+    pub endpoint: Endpoint,
     /// A deploy's replacement, installed right before the next spawn.
     pub pending: Option<DesiredNode>,
     /// A removal in progress.
@@ -49,7 +48,7 @@ pub(super) struct Node {
 }
 
 impl Node {
-    pub fn new(rec: NodeRecord, probe_addr: SocketAddr, rules: RestartRules) -> Self {
+    pub fn new(rec: NodeRecord, endpoint: Endpoint, rules: RestartRules) -> Self {
         let mut fsm = NodeFsm::new(rec.restart_policy, rec.liveness, rules);
         fsm.restarts = rec.restarts;
         fsm.desired = rec.desired;
@@ -57,7 +56,7 @@ impl Node {
         Self {
             rec,
             fsm,
-            probe_addr,
+            endpoint,
             pending: None,
             removal: None,
             stop_timeout_override: None,
@@ -122,6 +121,7 @@ impl Node {
             desired: self.fsm.desired,
             liveness: self.fsm.liveness,
             liveness_failures: self.fsm.liveness_failures,
+            url: self.endpoint.url(),
         }
     }
 }

@@ -9,7 +9,6 @@
 //! milliseconds of answering.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use dwbase_proto::LivenessSpec;
@@ -21,6 +20,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::Msg;
+use crate::render::{Endpoint, ProbeTls};
 
 /// The first pause between readiness probes of a node that is not ready yet; it doubles up
 /// to the fast period.
@@ -74,7 +74,7 @@ pub(super) struct ProbeConfig {
 }
 
 enum ProbeCmd {
-    Watch { name: String, generation: u64, addr: SocketAddr, liveness: LivenessSpec },
+    Watch { name: String, generation: u64, endpoint: Endpoint, liveness: LivenessSpec },
     Unwatch { name: String },
 }
 
@@ -100,19 +100,16 @@ impl Prober {
         runner: mpsc::UnboundedSender<Msg>,
         cancel: CancellationToken,
     ) -> anyhow::Result<Self> {
-        let http = reqwest::Client::builder()
-            .no_proxy()
-            .connect_timeout(cfg.timeout)
-            .pool_max_idle_per_host(1)
-            .build()?;
+        let clients = Clients::new(cfg.timeout)?;
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run(cfg, http, rx, runner, cancel));
+        tokio::spawn(run(cfg, clients, rx, runner, cancel));
         Ok(Self { tx })
     }
 
     /// Probes this process of `name` from now on (replacing an older one).
-    pub fn watch(&self, name: &str, generation: u64, addr: SocketAddr, liveness: LivenessSpec) {
-        let _ = self.tx.send(ProbeCmd::Watch { name: name.to_owned(), generation, addr, liveness });
+    pub fn watch(&self, name: &str, generation: u64, endpoint: Endpoint, liveness: LivenessSpec) {
+        let name = name.to_owned();
+        let _ = self.tx.send(ProbeCmd::Watch { name, generation, endpoint, liveness });
     }
 
     /// Stops probing `name`.
@@ -121,9 +118,49 @@ impl Prober {
     }
 }
 
+/// HTTP clients of the prober: one for plain HTTP, one per distinct TLS setting (nodes that
+/// serve HTTPS; the same client certificate shares one client and its connection pool).
+struct Clients {
+    timeout: Duration,
+    plain: reqwest::Client,
+    tls: HashMap<ProbeTls, Result<reqwest::Client, String>>,
+}
+
+impl Clients {
+    fn new(timeout: Duration) -> anyhow::Result<Self> {
+        let plain = Self::builder(timeout).build()?;
+        Ok(Self { timeout, plain, tls: HashMap::new() })
+    }
+
+    fn builder(timeout: Duration) -> reqwest::ClientBuilder {
+        reqwest::Client::builder().no_proxy().connect_timeout(timeout).pool_max_idle_per_host(1)
+    }
+
+    /// The client for `endpoint`, or why there is none (an unreadable client certificate).
+    fn get(&mut self, endpoint: &Endpoint) -> Result<reqwest::Client, String> {
+        let Some(tls) = &endpoint.tls else { return Ok(self.plain.clone()) };
+        let timeout = self.timeout;
+        self.tls
+            .entry(tls.clone())
+            .or_insert_with(|| {
+                let (cert_file, key_file) = tls.identity.clone().unzip();
+                let identity = dwbase_node::tls::ClientTls { ca_file: None, cert_file, key_file };
+                let keys = ("ca_file", "the client certificate", "its key");
+                identity
+                    .apply(Self::builder(timeout), keys)
+                    .map_err(|e| e.to_string())?
+                    .danger_accept_invalid_certs(true)
+                    .build()
+                    .map_err(|e| e.to_string())
+            })
+            .clone()
+    }
+}
+
 struct Target {
     generation: u64,
-    addr: SocketAddr,
+    endpoint: Endpoint,
+    http: Result<reqwest::Client, String>,
     liveness: LivenessSpec,
     ready: bool,
     pause: Duration,
@@ -147,7 +184,7 @@ type Batch = BoxFuture<'static, Vec<Outcome>>;
 
 async fn run(
     cfg: ProbeConfig,
-    http: reqwest::Client,
+    mut clients: Clients,
     mut rx: mpsc::UnboundedReceiver<ProbeCmd>,
     runner: mpsc::UnboundedSender<Msg>,
     cancel: CancellationToken,
@@ -168,13 +205,14 @@ async fn run(
             _ = cancel.cancelled() => return,
             cmd = rx.recv() => match cmd {
                 None => return,
-                Some(ProbeCmd::Watch { name, generation, addr, liveness }) => {
+                Some(ProbeCmd::Watch { name, generation, endpoint, liveness }) => {
                     let now = Instant::now();
                     let next_live = liveness
                         .enabled()
                         .then(|| align(epoch, now + Duration::from_millis(liveness.period_ms), Duration::from_millis(liveness.period_ms)));
+                    let http = clients.get(&endpoint);
                     targets.insert(name, Target {
-                        generation, addr, liveness, ready: false, pause: first,
+                        generation, endpoint, http, liveness, ready: false, pause: first,
                         next_ready: now, next_live, busy: false,
                     });
                 }
@@ -230,11 +268,11 @@ async fn run(
                     }
                     t.busy = true;
                     if ready_due {
-                        probes.push(probe(&http, name, t, Kind::Readiness, cfg.timeout));
+                        probes.push(probe(name, t, Kind::Readiness, cfg.timeout));
                     }
                     if live_due {
                         let timeout = Duration::from_millis(t.liveness.timeout_ms.max(1));
-                        probes.push(probe(&http, name, t, Kind::Liveness, timeout));
+                        probes.push(probe(name, t, Kind::Liveness, timeout));
                     }
                 }
                 if !probes.is_empty() {
@@ -252,21 +290,24 @@ async fn sleep_until(t: Option<Instant>) {
     }
 }
 
-fn probe(
-    http: &reqwest::Client,
-    name: &str,
-    t: &Target,
-    kind: Kind,
-    timeout: Duration,
-) -> BoxFuture<'static, Outcome> {
+fn probe(name: &str, t: &Target, kind: Kind, timeout: Duration) -> BoxFuture<'static, Outcome> {
     let path = match kind {
         Kind::Readiness => "readyz",
         Kind::Liveness => "healthz",
     };
-    let url = format!("http://{}/{path}", t.addr);
-    let req = http.get(url).timeout(timeout);
-    let (name, generation) = (name.to_owned(), t.generation);
+    let req = t.http.clone().map(|http| {
+        let url = format!("{}/{path}", t.endpoint.url());
+        http.get(url).timeout(timeout)
+    });
+    let (name, generation, tls) = (name.to_owned(), t.generation, t.endpoint.tls.is_some());
     async move {
+        let req = match req {
+            Ok(req) => req,
+            Err(e) => {
+                let verdict = Verdict::Failed(format!("/{path}: no HTTPS client: {e}"));
+                return Outcome { name, generation, kind, verdict };
+            }
+        };
         let verdict = match req.send().await {
             Ok(resp) if resp.status().is_success() => Verdict::Ok,
             Ok(resp) => {
@@ -278,12 +319,24 @@ fn probe(
             Err(e) if e.is_timeout() => {
                 Verdict::Failed(format!("/{path} timed out after {} ms", timeout.as_millis()))
             }
-            Err(e) if e.is_connect() => Verdict::Failed(format!("/{path} refused the connection")),
-            Err(e) => Verdict::Failed(format!("/{path}: {e}")),
+            Err(e) if e.is_connect() && !tls => {
+                Verdict::Failed(format!("/{path} refused the connection"))
+            }
+            // Over TLS a failed handshake is a connect error too: say what failed.
+            Err(e) => Verdict::Failed(format!("/{path}: {}", innermost(&e))),
         };
         Outcome { name, generation, kind, verdict }
     }
     .boxed()
+}
+
+/// The innermost cause of an error (reqwest's own text is only "error sending request").
+fn innermost(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cur = e;
+    while let Some(next) = cur.source() {
+        cur = next;
+    }
+    cur.to_string()
 }
 
 #[cfg(test)]

@@ -10,7 +10,6 @@
 //! it), then additions and starts.
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::SocketAddr;
 
 use dwbase_proto::state::{Desired, NodeRecord};
 use dwbase_proto::{
@@ -18,7 +17,7 @@ use dwbase_proto::{
 };
 
 use super::node::Node;
-use crate::render::{self, RenderedNode};
+use crate::render::{self, Endpoint, RenderedNode};
 
 /// One node as a spec wants it: its rendered config and its record (no process facts).
 #[derive(Debug, Clone)]
@@ -61,9 +60,10 @@ impl DesiredNode {
         Self { rendered, record }
     }
 
-    /// Where its API answers probes.
-    pub fn probe_addr(&self) -> SocketAddr {
-        render::probe_addr(self.rendered.listen)
+    /// Where and how its API will answer probes.
+    pub fn endpoint(&self) -> Endpoint {
+        let r = &self.rendered;
+        Endpoint::of_config(&r.text, &r.config_path, &self.record.env, r.listen)
     }
 }
 

@@ -140,6 +140,7 @@ pub fn devnet(nodes: u32, base_port: u16, policy: RestartPolicy) -> DevnetSpec {
         nodes,
         base_port,
         swarm: false,
+        tls: false,
         template: None,
         restart_policy: policy,
         env: vec![("FAKE_NODE_EXTRA".into(), "1".into())],

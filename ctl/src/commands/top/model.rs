@@ -27,6 +27,10 @@ pub struct Row {
     pub pid: Option<u32>,
     /// HTTP port.
     pub port: u16,
+    /// Base URL of its API (`http://…` or `https://…`).
+    pub url: String,
+    /// Its config file (where a deployment's CA is found from).
+    pub config_path: PathBuf,
     /// Restarts.
     pub restarts: u32,
     /// Uptime when this row was last updated, and when that was.
@@ -53,6 +57,8 @@ impl Row {
             ready: supervised.then_some(n.ready),
             pid: n.pid,
             port: n.port,
+            url: n.url.clone(),
+            config_path: n.config_path.clone(),
             restarts: n.restarts,
             uptime: n.uptime_ms.map(|u| (u, now)),
             last_exit: last_exit_words(n.last_exit.as_ref()),
@@ -223,7 +229,12 @@ impl Model {
     pub fn targets(&self) -> Vec<Target> {
         self.rows
             .iter()
-            .map(|r| Target { name: r.name.clone(), pid: r.pid, port: r.port })
+            .map(|r| Target {
+                name: r.name.clone(),
+                pid: r.pid,
+                url: r.url.clone(),
+                config_path: r.config_path.clone(),
+            })
             .collect()
     }
 
@@ -463,6 +474,7 @@ mod tests {
             group: Group::Devnet,
             pid,
             port: 7000,
+            url: "http://127.0.0.1:7000".into(),
             state: state.into(),
             ready: state == "ready",
             restarts: 0,

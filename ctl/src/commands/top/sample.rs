@@ -3,6 +3,7 @@
 //! first sample of a process shows "-" and a new pid starts over.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 /// A node to sample.
@@ -12,8 +13,10 @@ pub struct Target {
     pub name: String,
     /// Its process, if running.
     pub pid: Option<u32>,
-    /// Its HTTP port (for `/metrics`).
-    pub port: u16,
+    /// Base URL of its API (for `/metrics`).
+    pub url: String,
+    /// Its config file: an https node's CA is found from it (`deploy devnet --tls`).
+    pub config_path: PathBuf,
 }
 
 /// What was measured for one node; `None` means "not known (yet)".
@@ -191,32 +194,57 @@ struct Previous {
 /// Samples every target once per call and keeps what the next call compares with.
 #[derive(Debug)]
 pub struct Sampler {
-    http: reqwest::Client,
+    timeout: Duration,
+    /// One client per CA: `None` for plain HTTP and the system's roots, else a deployment's
+    /// `tls/ca.crt` (`None` as the value: that CA could not be loaded).
+    clients: HashMap<Option<PathBuf>, Option<reqwest::Client>>,
+    /// The CA of each https node, by config file (looked up once).
+    cas: HashMap<PathBuf, Option<PathBuf>>,
     prev: HashMap<String, Previous>,
 }
 
 impl Sampler {
     /// A sampler whose `/metrics` requests give up after `timeout`.
     pub fn new(timeout: Duration) -> Self {
-        let http = reqwest::Client::builder()
-            .timeout(timeout)
-            .pool_max_idle_per_host(1)
-            .build()
-            .unwrap_or_default();
-        Self { http, prev: HashMap::new() }
+        Self { timeout, clients: HashMap::new(), cas: HashMap::new(), prev: HashMap::new() }
+    }
+
+    /// The client for `t`: an https node's is built with its deployment's CA.
+    fn client(&mut self, t: &Target) -> Option<reqwest::Client> {
+        let ca = if t.url.starts_with("https://") {
+            self.cas
+                .entry(t.config_path.clone())
+                .or_insert_with(|| crate::httpclient::deployed_ca(&t.config_path))
+                .clone()
+        } else {
+            None
+        };
+        let timeout = self.timeout;
+        self.clients
+            .entry(ca)
+            .or_insert_with_key(|ca| {
+                crate::httpclient::builder_with(ca.as_deref())
+                    .ok()?
+                    .timeout(timeout)
+                    .pool_max_idle_per_host(1)
+                    .build()
+                    .ok()
+            })
+            .clone()
     }
 
     /// One round over `targets`: /proc for each running one, and all `/metrics` at once.
     pub async fn sample(&mut self, targets: &[Target]) -> Vec<(String, Figures)> {
-        let pages = futures::future::join_all(targets.iter().map(|t| {
-            let http = self.http.clone();
-            let url = format!("http://127.0.0.1:{}/metrics", t.port);
+        let clients: Vec<Option<reqwest::Client>> =
+            targets.iter().map(|t| self.client(t)).collect();
+        let pages = futures::future::join_all(targets.iter().zip(clients).map(|(t, http)| {
+            let url = format!("{}/metrics", t.url);
             let running = t.pid.is_some();
             async move {
                 if !running {
                     return None;
                 }
-                let text = http.get(&url).send().await.ok()?.error_for_status().ok()?;
+                let text = http?.get(&url).send().await.ok()?.error_for_status().ok()?;
                 parse_metrics(&text.text().await.ok()?)
             }
         }))
