@@ -66,9 +66,9 @@ impl Client {
         // on Unix sockets: that is "busy", not "broken" — try again until the deadline.
         let deadline = tokio::time::Instant::now() + CONNECT_TIMEOUT;
         let mut pause = Duration::from_millis(1);
-        let stream = loop {
+        loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            match tokio::time::timeout(left, Stream::connect(name.clone())).await {
+            let stream = match tokio::time::timeout(left, Stream::connect(name.clone())).await {
                 Err(_) => return Err(ClientError::Timeout(CONNECT_TIMEOUT)),
                 Ok(Err(e))
                     if matches!(
@@ -78,24 +78,34 @@ impl Client {
                 {
                     return Err(ClientError::NotRunning { socket: socket.to_owned() })
                 }
-                Ok(Err(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    if tokio::time::Instant::now() + pause >= deadline {
-                        return Err(ClientError::Timeout(CONNECT_TIMEOUT));
-                    }
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(Duration::from_millis(50));
-                }
+                Ok(Err(e)) if e.kind() == std::io::ErrorKind::WouldBlock => None,
                 Ok(Err(e)) => return Err(io(e)),
-                Ok(Ok(s)) => break s,
+                Ok(Ok(s)) => Some(s),
+            };
+            if let Some(stream) = stream {
+                let mut framed = codec::framed(stream);
+                match codec::client_handshake(&mut framed, codec::HANDSHAKE_TIMEOUT).await {
+                    Ok(server) => return Ok(Self { framed, socket: socket.to_owned(), server }),
+                    Err(e @ HandshakeError::VersionMismatch { .. }) => {
+                        return Err(ClientError::VersionMismatch {
+                            socket: socket.to_owned(),
+                            source: e,
+                        })
+                    }
+                    // A supervisor that is going away (killed: its last thread still holds
+                    // the listener for a moment, and the queued connection is reset) — dial
+                    // again: the next attempt is refused (not running) or meets its successor.
+                    Err(e) if is_hang_up(&e) => {}
+                    Err(e) => {
+                        return Err(ClientError::Handshake { socket: socket.to_owned(), source: e })
+                    }
+                }
             }
-        };
-        let mut framed = codec::framed(stream);
-        match codec::client_handshake(&mut framed, codec::HANDSHAKE_TIMEOUT).await {
-            Ok(server) => Ok(Self { framed, socket: socket.to_owned(), server }),
-            Err(e @ HandshakeError::VersionMismatch { .. }) => {
-                Err(ClientError::VersionMismatch { socket: socket.to_owned(), source: e })
+            if tokio::time::Instant::now() + pause >= deadline {
+                return Err(ClientError::Timeout(CONNECT_TIMEOUT));
             }
-            Err(e) => Err(ClientError::Handshake { socket: socket.to_owned(), source: e }),
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(50));
         }
     }
 
@@ -148,5 +158,21 @@ impl Client {
     /// Sends a request and waits for its one answer (default timeout).
     pub async fn request(&mut self, req: &Request) -> Result<Response, ClientError> {
         self.request_with_timeout(req, DEFAULT_REQUEST_TIMEOUT).await
+    }
+}
+
+/// Whether a handshake failed because the other end went away (reset, closed, broken pipe)
+/// rather than answering something wrong.
+fn is_hang_up(e: &HandshakeError) -> bool {
+    match e {
+        HandshakeError::Closed => true,
+        HandshakeError::Io(io) => matches!(
+            io.kind(),
+            std::io::ErrorKind::ConnectionReset
+                | std::io::ErrorKind::BrokenPipe
+                | std::io::ErrorKind::UnexpectedEof
+                | std::io::ErrorKind::ConnectionAborted
+        ),
+        _ => false,
     }
 }
