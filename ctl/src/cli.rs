@@ -154,7 +154,8 @@ pub struct CommonDeployArgs {
     /// How long `stop` waits after SIGTERM before SIGKILL.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub stop_timeout: Duration,
-    /// Serve the supervisor's Prometheus metrics here (loopback), when this command starts it.
+    /// Serve the supervisor's Prometheus metrics here (loopback), when this command starts it;
+    /// the read-only status API (GET /v1/status, /v1/events) is served there too.
     #[arg(long, value_name = "ADDR", value_parser = parse_loopback_addr)]
     pub metrics_addr: Option<SocketAddr>,
     /// Stay attached: run the supervisor as a child, stream the logs, and stop everything on
@@ -252,7 +253,9 @@ pub struct DeployStatusArgs {
 
 /// The `--json` keys of `deploy status`, for `--help`.
 const STATUS_JSON_HELP: &str = "\
---json prints one object; keys are stable (new ones may be added, none renamed):
+--json prints one object; keys are stable (new ones may be added, none renamed); its JSON
+Schema is docs/status.schema.json, and the supervisor's GET /v1/status answers the same:
+  version                   the document's format (1)
   root                      the state root
   supervisor.running        false when read from state.json (no supervisor answered)
   supervisor.pid, version, socket, metrics_url, started_unix_ms, uptime_ms

@@ -97,12 +97,14 @@ pub fn node_liveness(n: &NodeRecord) -> Option<Liveness> {
 
 /// The word `status` prints for a recorded node when no supervisor runs.
 pub fn node_state_word(n: &NodeRecord) -> &'static str {
+    use dwbase_proto::status_doc::FallbackState;
     match node_liveness(n) {
-        Some(Liveness::Alive) => "alive",
-        Some(Liveness::PidReused) => "pid-reused",
-        _ if n.desired == Desired::Stopped => "stopped",
-        Some(Liveness::Dead) | None => "dead",
+        Some(Liveness::Alive) => FallbackState::Alive,
+        Some(Liveness::PidReused) => FallbackState::PidReused,
+        _ if n.desired == Desired::Stopped => FallbackState::Stopped,
+        Some(Liveness::Dead) | None => FallbackState::Dead,
     }
+    .as_str()
 }
 
 /// What a signal-based stop did.

@@ -2,190 +2,15 @@
 //! it), built from a supervisor's report or, when none runs, from the state files.
 
 use std::io::Write;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Result;
-use dwbase_proto::{Desired, ExitKind, NodeStatus, Paths, SupervisorInfo};
-use serde::Serialize;
+use dwbase_proto::Paths;
+
+pub use dwbase_proto::status_doc::{LastExitJson, NodeJson, StatusJson, SupervisorJson};
 
 use crate::fallback;
 use crate::output::{display_path, humanize, Table};
-
-/// The JSON document of `deploy status --json`.
-#[derive(Debug, Serialize)]
-pub struct StatusJson {
-    /// The state root.
-    pub root: PathBuf,
-    /// The supervisor.
-    pub supervisor: SupervisorJson,
-    /// Every node.
-    pub nodes: Vec<NodeJson>,
-    /// What the operator should know (e.g. a state file that could not be read).
-    pub warnings: Vec<String>,
-}
-
-impl StatusJson {
-    /// Whether every node that should run is ready, under a running supervisor: what
-    /// `deploy status` exits 0 for (3 otherwise).
-    pub fn all_desired_ready(&self) -> bool {
-        self.supervisor.running
-            && self.nodes.iter().filter(|n| n.desired == Desired::Running).all(|n| n.ready)
-    }
-}
-
-/// The supervisor part of [`StatusJson`].
-#[derive(Debug, Serialize)]
-pub struct SupervisorJson {
-    /// Whether it answered.
-    pub running: bool,
-    /// Its pid.
-    pub pid: Option<u32>,
-    /// Its build version.
-    pub version: Option<String>,
-    /// Its socket.
-    pub socket: PathBuf,
-    /// Its metrics URL.
-    pub metrics_url: Option<String>,
-    /// When it started.
-    pub started_unix_ms: Option<i64>,
-    /// How long it has run.
-    pub uptime_ms: Option<u64>,
-    /// The state files read when it is not running.
-    pub state_files: Vec<PathBuf>,
-}
-
-/// A node's last exit.
-#[derive(Debug, Serialize)]
-pub struct LastExitJson {
-    /// Exit code, if it exited.
-    pub code: Option<i32>,
-    /// Signal, if killed.
-    pub signal: Option<i32>,
-    /// When.
-    pub at_unix_ms: i64,
-    /// Why: "unexpected" (it crashed or was killed by someone else), "requested" (a stop,
-    /// restart or deploy), "liveness" (stopped by the supervisor after failed probes).
-    pub cause: dwbase_proto::ExitCause,
-}
-
-/// A node's liveness probing.
-#[derive(Debug, Serialize)]
-pub struct LivenessJson {
-    /// Probe period (0: off).
-    pub period_ms: u64,
-    /// Probe timeout.
-    pub timeout_ms: u64,
-    /// Failures in a row that restart the node.
-    pub failures: u32,
-    /// Failures in a row so far.
-    pub failing: u32,
-}
-
-/// One node of [`StatusJson`].
-#[derive(Debug, Serialize)]
-pub struct NodeJson {
-    /// Name.
-    pub name: String,
-    /// Id.
-    pub id: String,
-    /// "devnet" or "local".
-    pub group: dwbase_proto::Group,
-    /// Pid.
-    pub pid: Option<u32>,
-    /// Port.
-    pub port: u16,
-    /// Base URL of its API on this machine: `http://127.0.0.1:7000`, or `https://…` when its
-    /// config serves TLS.
-    pub url: String,
-    /// State word.
-    pub state: String,
-    /// Ready at the last probe.
-    pub ready: bool,
-    /// Restarts.
-    pub restarts: u32,
-    /// Uptime.
-    pub uptime_ms: Option<u64>,
-    /// Restart policy.
-    pub restart_policy: dwbase_proto::RestartPolicy,
-    /// Last exit.
-    pub last_exit: Option<LastExitJson>,
-    /// Node folder.
-    pub dir: PathBuf,
-    /// Data dir.
-    pub data_dir: PathBuf,
-    /// Log file.
-    pub log_path: PathBuf,
-    /// Config file.
-    pub config_path: PathBuf,
-    /// Why it is not ready, or what went wrong last.
-    pub message: Option<String>,
-    /// Whether it should run ("running") or was stopped on purpose ("stopped").
-    pub desired: Desired,
-    /// Liveness probing (null when read from state.json).
-    pub liveness: Option<LivenessJson>,
-}
-
-fn now_ms() -> i64 {
-    (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
-}
-
-fn last_exit_json(e: &dwbase_proto::LastExit) -> LastExitJson {
-    let (code, signal) = match e.kind {
-        ExitKind::Code(c) => (Some(c), None),
-        ExitKind::Signal(s) => (None, Some(s)),
-        ExitKind::Unknown => (None, None),
-    };
-    LastExitJson { code, signal, at_unix_ms: e.at_unix_ms, cause: e.cause }
-}
-
-impl NodeJson {
-    /// From a supervised node.
-    pub fn from_status(n: &NodeStatus) -> Self {
-        Self {
-            name: n.name.clone(),
-            id: n.id.clone(),
-            group: n.group,
-            pid: n.pid,
-            port: n.port,
-            url: n.url.clone(),
-            state: n.state.as_str().to_owned(),
-            ready: n.ready,
-            restarts: n.restarts,
-            uptime_ms: n.uptime_ms,
-            restart_policy: n.restart_policy,
-            last_exit: n.last_exit.as_ref().map(last_exit_json),
-            dir: n.dir.clone(),
-            data_dir: n.data_dir.clone(),
-            log_path: n.log_path.clone(),
-            config_path: n.config_path.clone(),
-            message: n.message.clone(),
-            desired: n.desired,
-            liveness: Some(LivenessJson {
-                period_ms: n.liveness.period_ms,
-                timeout_ms: n.liveness.timeout_ms,
-                failures: n.liveness.failures,
-                failing: n.liveness_failures,
-            }),
-        }
-    }
-}
-
-impl SupervisorJson {
-    /// From a running supervisor.
-    pub fn from_info(info: &SupervisorInfo) -> Self {
-        Self {
-            running: true,
-            pid: Some(info.pid),
-            version: Some(info.version.clone()),
-            socket: info.socket.clone(),
-            metrics_url: info.metrics_url.clone(),
-            started_unix_ms: Some(info.started_unix_ms),
-            uptime_ms: Some(now_ms().saturating_sub(info.started_unix_ms).max(0) as u64),
-            state_files: Vec::new(),
-        }
-    }
-}
 
 /// The status as recorded in both state files, with every pid checked against /proc.
 pub fn from_state_files(paths: &Paths) -> Result<StatusJson> {
@@ -214,7 +39,7 @@ pub fn from_state_files(paths: &Paths) -> Result<StatusJson> {
                 restarts: n.restarts,
                 uptime_ms: None,
                 restart_policy: n.restart_policy,
-                last_exit: n.last_exit.as_ref().map(last_exit_json),
+                last_exit: n.last_exit.as_ref().map(LastExitJson::from),
                 dir: n.dir.clone(),
                 data_dir: n.data_dir.clone(),
                 log_path: n.log_path.clone(),
@@ -226,9 +51,9 @@ pub fn from_state_files(paths: &Paths) -> Result<StatusJson> {
             });
         }
     }
-    Ok(StatusJson {
-        root: paths.root.clone(),
-        supervisor: SupervisorJson {
+    Ok(StatusJson::new(
+        paths.root.clone(),
+        SupervisorJson {
             running: false,
             pid: None,
             version: recorded_sup.as_ref().map(|s| s.version.clone()).filter(|v| !v.is_empty()),
@@ -239,8 +64,8 @@ pub fn from_state_files(paths: &Paths) -> Result<StatusJson> {
             state_files,
         },
         nodes,
-        warnings: Vec::new(),
-    })
+        Vec::new(),
+    ))
 }
 
 fn supervisor_line(s: &SupervisorJson) -> String {

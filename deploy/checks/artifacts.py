@@ -121,6 +121,7 @@ SUPERVISOR_METRICS = {
     "dwbase_supervisor_node_uptime_seconds": "gauge",
     "dwbase_supervisor_uptime_seconds": "gauge",
     "dwbase_supervisor_connected_clients": "gauge",
+    "dwbase_supervisor_event_streams": "gauge",
     "dwbase_supervisor_node_restarts_total": "counter",
     "dwbase_supervisor_requests_total": "counter",
     "dwbase_supervisor_node_exits_total": "counter",

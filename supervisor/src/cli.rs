@@ -58,14 +58,19 @@ pub struct RunArgs {
     /// NO_COLOR is set; so never into the journal or a pipe), always or never.
     #[arg(long, value_enum, value_name = "WHEN", default_value_t)]
     pub color: dwbase_node::term::ColorWhen,
-    /// Serve the supervisor's Prometheus metrics at http://ADDR/metrics. A loopback address
-    /// unless --metrics-allow-remote is given too.
+    /// Serve the supervisor's Prometheus metrics at http://ADDR/metrics, and the read-only
+    /// status API at http://ADDR/v1/status and /v1/events (server-sent events). A loopback
+    /// address unless --metrics-allow-remote is given too.
     #[arg(long, value_name = "ADDR")]
     pub metrics_addr: Option<SocketAddr>,
     /// Allow a --metrics-addr that is not loopback (anyone who can reach it reads node names,
-    /// states and exit codes; there is no authentication).
+    /// states, exit codes, pids and paths; there is no authentication).
     #[arg(long, requires = "metrics_addr")]
     pub metrics_allow_remote: bool,
+    /// How often an idle GET /v1/events stream gets a keep-alive comment (keeps proxies with
+    /// an idle timeout from closing it).
+    #[arg(long, value_name = "DURATION", default_value = "15s", value_parser = parse_interval)]
+    pub events_keepalive: Duration,
     /// The node program (default: `dwbase-node` beside this program, else this program's
     /// `node run`).
     #[arg(long, value_name = "PATH", env = "DWBASE_NODE_BIN")]
@@ -185,6 +190,7 @@ fn run_daemon(a: RunArgs) -> ExitCode {
         *keep = a.log_keep;
     }
     opts.metrics_addr = a.metrics_addr;
+    opts.events_keepalive = a.events_keepalive;
     if let Some(addr) = a.metrics_addr {
         if !addr.ip().is_loopback() {
             warn!("--metrics-addr {addr} is not a loopback address (--metrics-allow-remote): anyone who can reach it can read node states");
@@ -281,6 +287,16 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         return Err(format!("{s:?}: the size must be above 0"));
     }
     Ok(size.as_u64())
+}
+
+/// A duration above 0 ("15s", "500ms", "1m").
+pub fn parse_interval(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s.trim())
+        .map_err(|e| format!("{s:?} is not a duration ({e}); examples: 15s, 500ms, 1m"))?;
+    if d.is_zero() {
+        return Err(format!("{s:?}: the interval must be above 0"));
+    }
+    Ok(d)
 }
 
 /// A log file rotated by size: `f` → `f.1` → … → `f.keep`.

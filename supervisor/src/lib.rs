@@ -31,7 +31,8 @@
 //! Inside: [`server`] (accept loop, one task per connection) → [`handlers`] (one per request)
 //! → [`runner`] (the single task owning node state) → [`fsm`] (the pure restart rules) and
 //! [`process`] (spawn, signal, wait). [`render`] writes node configs, [`instance`] holds the
-//! root, [`logs`] writes and reads node logs, [`metrics`] serves Prometheus text.
+//! root, [`logs`] writes and reads node logs, [`metrics`] serves Prometheus text and
+//! [`status_api`] the read-only JSON status and event stream beside it.
 
 pub mod cli;
 pub mod devnet_tls;
@@ -44,6 +45,7 @@ pub mod process;
 pub mod render;
 pub mod runner;
 pub mod server;
+pub mod status_api;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -68,8 +70,10 @@ pub struct RunOptions {
     pub node: Invocation,
     /// How node output reaches its log file.
     pub sink: LogSink,
-    /// Serve Prometheus metrics here (loopback).
+    /// Serve Prometheus metrics here (loopback), and the read-only status API beside them.
     pub metrics_addr: Option<SocketAddr>,
+    /// How often an idle `GET /v1/events` stream gets a keep-alive comment.
+    pub events_keepalive: Duration,
     /// The restart rules (tests shrink them).
     pub rules: RestartRules,
     /// Cancel to exit leaving every node running (SIGUSR1, `supervisor restart`).
@@ -89,6 +93,7 @@ impl RunOptions {
             node,
             sink: LogSink::Append,
             metrics_addr: None,
+            events_keepalive: status_api::KEEP_ALIVE,
             rules: RestartRules::default(),
             leave_running: CancellationToken::new(),
             probe_fast: Duration::from_millis(250),
@@ -178,20 +183,26 @@ pub async fn run(opts: RunOptions, shutdown: CancellationToken) -> anyhow::Resul
     let runner_task = tokio::spawn(runner.run());
 
     let background = CancellationToken::new();
-    let metrics = metrics_listener.map(|l| {
-        let m = Arc::new(metrics::SupervisorMetrics::new());
-        let served = m.clone();
+    let metrics = metrics_listener.as_ref().map(|_| Arc::new(metrics::SupervisorMetrics::new()));
+    let ctx = Arc::new(server::Ctx::new(handle.clone(), info.clone(), metrics.clone()));
+    if let (Some(l), Some(m)) = (metrics_listener, &metrics) {
+        let api = status_api::StatusApi {
+            handle: handle.clone(),
+            root: paths.root.clone(),
+            metrics: m.clone(),
+            shutdown: ctx.streams.clone(),
+            keep_alive: opts.events_keepalive,
+        };
+        let app = metrics::router(m.clone()).merge(api.router());
         let token = background.clone();
         tokio::spawn(async move {
-            if let Err(e) = metrics::serve(l, served, token).await {
+            if let Err(e) = metrics::serve_app(l, app, token).await {
                 warn!("metrics endpoint: {e}");
             }
         });
         tokio::spawn(feed_metrics(handle.clone(), m.clone(), background.clone()));
-        m
-    });
+    }
 
-    let ctx = Arc::new(server::Ctx::new(handle.clone(), info.clone(), metrics));
     let server_token = CancellationToken::new();
     let server_task = tokio::spawn(server::serve(listener, ctx.clone(), server_token.clone()));
     server::announce(&info);

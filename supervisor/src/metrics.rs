@@ -1,5 +1,6 @@
 //! The supervisor's own Prometheus metrics, served on an optional loopback address
-//! (`--metrics-addr 127.0.0.1:PORT`) at `GET /metrics`, with `GET /healthz` beside it.
+//! (`--metrics-addr 127.0.0.1:PORT`) at `GET /metrics`, with `GET /healthz` and the read-only
+//! status API (`GET /v1/status`, `GET /v1/events`: [`crate::status_api`]) beside it.
 //!
 //! Families (OpenMetrics text, as prometheus-client encodes it):
 //!
@@ -15,6 +16,7 @@
 //! | `dwbase_supervisor_node_exits_total` | counter | node, cause | exits seen by this supervisor: `unexpected` (a crash), `requested` (stop, restart, deploy), `liveness` (killed after failed liveness probes) |
 //! | `dwbase_supervisor_uptime_seconds` | gauge | | time since this supervisor started |
 //! | `dwbase_supervisor_connected_clients` | gauge | | open control-socket connections |
+//! | `dwbase_supervisor_event_streams` | gauge | | open `GET /v1/events` streams |
 //! | `dwbase_supervisor_requests_total` | counter | kind | requests received, by kind |
 //!
 //! The runner updates node values on every change ([`SupervisorMetrics::set_node`]) and the
@@ -111,6 +113,7 @@ pub struct SupervisorMetrics {
     node_exits: Family<ExitLabel, Counter>,
     uptime: FloatGauge,
     connected_clients: Gauge,
+    event_streams: Gauge,
     requests: Family<KindLabel, Counter>,
 }
 
@@ -135,6 +138,7 @@ impl SupervisorMetrics {
         let node_exits = Family::<ExitLabel, Counter>::default();
         let uptime = FloatGauge::default();
         let connected_clients = Gauge::default();
+        let event_streams = Gauge::default();
         let requests = Family::<KindLabel, Counter>::default();
 
         registry.register(
@@ -192,6 +196,11 @@ impl SupervisorMetrics {
             connected_clients.clone(),
         );
         registry.register(
+            "dwbase_supervisor_event_streams",
+            "Open GET /v1/events streams of the status API",
+            event_streams.clone(),
+        );
+        registry.register(
             "dwbase_supervisor_requests",
             "Control-socket requests received, by kind",
             requests.clone(),
@@ -211,6 +220,7 @@ impl SupervisorMetrics {
             node_exits,
             uptime,
             connected_clients,
+            event_streams,
             requests,
         }
     }
@@ -287,6 +297,13 @@ impl SupervisorMetrics {
         ClientGuard { gauge: self.connected_clients.clone() }
     }
 
+    /// Counts an open `GET /v1/events` stream until the guard is dropped (hold it in the
+    /// stream, so a client that goes away decrements).
+    pub fn event_stream_guard(&self) -> ClientGuard {
+        self.event_streams.inc();
+        ClientGuard { gauge: self.event_streams.clone() }
+    }
+
     /// Counts one request of `kind` (e.g. "status", "deploy-devnet", "logs").
     pub fn inc_request(&self, kind: &str) {
         self.requests.get_or_create(&KindLabel { kind: kind.to_owned() }).inc();
@@ -308,8 +325,9 @@ impl SupervisorMetrics {
     }
 }
 
-/// Decrements `dwbase_supervisor_connected_clients` when dropped. From
-/// [`SupervisorMetrics::client_guard`].
+/// Decrements `dwbase_supervisor_connected_clients` (or `dwbase_supervisor_event_streams`)
+/// when dropped. From [`SupervisorMetrics::client_guard`] (or
+/// [`SupervisorMetrics::event_stream_guard`]).
 #[derive(Debug)]
 pub struct ClientGuard {
     gauge: Gauge,
@@ -343,7 +361,17 @@ pub async fn serve(
     metrics: Arc<SupervisorMetrics>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(metrics))
+    serve_app(listener, router(metrics), shutdown).await
+}
+
+/// Serves `app` (the metrics routes, merged with others such as [`crate::status_api`]'s) on
+/// `listener` until `shutdown` is cancelled, then finishes in-flight requests and returns.
+pub async fn serve_app(
+    listener: TcpListener,
+    app: Router,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    axum::serve(listener, app)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await
 }

@@ -10,7 +10,7 @@ use dwbase_supervisor::metrics::{
 };
 use tokio_util::sync::CancellationToken;
 
-const FAMILIES: [&str; 11] = [
+const FAMILIES: [&str; 12] = [
     "dwbase_supervisor_node_up",
     "dwbase_supervisor_node_desired_running",
     "dwbase_supervisor_node_ready",
@@ -21,6 +21,7 @@ const FAMILIES: [&str; 11] = [
     "dwbase_supervisor_node_exits_total",
     "dwbase_supervisor_uptime_seconds",
     "dwbase_supervisor_connected_clients",
+    "dwbase_supervisor_event_streams",
     "dwbase_supervisor_requests_total",
 ];
 

@@ -14,6 +14,7 @@ pub mod messages;
 pub mod paths;
 pub mod process;
 pub mod state;
+pub mod status_doc;
 
 pub use client::Client;
 pub use error::{ClientError, CodecError, HandshakeError};

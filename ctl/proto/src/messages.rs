@@ -64,7 +64,7 @@ pub enum Response {
 }
 
 /// Which deployment a node belongs to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum Group {
     /// `<root>/devnet/`, nodes node-a, node-b, …
@@ -84,7 +84,9 @@ impl Group {
 }
 
 /// When a node is restarted after it exits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum RestartPolicy {
     /// Whatever the exit, restart.
@@ -469,7 +471,7 @@ pub struct StatusReport {
 }
 
 /// What a node is doing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum NodeState {
     /// Spawned, `/readyz` not yet 200.
@@ -537,7 +539,9 @@ impl std::fmt::Display for ExitKind {
 }
 
 /// Why a process ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum ExitCause {
     /// By itself (a crash, or an exit nobody asked for).

@@ -49,7 +49,9 @@ pub struct SupervisorRecord {
 }
 
 /// Whether a node should be running.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum Desired {
     /// Keep it running.

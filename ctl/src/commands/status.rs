@@ -2,8 +2,12 @@
 //!
 //! # `--json` (stable keys; new keys may be added, none renamed)
 //!
+//! The document is [`dwbase_proto::status_doc::StatusJson`] (JSON Schema:
+//! docs/status.schema.json); the supervisor's `GET /v1/status` answers the same.
+//!
 //! ```text
 //! {
+//!   "version": 1,                       // the document's format
 //!   "root": "/abs/.dwbase",
 //!   "supervisor": {
 //!     "running": true,                  // false: read from state.json, see "state_files"
@@ -47,7 +51,7 @@ use dwbase_proto::Paths;
 
 use crate::daemon;
 use crate::output::humanize;
-use crate::report::{from_state_files, write_human, NodeJson, StatusJson, SupervisorJson};
+use crate::report::{from_state_files, write_human, StatusJson, SupervisorJson};
 
 /// `dwbase deploy status`.
 pub async fn run(paths: &Paths, json: bool, no_start: bool) -> Result<()> {
@@ -74,12 +78,7 @@ pub async fn document(paths: &Paths, no_start: bool) -> Result<StatusJson> {
     Ok(match daemon::attach(paths, no_start).await? {
         Ok(mut client) => {
             let report = daemon::status(&mut client).await?;
-            StatusJson {
-                root: paths.root.clone(),
-                supervisor: SupervisorJson::from_info(&report.supervisor),
-                nodes: report.nodes.iter().map(NodeJson::from_status).collect(),
-                warnings: report.warnings,
-            }
+            StatusJson::from_report(paths.root.clone(), &report)
         }
         Err(offline) => {
             offline.warn();

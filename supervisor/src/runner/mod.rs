@@ -606,9 +606,6 @@ impl Runner {
             if k == ExitKind::Unknown && n.fsm.message.is_none() {
                 n.fsm.message = Some("exited (status unknown: the process was adopted)".into());
             }
-            if let Some(exit) = n.fsm.last_exit {
-                self.emit(name, EventKind::Exited(exit));
-            }
         }
         self.finish_removal(name);
     }
@@ -651,7 +648,22 @@ impl Runner {
                     let _ = w.send(Err(msg.clone()));
                 }
             }
+            // Notices go out as the FSM takes the event in, so subscribers see an exit before
+            // the restart it causes, and a spawn with the node's new pid in its status.
+            let spawned = match &ev {
+                Event::Spawned(id) => Some(id.pid),
+                _ => None,
+            };
+            let exited = matches!(ev, Event::Exited { .. });
             let actions = node.fsm.apply(ev, Instant::now());
+            let notice = match (spawned, exited) {
+                (Some(pid), _) => Some(EventKind::Spawned { pid }),
+                (None, true) => node.fsm.last_exit.map(EventKind::Exited),
+                (None, false) => None,
+            };
+            if let Some(kind) = notice {
+                self.emit(name, kind);
+            }
             for action in actions {
                 match action {
                     Action::SaveState => self.dirty = true,
@@ -795,7 +807,6 @@ impl Runner {
             }
         });
         self.prober.watch(name, generation, endpoint, liveness);
-        self.emit(name, EventKind::Spawned { pid: id.pid });
         Ok(id)
     }
 

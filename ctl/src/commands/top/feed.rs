@@ -11,7 +11,7 @@ use tokio::sync::mpsc::UnboundedSender;
 
 use super::model::Update;
 use crate::daemon;
-use crate::report::{from_state_files, NodeJson, StatusJson, SupervisorJson};
+use crate::report::{from_state_files, NodeJson, StatusJson};
 
 /// How often, without a supervisor, the socket is tried again and the state files re-read.
 pub const AWAY_RETRY: Duration = Duration::from_secs(1);
@@ -111,10 +111,5 @@ fn describe(ev: &Event) -> String {
 
 /// The status document of a supervisor's report.
 pub fn document(paths: &Paths, report: &StatusReport) -> StatusJson {
-    StatusJson {
-        root: paths.root.clone(),
-        supervisor: SupervisorJson::from_info(&report.supervisor),
-        nodes: report.nodes.iter().map(NodeJson::from_status).collect(),
-        warnings: report.warnings.clone(),
-    }
+    StatusJson::from_report(paths.root.clone(), report)
 }

@@ -492,9 +492,9 @@ mod tests {
     }
 
     fn doc(running: bool, nodes: Vec<NodeJson>) -> StatusJson {
-        StatusJson {
-            root: "/r".into(),
-            supervisor: SupervisorJson {
+        StatusJson::new(
+            "/r".into(),
+            SupervisorJson {
                 running,
                 pid: running.then_some(42),
                 version: Some("0.2.0".into()),
@@ -505,8 +505,8 @@ mod tests {
                 state_files: vec![],
             },
             nodes,
-            warnings: vec![],
-        }
+            vec![],
+        )
     }
 
     fn key(c: char) -> KeyEvent {
