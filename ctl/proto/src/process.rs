@@ -359,8 +359,19 @@ pub async fn sweep_group(pgid: u32, grace: Duration) -> Sweep {
     if let Err(e) = signal_group(pgid, Signal::SIGKILL) {
         tracing::warn!(pgid, "sweeping the process group: SIGKILL: {e}");
     }
+    // SIGKILL is delivered at once but takes effect when each process next runs: wait for
+    // that too, so that whoever waits for the sweep finds nothing of the group left.
+    if !wait_group_gone(pgid, SWEEP_KILL_WAIT).await {
+        tracing::warn!(
+            pgid,
+            "the process group still has members {SWEEP_KILL_WAIT:?} after SIGKILL"
+        );
+    }
     Sweep::Killed
 }
+
+/// How long [`sweep_group`] waits for SIGKILLed members to be gone.
+const SWEEP_KILL_WAIT: Duration = Duration::from_secs(1);
 
 /// One recorded process to stop with [`terminate`].
 #[derive(Debug, Clone)]

@@ -24,7 +24,7 @@ pub mod probe;
 pub mod reconcile;
 mod restore;
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -77,9 +77,24 @@ pub struct RunnerConfig {
 
 enum Msg {
     Cmd(Command),
-    Exited { name: String, generation: u64, kind: Option<ExitKind> },
+    /// A node's main process ended. Its process group is swept afterwards (`Swept`), so a
+    /// restart does not wait for the log pipe to drain or for leftovers.
+    Exited {
+        name: String,
+        generation: u64,
+        kind: Option<ExitKind>,
+    },
+    /// The process group of that process is empty now: stops of it are answered.
+    Swept {
+        name: String,
+        generation: u64,
+    },
     Probes(Vec<Outcome>),
-    Timer { name: String, generation: Option<u64>, event: Event },
+    Timer {
+        name: String,
+        generation: Option<u64>,
+        event: Event,
+    },
 }
 
 impl std::fmt::Debug for Msg {
@@ -89,6 +104,7 @@ impl std::fmt::Debug for Msg {
             Msg::Exited { name, generation, kind } => {
                 write!(f, "Exited({name}#{generation}, {kind:?})")
             }
+            Msg::Swept { name, generation } => write!(f, "Swept({name}#{generation})"),
             Msg::Probes(v) => write!(f, "Probes({})", v.len()),
             Msg::Timer { name, event, .. } => write!(f, "Timer({name}, {event:?})"),
         }
@@ -120,6 +136,8 @@ pub struct Runner {
     finishing: bool,
     startup: StartupReport,
     save_error: Option<String>,
+    /// Stop waiters of processes that have exited and whose group is being swept.
+    sweeps: HashMap<(String, u64), Vec<oneshot::Sender<()>>>,
 }
 
 impl Runner {
@@ -151,6 +169,7 @@ impl Runner {
             finishing: false,
             startup: StartupReport::default(),
             save_error: None,
+            sweeps: HashMap::new(),
         };
         runner.restore();
         Ok((runner, handle))
@@ -347,6 +366,11 @@ impl Runner {
         match msg {
             Msg::Cmd(cmd) => return self.command(cmd),
             Msg::Exited { name, generation, kind } => self.on_exit(&name, generation, kind),
+            Msg::Swept { name, generation } => {
+                for w in self.sweeps.remove(&(name, generation)).unwrap_or_default() {
+                    let _ = w.send(());
+                }
+            }
             Msg::Probes(batch) => {
                 for o in batch {
                     self.on_probe(o);
@@ -597,8 +621,10 @@ impl Runner {
             warn!(node = %name, ?pid, "exited unexpectedly ({k})");
         }
         self.prober.unwatch(name);
-        for w in node.stop_waiters.drain(..) {
-            let _ = w.send(());
+        // Whoever waits for this process to stop is answered once its group is swept too.
+        let waiters: Vec<_> = node.stop_waiters.drain(..).collect();
+        if !waiters.is_empty() {
+            self.sweeps.entry((name.to_owned(), generation)).or_default().extend(waiters);
         }
         self.dirty = true;
         self.drive(name, Event::Exited { kind: Some(k), at_unix_ms: unix_ms_now() });
@@ -795,15 +821,15 @@ impl Runner {
                 // it); dropping the Child neither kills nor leaks it (tokio reaps it when it
                 // exits).
                 _ = cancel.cancelled() => {}
-                kind = async {
+                _ = async {
                     let kind = process::wait_child(spawned.child).await;
-                    // The exit is reported once the whole group is gone, so a restart never
-                    // races leftovers for the port and `Stop` answers when nothing is left.
+                    // The exit is reported at once, so a restart does not wait for the log
+                    // pipe to drain; the group is swept after (the dead process holds no port
+                    // any more), and `Stop` answers once nothing of it is left.
+                    let _ = tx.send(Msg::Exited { name: owned.clone(), generation, kind });
                     sweep(&owned, id.pid, grace).await;
-                    kind
-                } => {
-                    let _ = tx.send(Msg::Exited { name: owned, generation, kind });
-                }
+                    let _ = tx.send(Msg::Swept { name: owned, generation });
+                } => {}
             }
         });
         self.prober.watch(name, generation, endpoint, liveness);
@@ -824,12 +850,12 @@ impl Runner {
                 _ = cancel.cancelled() => {}
                 _ = async {
                     process::wait_adopted(id.pid, id.start_time).await;
-                    sweep(&owned, id.pid, grace).await;
-                } => {
                     // Not our child: its exit status went to whoever reaped it.
                     let kind = Some(ExitKind::Unknown);
-                    let _ = tx.send(Msg::Exited { name: owned, generation, kind });
-                }
+                    let _ = tx.send(Msg::Exited { name: owned.clone(), generation, kind });
+                    sweep(&owned, id.pid, grace).await;
+                    let _ = tx.send(Msg::Swept { name: owned, generation });
+                } => {}
             }
         });
     }
