@@ -71,3 +71,32 @@ fn a_node_that_exits_at_once_reaches_crash_loop() {
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(node(&d, "node-a").restarts, restarts);
 }
+
+/// `deploy restart NODE` returns once the new process is ready (so the next `deploy status`
+/// exits 0), and exits 1 with the reason and the node's last log lines when the new process
+/// cannot start; `--no-wait` returns at the spawn.
+#[test]
+fn deploy_restart_waits_until_the_new_process_is_ready() {
+    let d = Deployment::new();
+    let base = free_port_range(2);
+    let (nodes, port) = ("2".to_owned(), base.to_string());
+    d.run(&["deploy", "devnet", "--no-swarm", "--nodes", &nodes, "--base-port", &port]).ok();
+    let before = node(&d, "node-b").pid.unwrap();
+    let out = d.run(&["deploy", "restart", "node-b"]).ok();
+    assert!(out.stdout.contains("node-b is ready"), "{out}");
+    let after = node(&d, "node-b");
+    assert!(after.ready && after.pid != Some(before), "{after:?}");
+    d.run(&["deploy", "status"]).ok();
+
+    // A config the node refuses: the restart's new process exits at once.
+    let config = d.paths().node_dir(dwbase_proto::Group::Devnet, "node-b").join("config.toml");
+    std::fs::write(&config, "[node]\nno_such_key = 1\n").unwrap();
+    let out = d.run(&["deploy", "restart", "node-b"]).code_is(1);
+    assert!(out.stderr.contains("node-b exited before it became ready"), "{out}");
+    assert!(out.stderr.contains("last log lines of node-b"), "{out}");
+    assert!(out.stderr.contains("no_such_key"), "the node's own error is shown: {out}");
+
+    let out = d.run(&["deploy", "restart", "node-a", "--no-wait"]).ok();
+    assert!(!out.stdout.contains("is ready"), "{out}");
+    d.run(&["deploy", "stop"]).ok();
+}

@@ -300,9 +300,19 @@ pub struct LogsArgs {
 
 /// `dwbase deploy restart`
 #[derive(Debug, Clone, Args)]
+#[command(after_long_help = "\
+Exit status: 0 when the node was restarted and its new process is ready (with --no-wait: once
+it is spawned), 1 when it could not be restarted or did not become ready within --timeout
+(the error says its state and shows its last log lines).")]
 pub struct RestartArgs {
     /// The node to restart (node-a, … or the local node's id).
     pub node: String,
+    /// How long to wait for the new process to be ready.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub timeout: Duration,
+    /// Return once the new process is spawned, without waiting for it to be ready.
+    #[arg(long)]
+    pub no_wait: bool,
 }
 
 /// `dwbase deploy stop`

@@ -99,9 +99,7 @@ async fn dispatch(command: Command, no_start: bool) -> anyhow::Result<()> {
             DeployCommand::Status(a) => commands::status::run(&paths, a.json, no_start).await,
             DeployCommand::Logs(a) => commands::logs::run(&paths, a, no_start).await,
             DeployCommand::Top(a) => commands::top::run(&paths, a).await,
-            DeployCommand::Restart(a) => {
-                commands::restart::restart(&paths, &a.node, no_start).await
-            }
+            DeployCommand::Restart(a) => commands::restart::restart(&paths, &a, no_start).await,
             DeployCommand::Stop(a) => commands::stop::run(&paths, &a, no_start).await,
             DeployCommand::Clean(a) => commands::clean::clean(&paths, &a, no_start).await,
             DeployCommand::K8s(a) => commands::k8s::run(a),

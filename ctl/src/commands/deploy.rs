@@ -519,7 +519,7 @@ fn print_result(
 }
 
 /// Prints why each failing node failed and its last log lines.
-fn report_failure(nodes: &[NodeStatus]) {
+pub(crate) fn report_failure(nodes: &[NodeStatus]) {
     for n in nodes {
         let mut line = format!("{} is {}", n.name, n.state);
         if let Some(e) = &n.last_exit {

@@ -1,15 +1,22 @@
 //! `dwbase deploy restart NODE`.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
-use dwbase_proto::{ErrorKind, NodeRef, Paths, Request, Response};
+use dwbase_proto::{Client, ErrorKind, NodeRef, NodeState, Paths, Request, Response};
 
+use crate::cli::RestartArgs;
 use crate::commands::stop::check_names_recorded;
 use crate::daemon::{self, SupervisorRefused};
 
-/// `dwbase deploy restart NODE`.
-pub async fn restart(paths: &Paths, node: &str, no_start: bool) -> Result<()> {
+/// How often the new process's readiness is asked for while waiting (a status answer costs
+/// the supervisor ~0.1 ms).
+const READY_POLL: Duration = Duration::from_millis(5);
+
+/// `dwbase deploy restart NODE`: restarts it and, unless `--no-wait`, waits until the new
+/// process is ready.
+pub async fn restart(paths: &Paths, args: &RestartArgs, no_start: bool) -> Result<()> {
+    let node = args.node.as_str();
     // Without a supervisor, start one only if the node is recorded: it adopts the running
     // nodes, then restarts this one.
     if daemon::connect(paths).await?.is_none() {
@@ -27,7 +34,10 @@ pub async fn restart(paths: &Paths, node: &str, no_start: bool) -> Result<()> {
     match daemon::request(&mut conn.client, &req, Duration::from_secs(120)).await {
         Ok(Response::Done(d)) => {
             crate::outln!("{}", d.message)?;
-            Ok(())
+            if args.no_wait {
+                return Ok(());
+            }
+            wait_ready(&mut conn.client, node, args.timeout).await
         }
         Ok(other) => bail!("unexpected answer to Restart: {other:?}"),
         Err(e) => match e.downcast_ref::<SupervisorRefused>() {
@@ -36,5 +46,41 @@ pub async fn restart(paths: &Paths, node: &str, no_start: bool) -> Result<()> {
             }
             _ => Err(e),
         },
+    }
+}
+
+/// Waits until `node`'s current process is ready; fails when it exits first (a crash, a
+/// crash loop, stopped) or is not ready within `timeout`, with its state and last log lines.
+async fn wait_ready(client: &mut Client, node: &str, timeout: Duration) -> Result<()> {
+    let started = Instant::now();
+    let first = daemon::status(client).await?;
+    let Some(n) = first.nodes.iter().find(|n| n.name == node) else {
+        bail!("{node} is no longer deployed");
+    };
+    let (pid, restarts) = (n.pid, n.restarts);
+    loop {
+        let report = daemon::status(client).await?;
+        let Some(n) = report.nodes.iter().find(|n| n.name == node) else {
+            bail!("{node} was removed while waiting for it to be ready");
+        };
+        if n.ready && n.pid == pid {
+            crate::outln!("{node} is ready ({} ms)", started.elapsed().as_millis())?;
+            return Ok(());
+        }
+        let gone = n.pid != pid
+            || n.restarts > restarts
+            || matches!(n.state, NodeState::CrashLoop | NodeState::Backoff | NodeState::Stopped);
+        if gone || started.elapsed() >= timeout {
+            super::deploy::report_failure(std::slice::from_ref(n));
+            if gone {
+                bail!("{node} exited before it became ready ({})", n.state);
+            }
+            bail!(
+                "{node} is not ready after {} ({}); `dwbase deploy logs {node}` shows why",
+                humantime::format_duration(timeout),
+                n.state
+            );
+        }
+        tokio::time::sleep(READY_POLL).await;
     }
 }
