@@ -235,8 +235,8 @@ pub fn render_devnet(paths: &Paths, spec: &DevnetSpec) -> Result<Vec<RenderedNod
         node.insert("id".into(), toml::Value::String(name.clone()));
         node.insert("listen".into(), toml::Value::String(listen.to_string()));
         let r = rewrite_dirs(node, &dir, base_dir.as_deref(), &origin)?;
-        if spec.tls {
-            let files = crate::devnet_tls::Files::new(&tls_dir, &name);
+        let tls_files = spec.tls.then(|| crate::devnet_tls::Files::new(&tls_dir, &name));
+        if let Some(files) = &tls_files {
             let tls = sub_table(node, "tls", &origin)?;
             tls.clear();
             tls.insert("cert_file".into(), path_value(&files.cert));
@@ -245,9 +245,8 @@ pub fn render_devnet(paths: &Paths, spec: &DevnetSpec) -> Result<Vec<RenderedNod
         let swarm = sub_table(node, "swarm", &origin)?;
         swarm.insert("enabled".into(), toml::Value::Boolean(spec.swarm));
         swarm.insert("peers".into(), toml::Value::Array(peers));
-        if spec.tls {
+        if let Some(files) = &tls_files {
             // Peers are verified against the devnet's own CA only.
-            let files = crate::devnet_tls::Files::new(&tls_dir, &name);
             swarm.insert("ca_file".into(), path_value(&files.ca));
         }
         let body = toml::to_string(&doc).map_err(|e| err(ErrorKind::Internal, e.to_string()))?;
@@ -538,6 +537,30 @@ mod tests {
         assert_eq!(node_name(26), "node-aa");
         assert_eq!(node_name(27), "node-ab");
         assert_eq!(node_name(26 + 26 * 26), "node-aaa");
+    }
+
+    #[test]
+    fn devnet_tls_renders_certificates_https_peers_and_the_ca_and_probes_https() {
+        let paths = Paths::new(Path::new("/tmp/root")).unwrap();
+        let nodes = render_devnet(&paths, &DevnetSpec { tls: true, ..spec(2) }).unwrap();
+        let a = &nodes[0];
+        assert_eq!(a.devnet_tls, Some(PathBuf::from("/tmp/root/devnet/tls")));
+        let doc: toml::Table = a.text.parse().unwrap();
+        let node = doc["node"].as_table().unwrap();
+        assert_eq!(node["tls"]["cert_file"].as_str(), Some("/tmp/root/devnet/tls/node-a.crt"));
+        assert_eq!(node["tls"]["key_file"].as_str(), Some("/tmp/root/devnet/tls/node-a.key"));
+        assert_eq!(node["swarm"]["ca_file"].as_str(), Some("/tmp/root/devnet/tls/ca.crt"));
+        assert_eq!(node["swarm"]["peers"][0].as_str(), Some("https://127.0.0.1:7001"));
+        validate(a).unwrap();
+        let endpoint = Endpoint::of_config(&a.text, &a.config_path, &[], a.listen);
+        assert_eq!(endpoint.url(), "https://127.0.0.1:7000");
+        assert_eq!(endpoint.tls, Some(ProbeTls { identity: None }), "no client_ca_file");
+        // Without --tls: plain peers, no [node.tls], probed over http.
+        let plain = &render_devnet(&paths, &spec(2)).unwrap()[0];
+        assert_eq!(plain.devnet_tls, None);
+        assert!(!plain.body.contains("[node.tls]"), "{}", plain.body);
+        let endpoint = Endpoint::of_config(&plain.text, &plain.config_path, &[], plain.listen);
+        assert_eq!(endpoint.url(), "http://127.0.0.1:7000");
     }
 
     #[test]
