@@ -1,8 +1,10 @@
 //! A real small filesystem (a loop-mounted ext4) under the real `dwbase-node`: the write path
 //! refuses with 507 at its reserve while reads go on; a filesystem filled to real ENOSPC by
 //! someone else never hangs a request and writes come back without a restart once the filler
-//! is deleted; ENOSPC inside the store itself (no reserve) is a 507, not a hang, and the
-//! store reopens by itself; a node restarted on a full disk serves reads; a store that cannot
+//! is deleted; ENOSPC inside the store itself (no reserve) never hangs a request, and writes
+//! come back once space is back: in the same process when sled reopens, or — when sled 0.34
+//! wedges — after the node exits by itself (status 3, reason on stderr) and is started again,
+//! as its supervisor would; a node restarted on a full disk serves reads; a store that cannot
 //! open says why on stderr. Every acknowledged atom is there at the end.
 //!
 //! Needs root (mkfs.ext4, losetup, mount); elsewhere each test prints `SKIP` and passes.
@@ -149,22 +151,15 @@ fn must_answer(addr: &str, method: &str, path: &str, body: Option<&str>) -> (u16
 
 /// Reads, probes and metrics all answer, with the expected statuses.
 fn reads_and_probes_answer(addr: &str, world: &str, some_id: &str) {
-    reads_answer(addr, world, some_id, false);
-}
-
-/// [`reads_and_probes_answer`]; with `reopening`, a read may also be the 503 of a store
-/// being reopened after ENOSPC (sled may refuse reads once stopped), never a hang.
-fn reads_answer(addr: &str, world: &str, some_id: &str, reopening: bool) {
-    let ok = |s: u16, body: &str| s == 200 || (reopening && s == 503 && body.contains("reopen"));
     let (s, body) = must_answer(addr, "GET", &format!("/atoms/{some_id}"), None);
-    assert!(ok(s, &body), "GET /atoms: {s} {body}");
+    assert_eq!(s, 200, "GET /atoms: {body}");
     let (s, body) = must_answer(
         addr,
         "POST",
         "/ask",
         Some(&json!({"world": world, "text": "atom"}).to_string()),
     );
-    assert!(ok(s, &body), "ask: {s} {body}");
+    assert_eq!(s, 200, "ask: {body}");
     let (s, body) = must_answer(addr, "GET", "/healthz", None);
     assert_eq!(s, 200, "healthz: {body}");
     let (s, _) = must_answer(addr, "GET", "/metrics", None);
@@ -326,10 +321,30 @@ fn the_reserve_refuses_writes_before_the_disk_is_full_a_filler_never_hangs_the_n
     assert_eq!(metric(&node.addr, "dwbase_storage_no_space_errors_total"), 0.0);
 }
 
+/// A request that answers within its deadline (`Some`), or finds the node gone (`None`:
+/// refused or reset; the caller checks that it exited by itself for a stuck store). A
+/// request that times out is a hang: the test fails.
+fn answers_or_gone(
+    addr: &str,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+) -> Option<(u16, String)> {
+    use std::io::ErrorKind::{TimedOut, WouldBlock};
+    match try_http(method, addr, path, body) {
+        Ok(answer) => Some(answer),
+        Err(e) if matches!(e.kind(), TimedOut | WouldBlock) => {
+            panic!("{method} {path} did not answer within its deadline: {e}")
+        }
+        Err(_) => None,
+    }
+}
+
+/// Seconds a stuck store may make no progress before the node exits in this test.
+const STALL_EXIT_SECS: u64 = 20;
+
 #[test]
-#[ignore = "sled 0.34 can wedge once it meets ENOSPC itself (a flush, then reads, never return): \
-            with the reserve off this fails now and then; run with --ignored (see the node note)"]
-fn enospc_inside_the_store_is_a_507_never_a_hang_and_the_store_reopens_once_space_is_back() {
+fn enospc_inside_the_store_is_a_507_never_a_hang_and_writes_come_back_once_space_is_back() {
     let Some(fs) = loop_fs(64) else { return };
     let dir = tempfile::tempdir().unwrap();
     let data = fs.mnt.join("node");
@@ -338,14 +353,16 @@ fn enospc_inside_the_store_is_a_507_never_a_hang_and_the_store_reopens_once_spac
         dir.path(),
         "enospc",
         "127.0.0.1:0",
-        "[node.limits]\nmin_free_mb = 0\nballast_mb = 4\n",
+        &format!(
+            "[node.limits]\nmin_free_mb = 0\nballast_mb = 4\nstall_exit_secs = {STALL_EXIT_SECS}\n"
+        ),
     );
     let text = std::fs::read_to_string(&config).unwrap().replace(
         "data_dir = \"enospc/data\"",
         &format!("data_dir = {:?}", data.display().to_string()),
     );
     std::fs::write(&config, text).unwrap();
-    let node = NodeProcess::start(&config, &[]);
+    let mut node = NodeProcess::start(&config, &[]);
     node.wait_ready(READY);
     let world = "enospc";
     let mut acked = BTreeSet::new();
@@ -373,12 +390,11 @@ fn enospc_inside_the_store_is_a_507_never_a_hang_and_the_store_reopens_once_spac
                 let mut mine = BTreeSet::new();
                 let mut refusals = Vec::new();
                 for i in 0..10_000 {
-                    let (s, body) = must_answer(
-                        &addr,
-                        "POST",
-                        "/remember",
-                        Some(&atom(world, w * 100_000 + i, 16 << 10)),
-                    );
+                    let body = atom(world, w * 100_000 + i, 16 << 10);
+                    let Some((s, body)) = answers_or_gone(&addr, "POST", "/remember", Some(&body))
+                    else {
+                        break;
+                    };
                     match s {
                         200 => {
                             mine.insert(serde_json::from_str::<String>(&body).unwrap());
@@ -396,10 +412,32 @@ fn enospc_inside_the_store_is_a_507_never_a_hang_and_the_store_reopens_once_spac
             })
         })
         .collect();
-    // While they fill it: reads and probes keep answering.
+    // While they fill it, reads and probes keep answering: 200, or 503 while the store is
+    // reopened or stuck; never a hang.
+    let probe = |addr: &str| -> bool {
+        let reads = [
+            ("GET", format!("/atoms/{some_id}"), None),
+            ("POST", "/ask".to_owned(), Some(json!({"world": world, "text": "atom"}).to_string())),
+        ];
+        for (method, path, body) in reads {
+            let Some((s, body)) = answers_or_gone(addr, method, &path, body.as_deref()) else {
+                return false;
+            };
+            let fine = s == 200
+                || (s == 503 && (body.contains("reopen") || body.contains("storage_stalled")));
+            assert!(fine, "{method} {path}: {s} {body}");
+        }
+        for path in ["/healthz", "/readyz", "/metrics"] {
+            let Some((s, body)) = answers_or_gone(addr, "GET", path, None) else { return false };
+            assert!(s == 200 || s == 503, "{path}: {s} {body}");
+        }
+        true
+    };
     let mut checks = 0;
     while !writers.iter().all(|w| w.is_finished()) {
-        reads_answer(&addr, world, &some_id, true);
+        if !probe(&addr) {
+            break;
+        }
         checks += 1;
     }
     let mut refusals = Vec::new();
@@ -408,74 +446,71 @@ fn enospc_inside_the_store_is_a_507_never_a_hang_and_the_store_reopens_once_spac
         acked.extend(mine);
         refusals.extend(r);
     }
-    let no_space_errors = metric(&addr, "dwbase_storage_no_space_errors_total");
     println!(
-        "{} atoms acknowledged, {} refusals, {checks} read rounds meanwhile, {no_space_errors} ENOSPC in the store; first refusal: {:?}",
+        "{} atoms acknowledged, {} refusals, {checks} read rounds meanwhile; first refusal: {:?}",
         acked.len(),
         refusals.len(),
         refusals.first()
     );
-    assert!(no_space_errors >= 1.0, "the store met ENOSPC (no reserve)");
-    assert!(refusals.iter().any(|(s, _)| *s == 507), "ENOSPC is a 507: {refusals:?}");
-    // The store reopens at once for reads (writes wait for space), unless sled wedged, which
-    // /healthz must then report (see below).
-    let served = poll_until(
-        "reads served, or /healthz reporting a stuck commit path",
-        Duration::from_secs(30),
-        || {
-            let (s, _) = must_answer(&addr, "GET", &format!("/atoms/{some_id}"), None);
-            if s == 200 {
-                return Some(true);
-            }
-            let (h, health) = must_answer(&addr, "GET", "/healthz", None);
-            (h == 503 && health.contains("commit_stalled")).then_some(false)
-        },
-    );
-    if served {
-        reads_and_probes_answer(&addr, world, &some_id);
-    }
-    let (s, body) = must_answer(&addr, "POST", "/remember", Some(&atom(world, 8, 100)));
-    assert!(s == 507 || s == 503, "writes wait for space: {s} {body}");
-    let (s, body) = must_answer(&addr, "GET", "/readyz", None);
-    assert_eq!(s, 503, "{body}");
 
-    // Space back: the store reopens by itself and writes succeed, same process. Unless sled
-    // wedged (a flush that never returns after ENOSPC, a sled 0.34 bug the reserve exists to
-    // avoid): then /healthz must say so, so that liveness restarts the node; restarted, it
-    // takes writes and has every acknowledged atom.
+    // The filler is deleted. Either the store reopens by itself and writes succeed in the
+    // same process, or sled wedged (a flush, then reads, never return: sled 0.34 after
+    // ENOSPC): then /healthz fails and the node exits by itself (status 3, the reason on
+    // stderr) after stall_exit_secs, as its supervisor's restart is the only cure.
     let pid = node.pid();
     std::fs::remove_file(&filler).unwrap();
     let freed = Instant::now();
-    let mut node = node;
-    let outcome = poll_until(
-        "a write accepted, or /healthz failing for a stuck commit path",
-        Duration::from_secs(30),
-        || {
-            let (s, body) =
-                must_answer(&node.addr, "POST", "/remember", Some(&atom(world, 7, 100)));
-            if s == 200 {
-                return Some(Ok(serde_json::from_str::<String>(&body).unwrap()));
+    let mut stuck_seen = false;
+    let until = Instant::now() + Duration::from_secs(STALL_EXIT_SECS + 40);
+    let same_process = loop {
+        assert!(
+            Instant::now() < until,
+            "neither a write accepted nor an exit within {:?}",
+            until - freed
+        );
+        let answer = answers_or_gone(&node.addr, "POST", "/remember", Some(&atom(world, 7, 100)));
+        if let Some((200, body)) = &answer {
+            acked.insert(serde_json::from_str::<String>(body).unwrap());
+            break true;
+        }
+        if let Some((h, health)) = answers_or_gone(&node.addr, "GET", "/healthz", None) {
+            if h == 503 {
+                assert!(health.contains("commit_stalled"), "{health}");
+                stuck_seen = true;
             }
-            let (h, health) = must_answer(&node.addr, "GET", "/healthz", None);
-            (h == 503 && health.contains("commit_stalled")).then_some(Err(health))
-        },
-    );
-    let node = match outcome {
-        Ok(id) => {
-            println!("first write accepted {:?} after the space was freed", freed.elapsed());
-            acked.insert(id);
-            assert_eq!(node.pid(), pid);
-            assert!(metric(&node.addr, "dwbase_storage_recoveries_total") >= 1.0);
-            node
+            std::thread::sleep(Duration::from_millis(50));
+            continue;
         }
-        Err(health) => {
-            println!("sled wedged after ENOSPC; /healthz: {health}; restarting as liveness would");
-            support::kill_pid(node.pid(), nix::sys::signal::Signal::SIGKILL);
-            let _ = node.wait_exit(Duration::from_secs(10));
-            let mut node = NodeProcess::start(&config, &[]);
-            acked.insert(write_comes_back(&mut node, world));
-            node
-        }
+        break false;
+    };
+    let node = if same_process {
+        println!(
+            "first write accepted {:?} after the space was freed, same process",
+            freed.elapsed()
+        );
+        assert_eq!(node.pid(), pid);
+        assert!(
+            metric(&node.addr, "dwbase_storage_no_space_errors_total") >= 1.0,
+            "the store met ENOSPC (no reserve)"
+        );
+        assert!(metric(&node.addr, "dwbase_storage_recoveries_total") >= 1.0);
+        assert!(refusals.iter().any(|(s, _)| *s == 507), "ENOSPC is a 507: {refusals:?}");
+        node
+    } else {
+        let (status, stderr) = node
+            .wait_exit(Duration::from_secs(10))
+            .expect("the node stopped answering: it must have exited");
+        assert_eq!(status.code(), Some(3), "a stuck store exits with status 3: {status}\n{stderr}");
+        let reason = stderr
+            .lines()
+            .rfind(|l| l.starts_with("dwbase-node: exiting"))
+            .unwrap_or_else(|| panic!("no reason on stderr:\n{stderr}"));
+        assert!(reason.contains("stall_exit_secs"), "{reason}");
+        println!("sled wedged after ENOSPC (healthz 503 seen: {stuck_seen}); the node exited {:?} after the space was freed: {reason}", freed.elapsed());
+        // What a supervisor does: start it again. It opens the store and takes writes.
+        let mut node = NodeProcess::start(&config, &[]);
+        acked.insert(write_comes_back(&mut node, world));
+        node
     };
     let addr = node.addr.clone();
     node.wait_ready(READY);

@@ -61,6 +61,7 @@ SCHEMA: dict[str, str] = {
     "node.limits.body_timeout_secs": "uint",
     "node.limits.min_free_mb": "uint",
     "node.limits.ballast_mb": "uint",
+    "node.limits.stall_exit_secs": "uint",
     "node.swarm": "table",
     "node.swarm.enabled": "bool",
     "node.swarm.peers": "strarray",

@@ -13,9 +13,10 @@
 //!   refused: the bytes free when the first 507 came, the reserve the node applied, any ENOSPC
 //!   the store saw (goal: none); then a spare file placed beforehand is deleted and the time
 //!   to the first accepted write is measured (a client retrying every millisecond);
-//! - **idle**: `--idle` idle TCP connections held open, and a well-behaved client's latency
-//!   (p50, p99, max) for remember, ask and healthz, each on a new connection, over `--rounds`
-//!   rounds, before and during the crowd.
+//! - **idle**: `--idle` idle TCP connections opened (by a thread of their own) and held open,
+//!   and a well-behaved client's latency (p50, p99, max) for remember, ask and healthz, each on
+//!   a new connection: before the crowd (`--rounds`/3 rounds), all the while it is being opened
+//!   (at least `--rounds` rounds), and with it held (`--rounds` rounds).
 //!
 //! Every figure is measured, nothing is asserted; the node is killed by its pid at the end.
 
@@ -23,7 +24,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -289,21 +290,45 @@ fn idle(args: &Args, dir: &Path) {
     println!("## idle connections: {} held open, default [node.limits]", args.idle);
     let (lat, failed) = good_client(&addr, args.rounds / 3);
     println!("good client, no crowd: {} ({failed} failed)", percentiles(lat));
-    let stop = Arc::new(AtomicBool::new(false));
-    let opened = Instant::now();
-    let mut held = Vec::with_capacity(args.idle);
-    for _ in 0..args.idle {
-        match TcpStream::connect(&addr) {
-            Ok(s) => held.push(s),
-            Err(e) => {
-                println!("connect failed after {} idle sockets: {e}", held.len());
-                break;
+    // The crowd is opened by a thread of its own while the good client runs: the node
+    // evicts idle connections for new ones all along (4096 open at most by default).
+    let crowd = {
+        let (addr, n) = (addr.clone(), args.idle);
+        std::thread::spawn(move || {
+            let opened = Instant::now();
+            let mut held = Vec::with_capacity(n);
+            let mut error = None;
+            for _ in 0..n {
+                match TcpStream::connect(&addr) {
+                    Ok(s) => held.push(s),
+                    Err(e) => {
+                        error =
+                            Some(format!("connect failed after {} idle sockets: {e}", held.len()));
+                        break;
+                    }
+                }
             }
+            (held, opened.elapsed(), error)
+        })
+    };
+    let mut during = Vec::new();
+    let mut failed = 0;
+    while !crowd.is_finished() || during.len() < args.rounds {
+        let (lat, f) = good_client(&addr, 1);
+        during.extend(lat);
+        failed += f;
+        if crowd.is_finished() && during.len() >= 3 * args.rounds {
+            break;
         }
     }
-    println!("{} idle connections opened in {:?}", held.len(), opened.elapsed());
+    let (held, took, error) = crowd.join().expect("the crowd thread");
+    if let Some(e) = error {
+        println!("{e}");
+    }
+    println!("{} idle connections opened in {took:?}", held.len());
+    println!("good client while the crowd was opened: {} ({failed} failed)", percentiles(during));
     let (lat, failed) = good_client(&addr, args.rounds);
-    println!("good client during the crowd: {} ({failed} failed)", percentiles(lat));
+    println!("good client with the crowd held: {} ({failed} failed)", percentiles(lat));
     println!(
         "node: {} connections open, {} idle evicted, {} refused, {} header timeouts",
         metric(&addr, "dwbase_http_connections"),
@@ -311,7 +336,6 @@ fn idle(args: &Args, dir: &Path) {
         metric(&addr, "dwbase_http_connections_refused_total"),
         metric(&addr, "dwbase_http_header_timeouts_total"),
     );
-    stop.store(true, Ordering::Relaxed);
     drop(held);
 }
 

@@ -266,20 +266,59 @@ async fn ask(
         .check(&client)
         .map_err(|secs| ApiError::rate_limited(&format!("ask ({client})"), secs))?;
     // Ranking holds the index lock and reads sled: keep it off the async workers.
-    let answer = tokio::task::spawn_blocking(move || node.ask(question)).await.map_err(|e| {
-        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
-    })??;
+    let n = node.clone();
+    let answer = read_blocking(&node, move || n.ask(question)).await?;
     Ok(Json(answer).into_response())
+}
+
+/// Runs a read of the store on a blocking thread (sled can block a read on a failing disk or
+/// once it is wedged; the async workers must go on serving the probes). A read that makes no
+/// progress for [`crate::storage::READ_STALL`] is answered 503 `storage_stalled` (it goes on
+/// in the background and counts toward `/healthz`'s verdict), and while a read has been stuck
+/// for [`crate::storage::COMMIT_STALL`] new ones are answered so at once: no read hangs.
+async fn read_blocking<T: Send + 'static>(
+    node: &Node,
+    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    use crate::storage::{COMMIT_STALL, READ_STALL};
+    let stalled = |secs: f64| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "storage_stalled",
+            format!(
+                "the store has not answered a read for {secs:.0}s (disk stalled or store \
+                 stuck); retry later. /healthz fails while it lasts, so a supervisor restarts \
+                 the node"
+            ),
+        )
+    };
+    if let Some(d) = node.store().reads_stuck_for().filter(|d| *d >= COMMIT_STALL) {
+        return Err(stalled(d.as_secs_f64()));
+    }
+    let op = node.store().read_op();
+    let runner = op.clone();
+    let mut task = tokio::task::spawn_blocking(move || runner.run(f));
+    loop {
+        match tokio::time::timeout(Duration::from_millis(100), &mut task).await {
+            Ok(joined) => {
+                return joined.map_err(|e| {
+                    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+                })?
+            }
+            Err(_) if op.stuck_for() >= READ_STALL => {
+                return Err(stalled(op.stuck_for().as_secs_f64()))
+            }
+            Err(_) => {}
+        }
+    }
 }
 
 async fn replay(
     State(node): State<Node>,
     ApiJson(req): ApiJson<ReplayRequest>,
 ) -> Result<Json<Vec<Atom>>, ApiError> {
-    tokio::task::spawn_blocking(move || node.replay(req))
-        .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
-        .map(Json)
+    let n = node.clone();
+    read_blocking(&node, move || n.replay(req)).await.map(Json)
 }
 
 async fn get_atom(
@@ -287,12 +326,8 @@ async fn get_atom(
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Atom>, ApiError> {
     let Path(id) = id.map_err(|e| ApiError::invalid_field("id", e.body_text()))?;
-    // sled can block a read on a failing disk: keep it off the async workers, which must go
-    // on serving the probes.
-    tokio::task::spawn_blocking(move || node.get_atom(&id))
-        .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
-        .map(Json)
+    let n = node.clone();
+    read_blocking(&node, move || n.get_atom(&id)).await.map(Json)
 }
 
 async fn worlds(State(node): State<Node>) -> Json<Vec<String>> {
@@ -355,9 +390,15 @@ async fn swarm_ingest(State(node): State<Node>, req: Request) -> Result<Response
 async fn healthz(State(node): State<Node>) -> Response {
     match node.liveness() {
         Ok(()) => Json(serde_json::json!({ "status": "alive" })).into_response(),
-        Err(why) => (
+        Err(stall) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(serde_json::json!({ "status": "stuck", "reason": "commit_stalled", "message": why })),
+            Json(serde_json::json!({
+                "status": "stuck",
+                "reason": "commit_stalled",
+                "stuck": stall.what,
+                "stuck_for_seconds": stall.stuck_for.as_secs(),
+                "message": stall.to_string(),
+            })),
         )
             .into_response(),
     }

@@ -17,6 +17,11 @@ use crate::term::ColorWhen;
 pub const EXIT_CONFIG: u8 = 2;
 /// Exit code for a start-up or runtime failure (data dir locked, address in use, ...).
 pub const EXIT_FAILURE: u8 = 1;
+/// Exit code of a node whose store was stuck for `node.limits.stall_exit_secs` (see
+/// [`stall_watchdog`]): a restart reopens it.
+pub const EXIT_STORE_STUCK: u8 = 3;
+/// How often [`stall_watchdog`] looks at the store.
+pub const WATCHDOG_INTERVAL: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// Flags of `dwbase-node` (also `dwbase node run`).
 #[derive(Debug, Clone, Default, Parser)]
@@ -194,7 +199,56 @@ async fn run_async(config: Config) -> anyhow::Result<()> {
     }
     #[cfg(unix)]
     tokio::spawn(reload_on_sighup(node.clone()));
+    let stall_exit = node.config().node.limits.stall_exit_secs;
+    if stall_exit > 0 {
+        let n = node.clone();
+        std::thread::Builder::new()
+            .name("dwbase-watchdog".into())
+            .spawn(move || stall_watchdog(&n, std::time::Duration::from_secs(stall_exit)))
+            .context("starting the store watchdog")?;
+    }
     crate::server::serve(listener, node, shutdown_signal()).await
+}
+
+/// Exits the process ([`EXIT_STORE_STUCK`], the reason on stderr) once a step of the store has
+/// made no progress for `stall_exit` (see [`crate::storage::Store::stalled`]; `/healthz` fails
+/// from [`crate::storage::COMMIT_STALL`] on). sled 0.34 can wedge after "no space left": a
+/// flush that never returns, then reads. Nothing in the process can unstick it, and a node
+/// that neither serves nor exits waits for a liveness probe that may not exist (or a SIGTERM
+/// its shutdown flush would block); exiting lets any supervisor restart it, and a new process
+/// opens the store with every acknowledged write (each was flushed before its answer). A plain
+/// thread, so a runtime whose workers are blocked cannot stop it.
+fn stall_watchdog(node: &Node, stall_exit: std::time::Duration) {
+    let mut warned = false;
+    loop {
+        std::thread::sleep(WATCHDOG_INTERVAL);
+        match node.liveness() {
+            Ok(()) => warned = false,
+            Err(stall) if stall.stuck_for >= stall_exit => {
+                let why = format!(
+                    "dwbase-node: exiting: {stall}, past node.limits.stall_exit_secs = {}s; only \
+                     a new process can reopen the store (every acknowledged write is on disk). \
+                     Check the disk holding {} (full? failing?)",
+                    stall_exit.as_secs(),
+                    node.config().node.data_dir.display()
+                );
+                tracing::error!("{why}");
+                eprintln!("{why}");
+                let _ = std::io::stderr().flush();
+                std::process::exit(i32::from(EXIT_STORE_STUCK));
+            }
+            Err(stall) => {
+                if !warned {
+                    tracing::error!(
+                        "{stall}; /healthz answers 503, and the node exits after {}s unless it \
+                         recovers",
+                        stall_exit.as_secs()
+                    );
+                    warned = true;
+                }
+            }
+        }
+    }
 }
 
 /// Re-reads the TLS certificates on every SIGHUP (a renewed certificate takes effect for new

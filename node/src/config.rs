@@ -315,6 +315,11 @@ pub struct LimitsConfig {
     /// re-created once space is back. Unset: half the reserve, at most 16 MiB. 0: none.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ballast_mb: Option<u64>,
+    /// Seconds a step of the store (a flush, a write, a read, a reopen) may make no progress
+    /// before the node exits (status 3, the reason on stderr) so that its supervisor restarts
+    /// it: sled 0.34 can wedge after "no space left", and only a new process reopens it.
+    /// `/healthz` fails from 15 s on. 0: never exit (rely on `/healthz` and liveness).
+    pub stall_exit_secs: u64,
 }
 
 /// Default `node.limits.max_connections`.
@@ -323,6 +328,8 @@ pub const DEFAULT_MAX_CONNECTIONS: u64 = 4096;
 pub const DEFAULT_HEADER_TIMEOUT_SECS: u64 = 10;
 /// Default `node.limits.body_timeout_secs`.
 pub const DEFAULT_BODY_TIMEOUT_SECS: u64 = 30;
+/// Default `node.limits.stall_exit_secs`.
+pub const DEFAULT_STALL_EXIT_SECS: u64 = 60;
 
 impl Default for LimitsConfig {
     fn default() -> Self {
@@ -334,6 +341,7 @@ impl Default for LimitsConfig {
             body_timeout_secs: DEFAULT_BODY_TIMEOUT_SECS,
             min_free_mb: None,
             ballast_mb: None,
+            stall_exit_secs: DEFAULT_STALL_EXIT_SECS,
         }
     }
 }
@@ -536,6 +544,7 @@ const SCHEMA: &[(&str, Kind)] = &[
     ("node.limits.body_timeout_secs", Kind::UInt),
     ("node.limits.min_free_mb", Kind::UInt),
     ("node.limits.ballast_mb", Kind::UInt),
+    ("node.limits.stall_exit_secs", Kind::UInt),
     ("node.swarm", Kind::Table),
     ("node.swarm.enabled", Kind::Bool),
     ("node.swarm.peers", Kind::StrArray),

@@ -194,10 +194,11 @@ impl Node {
         m.storage_recoveries.inc_by(reopened.saturating_sub(m.storage_recoveries.get()));
     }
 
-    /// `/healthz`: `Err(why)` when the commit path is stuck (only a restart helps).
-    pub fn liveness(&self) -> Result<(), String> {
+    /// `/healthz`: `Err(_)` when a step of the store is stuck (only a restart helps; see
+    /// [`crate::storage::Store::stalled`]). Never blocks on the store.
+    pub fn liveness(&self) -> Result<(), crate::storage::Stall> {
         match self.inner.store.stalled() {
-            Some(why) => Err(why),
+            Some(stall) => Err(stall),
             None => Ok(()),
         }
     }
@@ -635,7 +636,8 @@ impl Node {
             }
         };
         let storage = match self.inner.store.stalled() {
-            Some(why) => {
+            Some(stall) => {
+                let why = stall.to_string();
                 reasons.push(("commit_stalled", why.clone()));
                 Check::unhealthy(why)
             }

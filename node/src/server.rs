@@ -23,6 +23,9 @@ pub const SAMPLE_INTERVAL: Duration = Duration::from_secs(2);
 pub const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(60);
 /// How long background tasks get to stop after the server has.
 pub const BACKGROUND_STOP_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long the flush at shutdown may take: a wedged store would block it for ever, and a
+/// node that ignores SIGTERM waits for its supervisor's SIGKILL.
+pub const FINAL_FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves `node` on `listener` until `shutdown` completes, then stops accepting, lets in-flight
 /// requests finish (up to [`DRAIN_TIMEOUT`]), stops the background tasks (index rebuild,
@@ -102,10 +105,16 @@ where
         tracing::warn!("background tasks did not stop in time");
     }
     let flush_node = node.clone();
-    tokio::task::spawn_blocking(move || flush_node.flush_blocking())
-        .await
-        .context("joining the final flush")?
-        .context("flushing the store at shutdown")?;
+    let flush = tokio::task::spawn_blocking(move || flush_node.flush_blocking());
+    let Ok(flushed) = tokio::time::timeout(FINAL_FLUSH_TIMEOUT, flush).await else {
+        write_summary(&node, false);
+        anyhow::bail!(
+            "the store's final flush did not finish within {}s (the store is stuck); stopping \
+             without it (every acknowledged write was flushed before its answer)",
+            FINAL_FLUSH_TIMEOUT.as_secs()
+        );
+    };
+    flushed.context("joining the final flush")?.context("flushing the store at shutdown")?;
     write_summary(&node, clean);
     tracing::info!(atoms = node.store().atom_count(), "stopped; store flushed");
     Ok(())

@@ -290,6 +290,125 @@ pub const RECOVERY_HEADROOM: u64 = 1 << 20;
 pub const LOCK_WAIT: Duration = Duration::from_secs(60);
 /// A batch apply or flush running this long means the commit path is stuck: `/healthz` fails.
 pub const COMMIT_STALL: Duration = Duration::from_secs(15);
+/// A read inside one sled call this long is answered 503 (it goes on in the background; if it
+/// stays stuck for [`COMMIT_STALL`] the store counts as stuck).
+pub const READ_STALL: Duration = Duration::from_secs(5);
+/// How long [`Store::probe`] waits for its read before answering that the store does not
+/// answer (the read goes on in the background, one at a time).
+pub const PROBE_WAIT: Duration = Duration::from_secs(1);
+
+/// A step of the store that has been stuck: what, and for how long.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stall {
+    /// What is stuck ("flushing", "a read", …).
+    pub what: &'static str,
+    /// Since when it made no progress.
+    pub stuck_for: Duration,
+}
+
+impl std::fmt::Display for Stall {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the store is stuck: {} has made no progress for {:.0}s (more than {}s)",
+            self.what,
+            self.stuck_for.as_secs_f64(),
+            COMMIT_STALL.as_secs()
+        )
+    }
+}
+
+/// Reads of the API in flight, each with the time its current call into sled started (ms
+/// since the epoch + 1; 0 while it is not inside sled), so that a read stuck inside sled is
+/// seen ([`Store::stalled`]) and answered ([`ReadOp::stuck_for`]). Only time inside sled
+/// counts: a read waiting for the index lock or a blocking thread is not stuck in the store.
+#[derive(Debug)]
+struct ReadOps {
+    epoch: Instant,
+    next: AtomicU64,
+    ops: Mutex<std::collections::HashMap<u64, Arc<AtomicU64>>>,
+}
+
+impl ReadOps {
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn stuck_for(&self, since: &AtomicU64) -> Option<Duration> {
+        let since = since.load(Ordering::Relaxed);
+        (since != 0).then(|| Duration::from_millis(self.now_ms().saturating_sub(since - 1)))
+    }
+
+    /// The longest time any read in flight has been inside one sled call.
+    fn longest(&self) -> Option<Duration> {
+        let ops = self.ops.lock().unwrap_or_else(|p| p.into_inner());
+        ops.values().filter_map(|t| self.stuck_for(t)).max()
+    }
+}
+
+thread_local! {
+    /// The read op the store's sled calls on this thread are timed for ([`ReadOp::run`]).
+    static CURRENT_READ: std::cell::RefCell<Option<(Arc<ReadOps>, Arc<AtomicU64>)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Runs one call into sled, timed for the read op running on this thread (if any).
+fn in_sled<T>(f: impl FnOnce() -> T) -> T {
+    let current = CURRENT_READ.with(|c| c.borrow().clone());
+    match current {
+        None => f(),
+        Some((ops, since)) => {
+            since.store(ops.now_ms().saturating_add(1), Ordering::Relaxed);
+            let out = f();
+            since.store(0, Ordering::Relaxed);
+            out
+        }
+    }
+}
+
+/// One read of the API (ask, replay, get), registered from its creation until its last clone
+/// is dropped; see [`Store::read_op`].
+#[derive(Debug, Clone)]
+pub struct ReadOp {
+    ops: Arc<ReadOps>,
+    since: Arc<AtomicU64>,
+    _registered: Arc<ReadOpEntry>,
+}
+
+/// Removes a [`ReadOp`] from the registry when its last clone is dropped.
+#[derive(Debug)]
+struct ReadOpEntry {
+    ops: Arc<ReadOps>,
+    id: u64,
+}
+
+impl Drop for ReadOpEntry {
+    fn drop(&mut self) {
+        self.ops.ops.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.id);
+    }
+}
+
+impl ReadOp {
+    /// Runs `f` (blocking) with the store's sled calls on this thread timed for this op.
+    pub fn run<T>(&self, f: impl FnOnce() -> T) -> T {
+        CURRENT_READ.with(|c| *c.borrow_mut() = Some((self.ops.clone(), self.since.clone())));
+        let out = f();
+        CURRENT_READ.with(|c| *c.borrow_mut() = None);
+        out
+    }
+
+    /// How long this read has been inside its current sled call (zero when outside sled).
+    pub fn stuck_for(&self) -> Duration {
+        self.ops.stuck_for(&self.since).unwrap_or_default()
+    }
+}
+
+/// [`Store::probe`]'s background read.
+#[derive(Debug, Default)]
+struct ProbeState {
+    /// When the read in flight started (`None`: none in flight).
+    running_since: Option<Instant>,
+}
 
 /// The sled database, replaced when the store is reopened after an I/O error.
 #[derive(Default)]
@@ -374,6 +493,12 @@ pub struct Store {
     recoveries: AtomicU64,
     /// A [`Store::nudge`] thread is running.
     nudging: Arc<AtomicBool>,
+    /// [`Store::try_recover`] swapping sled (dropping the old one, opening the new one).
+    reopening: Busy,
+    /// Reads of the API in flight.
+    reads: Arc<ReadOps>,
+    /// [`Store::probe`]'s background read.
+    probing: Arc<Mutex<ProbeState>>,
 }
 
 /// A world's record plus its atom count.
@@ -723,6 +848,9 @@ impl Store {
             no_space_errors: AtomicU64::new(0),
             recoveries: AtomicU64::new(0),
             nudging: Arc::new(AtomicBool::new(false)),
+            reopening: Busy::new(epoch),
+            reads: Arc::new(ReadOps { epoch, next: AtomicU64::new(0), ops: Mutex::default() }),
+            probing: Arc::default(),
         })
     }
 
@@ -855,21 +983,48 @@ impl Store {
         self.failure.lock().unwrap_or_else(|p| p.into_inner()).as_ref().map(|f| f.no_space)
     }
 
-    /// `Some(why)` when a batch apply or group-commit flush has run for [`COMMIT_STALL`]: the
-    /// store library is stuck, and only a restart helps (`/healthz` fails).
-    pub fn stalled(&self) -> Option<String> {
-        for (what, busy) in
-            [("applying a write batch", &self.applying), ("flushing", &self.flushing)]
-        {
-            if let Some(d) = busy.running_for().filter(|d| *d >= COMMIT_STALL) {
-                return Some(format!(
-                    "the commit path is stuck: {what} for {:.0}s (more than {}s)",
-                    d.as_secs_f64(),
-                    COMMIT_STALL.as_secs()
-                ));
-            }
+    /// `Some(_)` when a step of the store has made no progress for [`COMMIT_STALL`]: a batch
+    /// apply, a group-commit flush, a reopen, a read of the API or the health probe's read.
+    /// The store library is stuck (sled 0.34 can wedge after "no space left"), and only a
+    /// restart helps: `/healthz` fails, and the node exits after
+    /// `node.limits.stall_exit_secs` (see [`crate::cli`]). Never blocks: atomics and two
+    /// short locks.
+    pub fn stalled(&self) -> Option<Stall> {
+        let probe = self
+            .probing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .running_since
+            .map(|t| t.elapsed());
+        [
+            ("applying a write batch", self.applying.running_for()),
+            ("a group-commit flush", self.flushing.running_for()),
+            ("reopening the store", self.reopening.running_for()),
+            ("a read", self.reads.longest()),
+            ("the health probe's read", probe),
+        ]
+        .into_iter()
+        .filter_map(|(what, d)| d.filter(|d| *d >= COMMIT_STALL).map(|d| (what, d)))
+        .max_by_key(|(_, d)| *d)
+        .map(|(what, stuck_for)| Stall { what, stuck_for })
+    }
+
+    /// Registers a read of the API (see [`ReadOp`]): run it with [`ReadOp::run`] on a blocking
+    /// thread and answer 503 when [`ReadOp::stuck_for`] reaches [`READ_STALL`].
+    pub fn read_op(&self) -> ReadOp {
+        let id = self.reads.next.fetch_add(1, Ordering::Relaxed);
+        let since = Arc::new(AtomicU64::new(0));
+        self.reads.ops.lock().unwrap_or_else(|p| p.into_inner()).insert(id, since.clone());
+        ReadOp {
+            ops: self.reads.clone(),
+            since,
+            _registered: Arc::new(ReadOpEntry { ops: self.reads.clone(), id }),
         }
-        None
+    }
+
+    /// How long the read stuck the longest has been inside one sled call (`None`: no read is).
+    pub fn reads_stuck_for(&self) -> Option<Duration> {
+        self.reads.longest()
     }
 
     /// Brings a stopped store back (the node's disk watch calls it every
@@ -903,9 +1058,12 @@ impl Store {
             }
             // No writer in the middle of a batch while sled is swapped.
             let Ok(_guard) = self.write_lock.try_lock() else { return Ok(None) };
+            self.reopening.start();
             let old = self.db.0.write().unwrap_or_else(|p| p.into_inner()).take();
             drop(old);
-            let (db, worlds, total) = match open_db(&self.dir, self.cache_bytes, &self.at_rest) {
+            let reopened = open_db(&self.dir, self.cache_bytes, &self.at_rest);
+            self.reopening.stop();
+            let (db, worlds, total) = match reopened {
                 Ok(opened) => opened,
                 Err(e) => {
                     tracing::warn!(error = %e, "reopening the store failed; trying again shortly");
@@ -994,12 +1152,41 @@ impl Store {
         }
     }
 
-    /// A cheap read that proves the store answers (and [`Store::health`]).
+    /// A cheap read that proves the store answers (and [`Store::health`]). Never waits more
+    /// than [`PROBE_WAIT`]: the read runs on a thread of its own (one at a time), and a read
+    /// still running is reported, so `/readyz`, `/health` and `/metrics` answer even when sled
+    /// is stuck.
     pub fn probe(&self) -> Result<(), String> {
-        match self.db().map_err(|e| e.to_string())?.get(FORMAT_KEY) {
-            Ok(Some(_)) => self.health(),
-            Ok(None) => Err("format marker missing".into()),
-            Err(e) => Err(e.to_string()),
+        let db = self.db().map_err(|e| e.to_string())?;
+        {
+            let mut state = self.probing.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(since) = state.running_since {
+                return Err(format!(
+                    "the store has not answered a read for {:.0}s",
+                    since.elapsed().as_secs_f64()
+                ));
+            }
+            state.running_since = Some(Instant::now());
+        }
+        let (tx, rx) = mpsc::sync_channel(1);
+        let probing = self.probing.clone();
+        let read = move || {
+            let r = db.get(FORMAT_KEY);
+            probing.lock().unwrap_or_else(|p| p.into_inner()).running_since = None;
+            let _ = tx.send(r);
+        };
+        if let Err(e) = std::thread::Builder::new().name("dwbase-probe".into()).spawn(read) {
+            self.probing.lock().unwrap_or_else(|p| p.into_inner()).running_since = None;
+            return Err(format!("cannot start the probe's read: {e}"));
+        }
+        match rx.recv_timeout(PROBE_WAIT) {
+            Ok(Ok(Some(_))) => self.health(),
+            Ok(Ok(None)) => Err("format marker missing".into()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!(
+                "the store did not answer a read within {}s (disk stalled or store stuck)",
+                PROBE_WAIT.as_secs()
+            )),
         }
     }
 
@@ -1290,7 +1477,8 @@ impl Store {
     /// The atom with `id`, if stored.
     pub fn get(&self, id: &str) -> Result<Option<Atom>, StorageError> {
         let key = atom_key(id);
-        let found = self.db()?.get(&key).map_err(sled_err("reading atom"));
+        let db = self.db()?;
+        let found = in_sled(|| db.get(&key)).map_err(sled_err("reading atom"));
         match found.map_err(|e| self.read_err(e))? {
             Some(bytes) => self.decode_atom(&key, &bytes).map(Some),
             None => Ok(None),
@@ -1305,10 +1493,11 @@ impl Store {
             return Ok(out);
         }
         let db = self.db()?;
-        for item in db.scan_prefix(log_prefix(world)) {
+        let mut log = in_sled(|| db.scan_prefix(log_prefix(world)));
+        while let Some(item) = in_sled(|| log.next()) {
             let (_, id) = item.map_err(sled_err("reading log")).map_err(|e| self.read_err(e))?;
             let key = [ATOM_PREFIX, &id].concat();
-            let found = db.get(&key).map_err(sled_err("reading atom"));
+            let found = in_sled(|| db.get(&key)).map_err(sled_err("reading atom"));
             let Some(bytes) = found.map_err(|e| self.read_err(e))? else {
                 continue;
             };
@@ -1645,6 +1834,39 @@ mod tests {
         assert!(busy.running_for().unwrap() >= COMMIT_STALL);
         busy.stop();
         assert!(busy.running_for().is_none());
+    }
+
+    #[test]
+    fn a_read_stuck_inside_sled_is_timed_reported_and_forgotten_when_done() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&opts(dir.path())).unwrap();
+        let op = store.read_op();
+        // Outside sled (waiting for a thread or the index lock) is not stuck.
+        assert_eq!(op.stuck_for(), Duration::ZERO);
+        assert!(store.reads_stuck_for().is_none());
+        // Inside a sled call, this op is timed; outside again, not.
+        let seen = op.run(|| in_sled(|| store.reads_stuck_for()));
+        assert!(seen.is_some_and(|d| d < COMMIT_STALL), "{seen:?}");
+        assert!(store.reads_stuck_for().is_none());
+        assert!(store.stalled().is_none());
+        // A call that entered sled long ago: reported (as the watchdog sees it).
+        let old = ReadOps {
+            epoch: Instant::now() - COMMIT_STALL * 2,
+            next: AtomicU64::new(0),
+            ops: Mutex::default(),
+        };
+        let since = Arc::new(AtomicU64::new(1));
+        old.ops.lock().unwrap().insert(0, since.clone());
+        assert!(old.longest().unwrap() >= COMMIT_STALL);
+        since.store(0, Ordering::Relaxed);
+        assert!(old.longest().is_none());
+        // Dropping the last clone unregisters the op.
+        let clone = op.clone();
+        drop(op);
+        assert_eq!(store.reads.ops.lock().unwrap().len(), 1);
+        drop(clone);
+        assert!(store.reads.ops.lock().unwrap().is_empty());
+        assert!(store.probe().is_ok());
     }
 
     #[tokio::test]
