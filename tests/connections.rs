@@ -189,6 +189,12 @@ fn twenty_thousand_idle_sockets_leave_a_well_behaved_client_answered() {
     let held: usize = holders.iter().map(|(_, n)| n).sum();
     println!("{held} idle connections opened in {:?}", started.elapsed());
     assert_eq!(held, IDLE, "every idle connection was accepted by the kernel");
+    println!(
+        "so far: evicted {}, refused {}, open {}",
+        metric(&node.addr, "dwbase_http_connections_evicted_total"),
+        metric(&node.addr, "dwbase_http_connections_refused_total"),
+        metric(&node.addr, "dwbase_http_connections")
+    );
     let latencies = good_client(&node.addr, 100);
     report(&format!("good client during {held} idle sockets"), latencies);
     let evicted = metric(&node.addr, "dwbase_http_connections_evicted_total");

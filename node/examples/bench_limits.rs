@@ -13,7 +13,7 @@
 //!   refused: the bytes free when the first 507 came, the reserve the node applied, any ENOSPC
 //!   the store saw (goal: none); then a spare file placed beforehand is deleted and the time
 //!   to the first accepted write is measured (a client retrying every millisecond);
-//! - **idle**: `--idle` idle TCP connections opened (by a thread of their own) and held open,
+//! - **idle**: `--idle` idle TCP connections opened (by child processes, 5 000 each) and held,
 //!   and a well-behaved client's latency (p50, p99, max) for remember, ask and healthz, each on
 //!   a new connection: before the crowd (`--rounds`/3 rounds), all the while it is being opened
 //!   (at least `--rounds` rounds), and with it held (`--rounds` rounds).
@@ -282,50 +282,54 @@ fn good_client(addr: &str, rounds: usize) -> (Vec<Duration>, usize) {
 }
 
 fn idle(args: &Args, dir: &Path) {
-    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
-    let want = (args.idle as u64 + 4096).max(getrlimit(Resource::Nofile).maximum.unwrap_or(0));
-    let _ = setrlimit(Resource::Nofile, Rlimit { current: Some(want), maximum: Some(want) });
     let data = dir.join("idle-data");
     let (_node, addr) = start_node(dir, &data, "");
     println!("## idle connections: {} held open, default [node.limits]", args.idle);
     let (lat, failed) = good_client(&addr, args.rounds / 3);
     println!("good client, no crowd: {} ({failed} failed)", percentiles(lat));
-    // The crowd is opened by a thread of its own while the good client runs: the node
-    // evicts idle connections for new ones all along (4096 open at most by default).
+    // The crowd is opened by child processes of this executable (5 000 sockets each, so no
+    // process needs more open files than a default hard limit allows) while the good client
+    // runs: the node evicts idle connections for new ones all along (4096 open at most by
+    // default).
     let crowd = {
         let (addr, n) = (addr.clone(), args.idle);
         std::thread::spawn(move || {
             let opened = Instant::now();
-            let mut held = Vec::with_capacity(n);
-            let mut error = None;
-            for _ in 0..n {
-                match TcpStream::connect(&addr) {
-                    Ok(s) => held.push(s),
-                    Err(e) => {
-                        error =
-                            Some(format!("connect failed after {} idle sockets: {e}", held.len()));
-                        break;
-                    }
-                }
+            let holders: Vec<Child> = (0..n.div_ceil(PER_HOLDER))
+                .map(|i| {
+                    let count = PER_HOLDER.min(n - i * PER_HOLDER);
+                    Command::new(std::env::current_exe().unwrap())
+                        .args(["--hold-idle", &addr, &count.to_string()])
+                        .stdin(Stdio::piped())
+                        .stdout(Stdio::piped())
+                        .spawn()
+                        .expect("spawn a holder of idle connections")
+                })
+                .collect();
+            let mut held = 0;
+            let mut guards = Vec::new();
+            for mut child in holders {
+                let line = BufReader::new(child.stdout.take().unwrap())
+                    .lines()
+                    .map_while(Result::ok)
+                    .next()
+                    .unwrap_or_default();
+                held +=
+                    line.strip_prefix("held ").and_then(|n| n.parse::<usize>().ok()).unwrap_or(0);
+                guards.push(Guard(child));
             }
-            (held, opened.elapsed(), error)
+            (guards, held, opened.elapsed())
         })
     };
     let mut during = Vec::new();
     let mut failed = 0;
-    while !crowd.is_finished() || during.len() < args.rounds {
+    while !crowd.is_finished() || during.len() < 3 * args.rounds {
         let (lat, f) = good_client(&addr, 1);
         during.extend(lat);
         failed += f;
-        if crowd.is_finished() && during.len() >= 3 * args.rounds {
-            break;
-        }
     }
-    let (held, took, error) = crowd.join().expect("the crowd thread");
-    if let Some(e) = error {
-        println!("{e}");
-    }
-    println!("{} idle connections opened in {took:?}", held.len());
+    let (holders, held, took) = crowd.join().expect("the crowd thread");
+    println!("{held} idle connections opened in {took:?}");
     println!("good client while the crowd was opened: {} ({failed} failed)", percentiles(during));
     let (lat, failed) = good_client(&addr, args.rounds);
     println!("good client with the crowd held: {} ({failed} failed)", percentiles(lat));
@@ -336,6 +340,23 @@ fn idle(args: &Args, dir: &Path) {
         metric(&addr, "dwbase_http_connections_refused_total"),
         metric(&addr, "dwbase_http_header_timeouts_total"),
     );
+    drop(holders);
+}
+
+/// Idle connections per holder process.
+const PER_HOLDER: usize = 5_000;
+
+/// `--hold-idle ADDR COUNT`: opens COUNT idle connections to ADDR, prints `held N`, and keeps
+/// them until its stdin closes (the bench's guard kills it at the end in any case).
+fn hold_idle(addr: &str, count: usize) {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let hard = getrlimit(Resource::Nofile).maximum;
+    let _ = setrlimit(Resource::Nofile, Rlimit { current: hard, maximum: hard });
+    let held: Vec<TcpStream> = (0..count).filter_map(|_| TcpStream::connect(addr).ok()).collect();
+    println!("held {}", held.len());
+    let _ = std::io::stdout().flush();
+    let mut line = String::new();
+    let _ = std::io::stdin().read_line(&mut line);
     drop(held);
 }
 
@@ -350,6 +371,11 @@ fn main() {
         } else {
             1
         });
+    }
+    if std::env::args().nth(1).as_deref() == Some("--hold-idle") {
+        let a: Vec<String> = std::env::args().skip(2).collect();
+        hold_idle(&a[0], a[1].parse().expect("--hold-idle ADDR COUNT"));
+        return;
     }
     let args = parse_args();
     let dir = tempfile::tempdir().expect("temp dir");

@@ -8,9 +8,7 @@
 //!   kept below the open-file limit ([`raise_nofile_limit`] lifts the soft limit to the hard
 //!   one at start);
 //! - at the limit the connection idle the longest (waiting for a request head: keep-alive or
-//!   slowloris) is closed to make room, as nginx does with idle keep-alive connections (the new
-//!   client waits for that slot in a task of its own, so the accept loop goes on and a crowd
-//!   of idle connections is replaced at the rate the machine can close them); when
+//!   slowloris) is closed to make room, as nginx does with idle keep-alive connections; when
 //!   every connection is busy, a new client gets a canned `503` with `Retry-After` at once and
 //!   is closed (a bounded number of such answers are in flight; beyond that the socket is just
 //!   closed), instead of silence;
@@ -27,7 +25,7 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -251,104 +249,6 @@ impl hyper::body::Body for TrackedBody {
 
 /// How long a new client waits for the slot an evicted idle connection gives back.
 const EVICTION_WAIT: Duration = Duration::from_millis(100);
-/// New clients waiting (each in a task of its own) for the slot of a connection evicted for
-/// them. The accept loop goes on meanwhile, so evictions proceed in parallel instead of one
-/// wake-up of an evicted task per accept (20 000 idle connections opened at ~270/s on a busy
-/// 2-core machine that way). Past this many the loop waits itself, which bounds the sockets
-/// held beyond the limit (they come out of [`FD_RESERVE`]).
-pub const MAX_EVICTION_WAITERS: usize = 128;
-
-/// What every connection task shares.
-struct Shared {
-    app: Router,
-    limits: ConnLimits,
-    tls: Option<Arc<crate::tls::TlsServer>>,
-    metrics: Arc<Metrics>,
-    registry: Arc<Registry>,
-    http: hyper::server::conn::http1::Builder,
-    stopping: CancellationToken,
-    tasks: TaskTracker,
-    refusals: Arc<Semaphore>,
-    /// The "every connection busy" warning was logged and no connection was admitted since.
-    warned_full: AtomicBool,
-}
-
-impl Shared {
-    /// A client past the limit that no idle connection could make room for: a canned 503.
-    fn refuse(&self, stream: TcpStream) {
-        self.metrics.connections_refused.inc();
-        if !self.warned_full.swap(true, Ordering::Relaxed) {
-            tracing::warn!(
-                limit = self.limits.max_connections,
-                "connection limit reached with every connection busy: new clients get 503 \
-                 until some finish (node.limits.max_connections)"
-            );
-        }
-        refuse(stream, &self.refusals);
-    }
-
-    /// Serves one admitted connection in a task of its own until it ends or is closed.
-    fn spawn_connection(
-        self: &Arc<Self>,
-        stream: TcpStream,
-        peer: std::net::SocketAddr,
-        permit: tokio::sync::OwnedSemaphorePermit,
-    ) {
-        self.warned_full.store(false, Ordering::Relaxed);
-        let _ = stream.set_nodelay(true);
-        self.metrics.connections.inc();
-        let close = self.stopping.child_token();
-        let (id, state) = self.registry.add(close.clone());
-        let state_for_close = state.clone();
-        let (app, reg) = (self.app.clone(), self.registry.clone());
-        let svc = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
-            let busy = Busy::start(&state, &reg);
-            req.extensions_mut().insert(ConnectInfo(peer));
-            let response = app.clone().oneshot(req);
-            async move {
-                let response = response.await?;
-                Ok::<_, Infallible>(
-                    response.map(|inner| axum::body::Body::new(TrackedBody { inner, _busy: busy })),
-                )
-            }
-        });
-        let shared = self.clone();
-        self.tasks.spawn(async move {
-            let (metrics, registry) = (&shared.metrics, &shared.registry);
-            // TLS: the handshake runs in the connection's task, under the header timeout.
-            let io = match &shared.tls {
-                None => tokio_util::either::Either::Left(stream),
-                Some(tls) => match tls.accept(stream, shared.limits.header_timeout).await {
-                    Ok(stream) => tokio_util::either::Either::Right(stream),
-                    Err(e) => {
-                        tracing::debug!(%peer, error = %e, "TLS connection not served");
-                        registry.remove(id);
-                        metrics.connections.dec();
-                        drop(permit);
-                        return;
-                    }
-                },
-            };
-            let conn = shared.http.serve_connection(TokioIo::new(io), svc);
-            tokio::pin!(conn);
-            let result = tokio::select! {
-                r = conn.as_mut() => Some(r),
-                () = close.cancelled() => close_when_idle(conn, &state_for_close, registry).await,
-            };
-            if let Some(Err(e)) = result {
-                if is_timeout(&e) {
-                    metrics.header_timeouts.inc();
-                    tracing::debug!(%peer, "closed a connection that sent no complete request head in time");
-                } else {
-                    tracing::debug!(%peer, error = %e, "connection ended with an error");
-                }
-            }
-            registry.remove(id);
-            metrics.connections.dec();
-            drop(permit);
-        });
-    }
-}
 
 /// Serves `app` on `listener` under `limits` until `shutdown` completes, then drains. Returns
 /// whether every connection finished within `drain` (false: some were cut).
@@ -362,21 +262,12 @@ pub async fn serve(
     drain: Duration,
 ) -> bool {
     let permits = Arc::new(Semaphore::new(limits.max_connections));
-    let waiters = Arc::new(Semaphore::new(MAX_EVICTION_WAITERS));
+    let refusals = Arc::new(Semaphore::new(MAX_REFUSALS_IN_FLIGHT));
+    let registry = Arc::new(Registry::new());
+    let stopping = CancellationToken::new();
+    let tasks = TaskTracker::new();
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new()).header_read_timeout(limits.header_timeout).keep_alive(true);
-    let shared = Arc::new(Shared {
-        app,
-        limits,
-        tls,
-        metrics,
-        registry: Arc::new(Registry::new()),
-        http,
-        stopping: CancellationToken::new(),
-        tasks: TaskTracker::new(),
-        refusals: Arc::new(Semaphore::new(MAX_REFUSALS_IN_FLIGHT)),
-        warned_full: AtomicBool::new(false),
-    });
     tracing::info!(
         max_connections = limits.max_connections,
         header_timeout = ?limits.header_timeout,
@@ -384,6 +275,7 @@ pub async fn serve(
         "accepting connections"
     );
     tokio::pin!(shutdown);
+    let mut warned_full = false;
     loop {
         let (stream, peer) = tokio::select! {
             () = &mut shutdown => break,
@@ -398,41 +290,89 @@ pub async fn serve(
                 }
             },
         };
-        if let Ok(permit) = permits.clone().try_acquire_owned() {
-            shared.spawn_connection(stream, peer, permit);
+        let permit = match permits.clone().try_acquire_owned() {
+            Ok(p) => Some(p),
+            // At the limit: close the connection idle the longest and take its slot.
+            Err(_) if registry.evict_idlest() => {
+                metrics.connections_evicted.inc();
+                tokio::time::timeout(EVICTION_WAIT, permits.clone().acquire_owned())
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+            }
+            Err(_) => None,
+        };
+        let Some(permit) = permit else {
+            metrics.connections_refused.inc();
+            if !warned_full {
+                tracing::warn!(
+                    limit = limits.max_connections,
+                    "connection limit reached with every connection busy: new clients get 503 \
+                     until some finish (node.limits.max_connections)"
+                );
+                warned_full = true;
+            }
+            refuse(stream, &refusals);
             continue;
-        }
-        // At the limit: close the connection idle the longest and take its slot.
-        if !shared.registry.evict_idlest() {
-            shared.refuse(stream);
-            continue;
-        }
-        shared.metrics.connections_evicted.inc();
-        let wait_for_slot = {
-            let (permits, shared) = (permits.clone(), shared.clone());
+        };
+        warned_full = false;
+        let _ = stream.set_nodelay(true);
+        metrics.connections.inc();
+        let close = stopping.child_token();
+        let (id, state) = registry.add(close.clone());
+        let state_for_close = state.clone();
+        let (app, reg) = (app.clone(), registry.clone());
+        let svc = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+            let busy = Busy::start(&state, &reg);
+            req.extensions_mut().insert(ConnectInfo(peer));
+            let response = app.clone().oneshot(req);
             async move {
-                match tokio::time::timeout(EVICTION_WAIT, permits.acquire_owned()).await {
-                    Ok(Ok(permit)) => shared.spawn_connection(stream, peer, permit),
-                    _ => shared.refuse(stream),
+                let response = response.await?;
+                Ok::<_, Infallible>(
+                    response.map(|inner| axum::body::Body::new(TrackedBody { inner, _busy: busy })),
+                )
+            }
+        });
+        let (metrics, registry, http, tls) =
+            (metrics.clone(), registry.clone(), http.clone(), tls.clone());
+        tasks.spawn(async move {
+            // TLS: the handshake runs in the connection's task, under the header timeout.
+            let io = match tls {
+                None => tokio_util::either::Either::Left(stream),
+                Some(tls) => match tls.accept(stream, limits.header_timeout).await {
+                    Ok(stream) => tokio_util::either::Either::Right(stream),
+                    Err(e) => {
+                        tracing::debug!(%peer, error = %e, "TLS connection not served");
+                        registry.remove(id);
+                        metrics.connections.dec();
+                        drop(permit);
+                        return;
+                    }
+                },
+            };
+            let conn = http.serve_connection(TokioIo::new(io), svc);
+            tokio::pin!(conn);
+            let result = tokio::select! {
+                r = conn.as_mut() => Some(r),
+                () = close.cancelled() => close_when_idle(conn, &state_for_close, &registry).await,
+            };
+            if let Some(Err(e)) = result {
+                if is_timeout(&e) {
+                    metrics.header_timeouts.inc();
+                    tracing::debug!(%peer, "closed a connection that sent no complete request head in time");
+                } else {
+                    tracing::debug!(%peer, error = %e, "connection ended with an error");
                 }
             }
-        };
-        match waiters.clone().try_acquire_owned() {
-            // The evicted task gives its slot back in a moment: wait for it in a task of its
-            // own and accept the next client meanwhile.
-            Ok(slot) => {
-                shared.tasks.spawn(async move {
-                    wait_for_slot.await;
-                    drop(slot);
-                });
-            }
-            Err(_) => wait_for_slot.await,
-        }
+            registry.remove(id);
+            metrics.connections.dec();
+            drop(permit);
+        });
     }
     drop(listener);
-    shared.stopping.cancel();
-    shared.tasks.close();
-    tokio::time::timeout(drain, shared.tasks.wait()).await.is_ok()
+    stopping.cancel();
+    tasks.close();
+    tokio::time::timeout(drain, tasks.wait()).await.is_ok()
 }
 
 /// How long a connection must have been idle before it is closed by dropping it: time for
