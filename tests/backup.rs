@@ -175,6 +175,56 @@ fn remember_backup_wipe_restore_every_atom_answers() {
     assert!(!other.join("junk").exists() && other.join("db").is_file());
 }
 
+/// The original CLI's invocation, `backup restore --input F` without `--data-dir`, restores into
+/// `./data` of the working directory, and a second run refuses the now non-empty `./data`,
+/// naming it and saying it was the default.
+#[test]
+fn restore_without_data_dir_uses_the_original_default_of_dot_data() {
+    let d = Deployment::new();
+    let dir = d.dir.path();
+    let config = write_config(dir, "src", "127.0.0.1:0", "");
+    let node = NodeProcess::start(&config, &[]);
+    node.wait_ready(READY);
+    let ids: Vec<String> =
+        (0..3).map(|i| remember(&node, "w", &format!("default target {i}"))).collect();
+    stop(node);
+    let archive = dir.join("src.tzst");
+    let src_data = dir.join("src/data");
+    dwbase(&d, &["backup", "create", "--data-dir", s(&src_data), "--out", s(&archive)]).ok();
+
+    // `Deployment` runs the CLI in `dir`: the default target is `dir/data`.
+    let target = dir.join("data");
+    assert!(!target.exists());
+    let out = dwbase(&d, &["backup", "restore", "--input", "src.tzst"]).ok();
+    assert!(out.stdout.contains(&format!("into {}", target.display())), "{out}");
+    assert!(target.join("db").is_file() && target.join(".snapshot_metadata.json").is_file());
+
+    let before = snapshot_tree(&target);
+    let out = dwbase(&d, &["backup", "restore", "--input", "src.tzst"]).code_is(1);
+    assert!(
+        out.stderr.contains(&format!("{} (the default --data-dir ./data", target.display()))
+            && out.stderr.contains("is not empty")
+            && out.stderr.contains("--force"),
+        "{out}"
+    );
+    assert_eq!(snapshot_tree(&target), before, "a refused restore changed ./data");
+    dwbase(&d, &["backup", "restore", "--input", "src.tzst", "--force"]).ok();
+
+    // A node on the restored ./data answers every atom.
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("data_dir = \"src/data\"", "data_dir = \"data\"")
+        .replace("id = \"src\"", "id = \"restored\"");
+    let restored_config = dir.join("restored.toml");
+    std::fs::write(&restored_config, text).unwrap();
+    let node = NodeProcess::start(&restored_config, &[]);
+    node.wait_ready(READY);
+    for id in &ids {
+        assert_eq!(get_atom(&node, id).0, 200, "{id} after a restore into ./data");
+    }
+    stop(node);
+}
+
 #[test]
 fn corrupt_or_truncated_archive_changes_nothing_and_names_the_file() {
     let d = Deployment::new();

@@ -26,9 +26,11 @@
 //! in progress: two disk writes per remember, and writers queued behind each flush.) A write is
 //! acknowledged only after a flush that covers it: writers queue on a group-commit thread, and
 //! one flush (one log write and sync) serves every write queued before it started, while the
-//! next group's writes go on. Ids are ULIDs (time + 80 random bits) and are checked against the
-//! store before use, so ids never repeat across restarts; `seq` comes from sled's persisted id
-//! generator, which never goes backwards either.
+//! next group's writes go on. A lone writer (no other write announced, nothing queued on that
+//! thread, the last group a single writer) flushes on its own blocking thread instead, saving
+//! the hand-off to the flusher thread and back. Ids are ULIDs (time + 80 random bits) and are
+//! checked against the store before use, so ids never repeat across restarts; `seq` comes from
+//! sled's persisted id generator, which never goes backwards either.
 //!
 //! # When the disk fills up or fails
 //!
@@ -38,11 +40,11 @@
 //! reads, `/healthz`, `/readyz` and `/metrics` keep answering; [`Store::try_recover`] (run by
 //! the node's disk watch) reopens sled once there is room again, so writes resume by
 //! themselves, without a restart. Acknowledged writes were flushed before their answer, so a
-//! reopen keeps every one of them. No client waits for ever: sled runs on blocking threads,
-//! never on the async workers, and a write that is not durable within [`COMMIT_TIMEOUT`]
-//! is answered 503. A commit path stuck for [`COMMIT_STALL`] makes [`Store::stalled`] (and so
-//! `/healthz`) fail, so that liveness restarts the node. See [`crate::disk`] for the free-space
-//! reserve checked before every write and the ballast kept for sled's reopen.
+//! reopen keeps every one of them. sled runs on blocking threads, never on the async workers,
+//! and a write that is not durable within [`COMMIT_TIMEOUT`] is answered 503. A commit path
+//! stuck for [`COMMIT_STALL`] makes [`Store::stalled`] (and so `/healthz`) fail, so that
+//! liveness restarts the node. See [`crate::disk`] for the free-space reserve checked before
+//! every write and the ballast kept for sled's reopen.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -474,6 +476,8 @@ pub struct Store {
     flush_tx: Option<mpsc::Sender<FlushReply>>,
     /// Writers that have started a write but not yet asked for its flush (group-commit hint).
     pending: Arc<AtomicU64>,
+    /// The flush step, shared with the flusher thread (a lone writer runs it inline).
+    commit: Arc<FlushStep>,
     flusher: Option<std::thread::JoinHandle<()>>,
     worlds: Arc<RwLock<BTreeMap<String, WorldState>>>,
     atoms: AtomicU64,
@@ -813,14 +817,17 @@ impl Store {
         let (flush_tx, flush_rx) = mpsc::channel();
         let flushes = Arc::new(AtomicU64::new(0));
         let pending = Arc::new(AtomicU64::new(0));
-        let commit = GroupCommit {
+        let step = Arc::new(FlushStep {
             slot: slot.clone(),
-            rx: flush_rx,
             count: flushes.clone(),
-            pending: pending.clone(),
             busy: flushing.clone(),
+            inline_busy: Busy::new(epoch),
             disk: disk.clone(),
-        };
+            queued: AtomicU64::new(0),
+            last_group: AtomicU64::new(1),
+            served: AtomicU64::new(0),
+        });
+        let commit = GroupCommit { step: step.clone(), rx: flush_rx, pending: pending.clone() };
         let flusher = std::thread::Builder::new()
             .name("dwbase-flush".into())
             .spawn(move || commit.run())
@@ -833,6 +840,7 @@ impl Store {
             write_lock: Arc::new(tokio::sync::Mutex::new(())),
             flush_tx: Some(flush_tx),
             pending,
+            commit: step,
             flusher: Some(flusher),
             worlds: Arc::new(RwLock::new(worlds)),
             atoms: AtomicU64::new(total),
@@ -999,6 +1007,7 @@ impl Store {
         [
             ("applying a write batch", self.applying.running_for()),
             ("a group-commit flush", self.flushing.running_for()),
+            ("a lone writer's flush", self.commit.inline_busy.running_for()),
             ("reopening the store", self.reopening.running_for()),
             ("a read", self.reads.longest()),
             ("the health probe's read", probe),
@@ -1048,7 +1057,10 @@ impl Store {
             return Ok(None);
         };
         if !reopened {
-            if self.flushing.running_for().is_some() || self.applying.running_for().is_some() {
+            if [&*self.flushing, &self.commit.inline_busy, &*self.applying]
+                .iter()
+                .any(|b| b.running_for().is_some())
+            {
                 // sled 0.34 can miss the wake-up of a flush waiting when its I/O fails: that
                 // thread then waits for ever (holding sled, so no reopen). Any later flush
                 // finds the error and wakes every waiter; if one stays stuck past
@@ -1251,8 +1263,8 @@ impl Store {
             None => None,
         };
         let (world, id) = (atom.world.clone(), atom.id.clone());
-        let apply = tokio::task::spawn_blocking(move || {
-            let _guard = guard;
+        let (step, writers) = (self.commit.clone(), self.pending.clone());
+        let apply = move || {
             applying.start();
             let result = (|| {
                 if db.contains_key(&key).map_err(sled_err("checking id"))? {
@@ -1280,26 +1292,43 @@ impl Store {
                 Ok(true)
             })();
             applying.stop();
-            result
-        });
-        let applied = match tokio::time::timeout_at(deadline, apply).await {
-            Err(_) => return Err(StorageError::CommitTimeout),
-            Ok(Err(join)) => {
-                return Err(StorageError::Flush {
-                    message: format!("the write task failed: {join}"),
-                    no_space: false,
-                })
-            }
-            Ok(Ok(result)) => self.note(result)?,
+            drop(guard);
+            // A lone writer (no other write announced, no flush queued or running on the
+            // flusher) flushes here, saving the round trip through the flusher thread; the
+            // flush covers this write as the flusher's would (the write lock is released, so
+            // the next writer applies meanwhile and joins the flusher's queue).
+            let inline = matches!(result, Ok(true))
+                && writers.load(Ordering::SeqCst) <= 1
+                && step.queued.load(Ordering::SeqCst) == 0
+                && step.last_group.load(Ordering::Relaxed) <= 1;
+            result.map(|applied| (applied, inline.then(|| step.flush_once(&step.inline_busy))))
         };
+        // (A `block_in_place` variant, which also saved the hop to the blocking thread, was
+        // faster on a loaded machine but could not time out: a wedged flush would hang its
+        // request. Every write stays under `COMMIT_TIMEOUT`.)
+        let applied =
+            match tokio::time::timeout_at(deadline, tokio::task::spawn_blocking(apply)).await {
+                Err(_) => return Err(StorageError::CommitTimeout),
+                Ok(Err(join)) => {
+                    return Err(StorageError::Flush {
+                        message: format!("the write task failed: {join}"),
+                        no_space: false,
+                    })
+                }
+                Ok(Ok(result)) => self.note(result)?,
+            };
+        let (applied, flushed) = applied;
         if !applied {
             return Ok(Inserted::Exists);
         }
         // Stop counting as pending first, then ask: a flusher lingering for us sees the request.
         drop(pending);
-        tokio::time::timeout_at(deadline, self.flush())
-            .await
-            .map_err(|_| StorageError::CommitTimeout)??;
+        match flushed {
+            Some(result) => self.note(result.map_err(StorageError::from))?,
+            None => tokio::time::timeout_at(deadline, self.flush())
+                .await
+                .map_err(|_| StorageError::CommitTimeout)??,
+        }
         {
             let mut worlds = self.worlds.write().unwrap_or_else(|p| p.into_inner());
             let state = worlds.entry(atom.world.clone()).or_insert_with(|| WorldState {
@@ -1326,11 +1355,16 @@ impl Store {
     {
         let (tx, rx) = oneshot::channel();
         let sender = self.flush_tx.as_ref().ok_or(StorageError::Closed)?;
-        sender.send(tx).map_err(|_| StorageError::Closed)?;
+        // Counted before it is sent, so a lone writer never flushes inline past a queued request
+        // it cannot see yet (the flusher counts it down once answered).
+        self.commit.queued.fetch_add(1, Ordering::SeqCst);
+        if sender.send(tx).is_err() {
+            self.commit.queued.fetch_sub(1, Ordering::SeqCst);
+            return Err(StorageError::Closed);
+        }
         Ok(async move {
             let result = match rx.await {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(f)) => Err(StorageError::Flush { message: f.message, no_space: f.no_space }),
+                Ok(result) => result.map_err(StorageError::from),
                 Err(_) => Err(StorageError::Closed),
             };
             self.note(result)
@@ -1678,18 +1712,69 @@ impl Drop for PendingWrite<'_> {
 /// Longest a flush waits for writers that are about to ask for one.
 const LINGER_MAX: Duration = Duration::from_micros(300);
 
+/// One group-commit flush: done by the flusher thread for a group, or inline by a lone writer
+/// (see [`Store::insert_new_announced`]).
+struct FlushStep {
+    slot: Arc<DbSlot>,
+    /// Flushes done.
+    count: Arc<AtomicU64>,
+    /// The flusher thread's flush.
+    busy: Arc<Busy>,
+    /// A lone writer's flush (one at a time: the writer stays announced until it is done).
+    inline_busy: Busy,
+    disk: Option<Arc<DiskGuard>>,
+    /// Flush requests sent to the flusher thread and not yet answered.
+    queued: AtomicU64,
+    /// Writers the flusher thread's last flush served: while they come in groups, even one
+    /// that finds itself alone for a moment joins the next group instead of flushing alone.
+    last_group: AtomicU64,
+    /// Flush requests the flusher thread has answered.
+    served: AtomicU64,
+}
+
+impl FlushStep {
+    /// Flushes sled (its log write and sync): every write applied before the call is durable
+    /// when it returns `Ok`. `busy` records it for [`Store::stalled`].
+    fn flush_once(&self, busy: &Busy) -> Result<(), FlushFailure> {
+        // Hold sled only for the flush, so a reopen never waits for this thread.
+        let result = match self.slot.get() {
+            Some(db) => {
+                busy.start();
+                let r = db.flush();
+                busy.stop();
+                r.map(drop).map_err(|e| FlushFailure {
+                    no_space: matches!(&e, sled::Error::Io(io) if disk::is_no_space(io)),
+                    message: e.to_string(),
+                })
+            }
+            None => {
+                Err(FlushFailure { message: "the store is being reopened".into(), no_space: false })
+            }
+        };
+        self.count.fetch_add(1, Ordering::Relaxed);
+        // The free-space figure the next writers are admitted against: once per flush.
+        if let Some(d) = &self.disk {
+            d.refresh();
+        }
+        result
+    }
+}
+
+impl From<FlushFailure> for StorageError {
+    fn from(f: FlushFailure) -> Self {
+        StorageError::Flush { message: f.message, no_space: f.no_space }
+    }
+}
+
 /// The group-commit loop: take every queued flush request, do one flush, answer them all.
 ///
 /// When other writers are mid-write (they will ask for a flush within microseconds) the
 /// flusher lingers up to [`LINGER_MAX`] for them, so one `fsync` serves the whole group. A lone
 /// writer never waits: with nothing pending the flush starts at once.
 struct GroupCommit {
-    slot: Arc<DbSlot>,
+    step: Arc<FlushStep>,
     rx: mpsc::Receiver<FlushReply>,
-    count: Arc<AtomicU64>,
     pending: Arc<AtomicU64>,
-    busy: Arc<Busy>,
-    disk: Option<Arc<DiskGuard>>,
 }
 
 impl GroupCommit {
@@ -1712,28 +1797,11 @@ impl GroupCommit {
                 }
             }
             let started = Instant::now();
-            // Hold sled only for the flush, so a reopen never waits for this thread.
-            let result = match self.slot.get() {
-                Some(db) => {
-                    self.busy.start();
-                    let r = db.flush();
-                    self.busy.stop();
-                    r.map(drop).map_err(|e| FlushFailure {
-                        no_space: matches!(&e, sled::Error::Io(io) if disk::is_no_space(io)),
-                        message: e.to_string(),
-                    })
-                }
-                None => Err(FlushFailure {
-                    message: "the store is being reopened".into(),
-                    no_space: false,
-                }),
-            };
-            self.count.fetch_add(1, Ordering::Relaxed);
-            // The free-space figure the next writers are admitted against: once per batch.
-            if let Some(d) = &self.disk {
-                d.refresh();
-            }
+            let result = self.step.flush_once(&self.step.busy);
             tracing::trace!(writers = waiting.len(), elapsed = ?started.elapsed(), "group commit");
+            self.step.queued.fetch_sub(waiting.len() as u64, Ordering::SeqCst);
+            self.step.last_group.store(waiting.len() as u64, Ordering::Relaxed);
+            self.step.served.fetch_add(waiting.len() as u64, Ordering::Relaxed);
             for reply in waiting.drain(..) {
                 let _ = reply.send(result.clone());
             }
@@ -1964,6 +2032,38 @@ mod tests {
         assert_eq!(store.atom_count(), 16);
         let flushes = store.flush_count() - before;
         assert!(flushes < 16, "{flushes} flushes for 16 writers announced together");
+    }
+
+    /// On the node's (multi-thread) runtime a lone writer flushes on its own thread, one flush
+    /// per write, every write durable; writers arriving together still share the flusher's.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_lone_writer_flushes_itself_and_a_group_still_shares() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(&opts(dir.path())).unwrap());
+        let (flushes, served) = (store.flush_count(), store.commit.served.load(Ordering::Relaxed));
+        for i in 0..20 {
+            store.insert_new(&atom(&format!("lone{i}"), "w", "x")).await.unwrap();
+        }
+        assert_eq!(store.flush_count() - flushes, 20, "one flush per lone write");
+        assert_eq!(store.commit.served.load(Ordering::Relaxed), served, "none via the flusher");
+
+        let announced: Vec<_> = (0..16).map(|_| store.announce_write()).collect();
+        let before = store.flush_count();
+        let writes = announced.into_iter().enumerate().map(|(i, a)| {
+            let store = store.clone();
+            async move {
+                let atom = atom(&format!("g{i}"), "w", "x");
+                store.insert_new_announced(&atom, a).await.unwrap();
+            }
+        });
+        futures::future::join_all(writes).await;
+        let flushes = store.flush_count() - before;
+        assert!(flushes < 16, "{flushes} flushes for 16 writers announced together");
+        assert!(store.commit.served.load(Ordering::Relaxed) > served, "the group used the flusher");
+        drop(store);
+        let store = Store::open(&opts(dir.path())).unwrap();
+        assert_eq!(store.atom_count(), 36);
+        assert_eq!(store.replay("w", &all()).unwrap().len(), 36);
     }
 
     #[tokio::test]

@@ -87,9 +87,10 @@ pub struct RestoreArgs {
     /// The archive (.tzst).
     #[arg(long, short = 'i', value_name = "FILE")]
     pub input: PathBuf,
-    /// The data dir to restore into (created if missing).
+    /// The data dir to restore into (created if missing), relative to the working directory.
+    /// Default: `./data`, as the original DWBase CLI's.
     #[arg(long, value_name = "DIR")]
-    pub data_dir: PathBuf,
+    pub data_dir: Option<PathBuf>,
     /// Replace the content of a non-empty data dir.
     #[arg(long)]
     pub force: bool,
@@ -577,6 +578,9 @@ struct Audit<'a> {
     metadata: &'a Metadata,
 }
 
+/// Where `restore` puts the data without `--data-dir`: the original DWBase CLI's default.
+const DEFAULT_RESTORE_DIR: &str = "./data";
+
 /// The `--json` result of `restore`.
 #[derive(Debug, Serialize)]
 struct RestoreJson<'a> {
@@ -591,8 +595,16 @@ fn restore(paths: &Paths, args: &RestoreArgs) -> Result<()> {
     if !input.is_file() {
         bail!("{} does not exist or is not a file", input.display());
     }
-    let target = std::path::absolute(&args.data_dir)
-        .with_context(|| format!("resolving {}", args.data_dir.display()))?;
+    let given = args.data_dir.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_RESTORE_DIR));
+    // Said in every refusal when the target was not named, so a user of the original's
+    // invocation learns where it points.
+    let implied = if args.data_dir.is_none() {
+        format!(" (the default --data-dir {DEFAULT_RESTORE_DIR}, from the working directory)")
+    } else {
+        String::new()
+    };
+    let target =
+        std::path::absolute(&given).with_context(|| format!("resolving {}", given.display()))?;
     let (parent, name) = match (target.parent(), target.file_name()) {
         (Some(p), Some(n)) => (p.to_path_buf(), n.to_string_lossy().into_owned()),
         _ => {
@@ -602,7 +614,7 @@ fn restore(paths: &Paths, args: &RestoreArgs) -> Result<()> {
         }
     };
     if target.exists() && !target.is_dir() {
-        bail!("{} exists and is not a folder", target.display());
+        bail!("{}{implied} exists and is not a folder", target.display());
     }
     refuse_if_running(paths, &target)?;
     let non_empty = target.is_dir()
@@ -612,7 +624,8 @@ fn restore(paths: &Paths, args: &RestoreArgs) -> Result<()> {
             .is_some();
     if non_empty && !args.force {
         bail!(
-            "{} is not empty; pass --force to replace its content (nothing was changed)",
+            "{}{implied} is not empty; pass --force to replace its content, or --data-dir DIR \
+             (nothing was changed)",
             target.display()
         );
     }
