@@ -2,7 +2,8 @@
 # The one benchmark entry point, on the release build. Prints a markdown table on stdout and
 # writes the figures as JSON (default target/bench/bench.json, plus the table beside it as
 # bench.md). Sections (all by default; pick with --only a,b):
-#   supervision  devnet up (N = 1, 10, 50 real dwbase-node processes): launch → every node
+#   supervision  devnet up (N = 1, 10, 50 stand-in children, scripts/bench/standin.c, beside
+#                the floor, scripts/bench/floor.c; and 50 real dwbase-node): launch → every node
 #                forked → every node ready; `deploy status` round trip as a whole process;
 #                kill -9 of a node → new pid → ready; daemon RSS at 0 and N nodes (and PSS
 #                with the per-node log pipes); daemon CPU and wake-ups over 60 s with 50 idle
@@ -93,7 +94,21 @@ else
   peer_flags=(--no-peers)
 fi
 
+# The supervision figures run a stand-in child (scripts/bench/standin.c: answers /readyz,
+# costs nothing to start) beside a floor supervisor (scripts/bench/floor.c), as issue 14's
+# figures were taken; real nodes are measured too. Without a C compiler: real nodes, no floor.
+c_flags=()
+if wants supervision; then
+  if command -v cc >/dev/null \
+    && cc -O2 -D_GNU_SOURCE -o "$work/standin" scripts/bench/standin.c >&2 \
+    && cc -O2 -D_GNU_SOURCE -o "$work/floor" scripts/bench/floor.c >&2; then
+    c_flags=(--standin "$work/standin" --floor "$work/floor")
+  else
+    echo "bench: no C compiler (cc): supervision runs real nodes only, without the floor" >&2
+  fi
+fi
+
 echo "bench: work dir $work, load average $(cut -d' ' -f1-3 /proc/loadavg)" >&2
-"${harness[@]}" run "${quick[@]}" ${only:+--only "$only"} "${peer_flags[@]}" \
+"${harness[@]}" run "${quick[@]}" ${only:+--only "$only"} "${peer_flags[@]}" "${c_flags[@]}" \
   --example "$bin_dir/examples/bench" --json-out "$json_out" \
   --md-out "${json_out%.json}.md" "${extra[@]}"

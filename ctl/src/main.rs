@@ -37,9 +37,13 @@ pub struct Usage(pub String);
 pub struct Silent(pub u8);
 
 fn main() -> ExitCode {
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if let Some(status) = LeanStatus::parse(&argv[1.min(argv.len())..]) {
+        return lean_status(status);
+    }
     // clap's own help and errors follow --color too, so look for it before parsing.
-    let color = dwbase_node::term::ColorWhen::from_args(std::env::args_os());
-    let matches = Cli::command().color(color.clap()).get_matches();
+    let color = dwbase_node::term::ColorWhen::from_args(argv.iter().cloned());
+    let matches = Cli::command().color(color.clap()).get_matches_from(argv);
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     // These two hand the process over to the node or supervisor, which set up their own
     // logging and runtime.
@@ -56,6 +60,45 @@ fn main() -> ExitCode {
     init_tracing(cli.verbose, cli.color);
     nodeapi::set_global_api(cli.api);
     httpclient::set_global(cli.tls);
+    run_to_exit(dispatch(cli.command, cli.no_start))
+}
+
+/// `dwbase deploy status [--json] [--no-start]`, the command operators and scripts run most
+/// often, recognised without building the whole clap command tree (about a millisecond of
+/// the process's life: issue 14). Any other spelling — another flag, a repeated one, `-v`,
+/// `--color`, `--help`, `--watch` — goes through clap as before, so behaviour is the same.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct LeanStatus {
+    json: bool,
+    no_start: bool,
+}
+
+impl LeanStatus {
+    fn parse(args: &[std::ffi::OsString]) -> Option<Self> {
+        let mut words = 0;
+        let (mut json, mut no_start) = (false, false);
+        for arg in args {
+            match (arg.to_str()?, words) {
+                ("deploy", 0) | ("status", 1) => words += 1,
+                ("--json", 2) if !json => json = true,
+                ("--no-start", _) if !no_start => no_start = true,
+                _ => return None,
+            }
+        }
+        (words == 2).then_some(Self { json, no_start })
+    }
+}
+
+fn lean_status(status: LeanStatus) -> ExitCode {
+    init_tracing(0, dwbase_node::term::ColorWhen::Auto);
+    run_to_exit(async move {
+        let paths = root_paths()?;
+        commands::status::run(&paths, status.json, status.no_start).await
+    })
+}
+
+/// Runs a command on a current-thread runtime and turns its outcome into the exit code.
+fn run_to_exit(command: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -63,7 +106,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(dispatch(cli.command, cli.no_start)) {
+    match rt.block_on(command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             if let Some(Silent(code)) = e.downcast_ref::<Silent>() {
@@ -84,10 +127,14 @@ fn main() -> ExitCode {
     }
 }
 
-async fn dispatch(command: Command, no_start: bool) -> anyhow::Result<()> {
-    let paths = dwbase_proto::Paths::from_env().map_err(|e| {
+fn root_paths() -> anyhow::Result<dwbase_proto::Paths> {
+    dwbase_proto::Paths::from_env().map_err(|e| {
         anyhow::anyhow!("finding the state root (DWBASE_DATA_DIR or ./.dwbase): {e}")
-    })?;
+    })
+}
+
+async fn dispatch(command: Command, no_start: bool) -> anyhow::Result<()> {
+    let paths = root_paths()?;
     tracing::debug!(root = %paths.root.display(), socket = %paths.socket().display(), "state root");
     match command {
         Command::Deploy(cmd) => match cmd {
@@ -169,4 +216,56 @@ fn init_tracing(verbose: u8, color: dwbase_node::term::ColorWhen) {
         .with_ansi(color.stderr())
         .with_target(false)
         .init();
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    fn os(args: &[&str]) -> Vec<std::ffi::OsString> {
+        args.iter().map(Into::into).collect()
+    }
+
+    /// Every spelling the lean path takes means what clap makes of it; every other spelling
+    /// is left to clap.
+    #[test]
+    fn the_lean_status_path_agrees_with_clap() {
+        let taken = [
+            &["deploy", "status"][..],
+            &["deploy", "status", "--json"],
+            &["--no-start", "deploy", "status"],
+            &["deploy", "--no-start", "status", "--json"],
+            &["deploy", "status", "--json", "--no-start"],
+        ];
+        for args in taken {
+            let lean = LeanStatus::parse(&os(args)).unwrap_or_else(|| panic!("{args:?}"));
+            let cli = Cli::try_parse_from(std::iter::once("dwbase").chain(args.iter().copied()))
+                .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+            let Command::Deploy(DeployCommand::Status(a)) = cli.command else {
+                panic!("{args:?}: not deploy status")
+            };
+            assert!(!a.watch);
+            assert_eq!(lean, LeanStatus { json: a.json, no_start: cli.no_start }, "{args:?}");
+            assert_eq!((cli.verbose, cli.color), (0, dwbase_node::term::ColorWhen::Auto));
+        }
+        let left = [
+            &[][..],
+            &["deploy"],
+            &["status"],
+            &["status", "deploy"],
+            &["deploy", "status", "--watch"],
+            &["deploy", "status", "--json", "--json"],
+            &["deploy", "status", "-v"],
+            &["deploy", "status", "--help"],
+            &["deploy", "status", "--color", "never"],
+            &["--json", "deploy", "status"],
+            &["deploy", "status", "extra"],
+            &["supervisor", "status"],
+        ];
+        for args in left {
+            assert_eq!(LeanStatus::parse(&os(args)), None, "{args:?}");
+        }
+    }
 }

@@ -45,7 +45,9 @@ def context(args):
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("DWBASE_", "PM2_", "CHATTY_")) and k != "NOTIFY_SOCKET"}
     return tools.Ctx(repo=Path(args.repo).resolve(), bin_dir=Path(args.bin_dir).resolve(),
-                     work=Path(args.work).resolve(), base_port=args.base_port, env=env)
+                     work=Path(args.work).resolve(), base_port=args.base_port, env=env,
+                     standin=Path(args.standin).resolve() if args.standin else None,
+                     floor=Path(args.floor).resolve() if args.floor else None)
 
 
 def _first_line(argv, env):
@@ -92,12 +94,15 @@ def make_tool(ctx, name, tag, n):
     if name == "dwbase":
         return tools.Dwbase(ctx, tag)
     programs = tools.peer_node_programs(ctx, ctx.work / f"{name}-{tag}" / "nodes", n)
+    if name == "floor":
+        return tools.Floor(ctx, tag, programs)
     return PEERS[name](ctx, tag, programs)
 
 
 def supervision_run(ctx, name, n, p, idle_here):
-    """One fresh daemon of one tool with N real nodes: up, RSS, spawn → pids → ready, status,
-    RSS, idle (at the largest N), kill -9 → new pid → ready."""
+    """One fresh daemon of one tool with N children (stand-ins, or real nodes without a C
+    compiler): up, RSS, spawn → pids → ready, status, RSS, idle (at the largest N), kill -9 →
+    new pid → ready."""
     tool = make_tool(ctx, name, f"n{n}", n)
     res = {"loadavg": procs.loadavg()}
     try:
@@ -106,11 +111,12 @@ def supervision_run(ctx, name, n, p, idle_here):
         res["daemon_up_ms"] = ms(now() - t0)
         res["mem_0"] = measure.memory(tool)
         ports = [ctx.base_port + i for i in range(n)]
-        sp = measure.spawn(tool, n, ports, ctx.node_bin)
+        sp = measure.spawn(tool, n, ports, ctx.child_bin)
         nodes = sp.pop("nodes")
         res["spawn"] = sp
-        res["status"] = measure.command_ms(tool.status_argv(), tool.env, p["status_runs"],
-                                           baselines={"true": ["/bin/true"]})
+        if tool.status_argv():
+            res["status"] = measure.command_ms(tool.status_argv(), tool.env, p["status_runs"],
+                                               baselines={"true": ["/bin/true"]})
         res["mem_n"] = measure.memory(tool)
         if idle_here:
             log(f"{name}: {n} nodes idle for {p['idle_secs']:.0f} s")
@@ -131,25 +137,39 @@ def supervision(ctx, p, names):
                                                            p["status_runs"])
     out["baseline"]["bare_node"] = measure.bare_node_ready(ctx.node_bin, ctx.base_port, ctx.work)
     biggest = max(p["nodes"])
+    out["children"] = "stand-in (scripts/bench/standin.c)" if ctx.standin else "dwbase-node"
+    if ctx.floor:
+        names = names + ["floor"]
     for name in names:
         out["tools"][name] = {}
         for n in p["nodes"]:
             log(f"{name}: {n} node(s) (load {procs.loadavg()[0]:.2f})")
             out["tools"][name][str(n)] = failsafe(
                 ctx, lambda name=name, n=n: supervision_run(ctx, name, n, p, n == biggest))
-    # dwbase as shipped: swarm on (every node a peer of every other), spawn and ready only
-    log(f"dwbase: {biggest} nodes with swarm on")
-    out["dwbase_swarm"] = failsafe(ctx, lambda: swarm_run(ctx, biggest))
+    # real nodes: what an operator waits for (each node's own start-up included), and dwbase
+    # as shipped with the swarm on (every node a peer of every other)
+    if ctx.standin:
+        log(f"dwbase: {biggest} real nodes")
+        out["dwbase_real"] = failsafe(ctx, lambda: real_run(ctx, biggest, p, swarm=False))
+    log(f"dwbase: {biggest} real nodes with swarm on")
+    out["dwbase_swarm"] = failsafe(ctx, lambda: real_run(ctx, biggest, p, swarm=True))
     return out
 
 
-def swarm_run(ctx, n):
-    tool = tools.Dwbase(ctx, f"swarm-n{n}", swarm=True)
+def real_run(ctx, n, p, swarm):
+    """N real dwbase-node processes: spawn → pids → ready; without the swarm also kill -9 →
+    new pid → ready."""
+    tag = f"{'swarm' if swarm else 'real'}-n{n}"
+    tool = tools.Dwbase(ctx, tag, swarm=swarm, node_bin=ctx.node_bin)
     try:
         tool.up()
         sp = measure.spawn(tool, n, [ctx.base_port + i for i in range(n)], ctx.node_bin)
-        sp.pop("nodes")
-        return sp
+        nodes = sp.pop("nodes")
+        if swarm:
+            return sp
+        victims = [(cfg, pid, tools.listen_port(cfg))
+                   for cfg, pid in sorted(nodes.items())[:p["restarts"]]]
+        return {"spawn": sp, "restart": measure.restart(tool, victims)}
     finally:
         tool.down()
 
@@ -312,6 +332,8 @@ def main():
     ap.add_argument("--repo", default=".")
     ap.add_argument("--base-port", type=int, default=62000)
     ap.add_argument("--example", help="the node bench binary (target/release/examples/bench)")
+    ap.add_argument("--standin", help="the stand-in child (scripts/bench/standin.c, built)")
+    ap.add_argument("--floor", help="the floor supervisor (scripts/bench/floor.c, built)")
     ap.add_argument("--json-out")
     ap.add_argument("--md-out")
     ap.add_argument("--quick", action="store_true")

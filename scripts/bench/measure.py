@@ -86,7 +86,7 @@ def node_children(watch, node_bin):
 def spawn(tool, n, ports, node_bin, timeout=180.0):
     """Runs the tool's start command for N children and times, from launching the command:
     every node process forked (seen in /proc as a child of the daemon), every node answering
-    GET /readyz 200 (polled every 10 ms), and the command's own exit."""
+    GET /readyz 200 (polled every 2 ms), and the command's own exit."""
     for p in ports:
         procs.wait_for(lambda p=p: procs.port_free(p), 30, f"port {p} to be free")
     watch = procs.ChildWatch(tool.pid)
@@ -106,7 +106,7 @@ def spawn(tool, n, ports, node_bin, timeout=180.0):
                 if p not in ready_at and procs.http_ok(p, timeout=0.2):
                     ready_at[p] = now()
                 watch.poll()  # a sweep of 50 ports is long: keep the fork times sharp
-            next_sweep = now() + 0.010
+            next_sweep = now() + 0.002
         if now() > deadline:
             cmd.kill()
             raise TimeoutError(f"{tool.name}: {len(ready_at)} of {n} nodes ready after "

@@ -1,4 +1,5 @@
-"""The supervisors under test behind one interface: dwbase, supervisord (PyPI), pm2 (npm).
+"""The supervisors under test behind one interface: dwbase, supervisord (PyPI), pm2 (npm), and
+the floor (scripts/bench/floor.c: posix_spawn and an immediate respawn, nothing else).
 
 Every tool runs from its own folder under the bench's work dir, so whatever it starts has that
 path on its command line; `cleanup` stops each tool with its own stop command and then
@@ -47,6 +48,10 @@ class Ctx:
     work: Path
     base_port: int
     env: dict  # the environment every child gets (DWBASE_* removed)
+    # scripts/bench/standin.c built by bench.sh (None: no C compiler; real nodes then)
+    standin: Path = None
+    # scripts/bench/floor.c built by bench.sh (None: no floor column)
+    floor: Path = None
 
     @property
     def dwbase(self):
@@ -59,6 +64,13 @@ class Ctx:
     @property
     def node_bin(self):
         return str(self.bin_dir / "dwbase-node")
+
+    @property
+    def child_bin(self):
+        """The children of the supervision figures: the stand-in where it was built (as the
+        figures of issue 14 were taken: the supervisor's cost, not the node's start-up),
+        else the real node."""
+        return str(self.standin) if self.standin else self.node_bin
 
     @property
     def peers(self):
@@ -96,7 +108,7 @@ class Program:
     restart: bool = True
 
 
-def peer_node_programs(ctx, folder, n, swarm=False):
+def peer_node_programs(ctx, folder, n, swarm=False, program=None):
     """N node configs rendered like `dwbase deploy devnet` renders them (from
     deploy/devnet.toml: id, listen on base_port + i, relative data/log dirs in the node's own
     folder), and the programs that run them."""
@@ -120,7 +132,8 @@ def peer_node_programs(ctx, folder, n, swarm=False):
         config = node_dir / "config.toml"
         config.write_text(text, encoding="utf-8")
         programs.append(
-            Program(name, [ctx.node_bin, "--config", str(config)], node_dir / "logs" / "node.log")
+            Program(name, [program or ctx.child_bin, "--config", str(config)],
+                    node_dir / "logs" / "node.log")
         )
     return programs
 
@@ -167,11 +180,12 @@ class Dwbase(Tool):
 
     name = "dwbase"
 
-    def __init__(self, ctx, tag, *, swarm=False, restart="always", run_args=()):
+    def __init__(self, ctx, tag, *, swarm=False, restart="always", run_args=(), node_bin=None):
         self.ctx = ctx
         self.root = ctx.work / f"dwbase-{tag}"
         self.swarm = swarm
         self.restart = restart
+        self.node_bin = node_bin or ctx.child_bin
         self.run_args = list(run_args)
         self.env = {**ctx.env, "DWBASE_DATA_DIR": str(self.root)}
         self.proc = None
@@ -179,7 +193,8 @@ class Dwbase(Tool):
     def up(self):
         self.root.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(
-            [self.ctx.supervisor_bin, "run", "--root", str(self.root), *self.run_args],
+            [self.ctx.supervisor_bin, "run", "--root", str(self.root), "--node-bin",
+             self.node_bin, *self.run_args],
             env=self.env, stdin=DEVNULL, stdout=DEVNULL, stderr=DEVNULL,
         )
         procs.wait_for(
@@ -216,6 +231,44 @@ class Dwbase(Tool):
     def down(self):
         stop_dwbase_root(self.ctx, self.root)
         if self.proc:
+            reap(self.proc)
+
+
+class Floor(Tool):
+    """scripts/bench/floor.c: starts every child with posix_spawn when its FIFO is written to,
+    and respawns one at once when it exits. No status command."""
+
+    name = "floor"
+
+    def __init__(self, ctx, tag, programs):
+        self.ctx = ctx
+        self.dir = ctx.work / f"floor-{tag}"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.fifo = self.dir / "go"
+        if not self.fifo.exists():
+            os.mkfifo(self.fifo)
+        self.programs = programs
+        self.env = ctx.env
+        self.proc = None
+
+    def up(self):
+        configs = [p.argv[2] for p in self.programs]
+        self.proc = subprocess.Popen(
+            [str(self.ctx.floor), str(self.fifo), self.programs[0].argv[0], *configs],
+            env=self.env, stdin=DEVNULL, stdout=DEVNULL, stderr=DEVNULL,
+        )
+        self.pid = self.proc.pid
+
+    def start_argv(self, n):
+        return ["sh", "-c", 'echo go > "$0"', str(self.fifo)]
+
+    def status_argv(self):
+        return None
+
+    def down(self):
+        if self.proc:
+            if self.proc.poll() is None:
+                self.proc.terminate()
             reap(self.proc)
 
 

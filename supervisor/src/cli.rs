@@ -201,10 +201,13 @@ fn run_daemon(a: RunArgs) -> ExitCode {
         root = %paths.root.display(), node = %opts.node.program.display(),
         version = dwbase_proto::BUILD_VERSION, "starting"
     );
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    // One thread for everything (runner, prober, control socket, status API): the daemon's
+    // work is small and non-blocking, and a node's exit, the runner's decision and the
+    // respawn then happen without a hand-off between threads, which on a busy machine costs
+    // a scheduler wake-up each (issue 14: kill -9 → new pid). Logs are written by the
+    // tracing-appender thread.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
-        .thread_name("dwbase-supervisor")
         .build()
     {
         Ok(r) => r,

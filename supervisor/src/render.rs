@@ -379,6 +379,26 @@ fn rewrite_dirs(
 /// Writes the config and creates the node's folders (and, for `deploy devnet --tls`, its
 /// certificate).
 pub fn write_node(node: &RenderedNode) -> Result<(), ErrorReply> {
+    prepare_node_dirs(node)?;
+    // 0600: a config can hold an API key.
+    dwbase_proto::fsutil::atomic_write(&node.config_path, node.text.as_bytes(), 0o600).map_err(
+        |e| err(ErrorKind::Internal, format!("writing {}: {e}", node.config_path.display())),
+    )
+}
+
+/// [`write_node`] for a node no state file lists yet: its config goes into `batch`, made
+/// durable with the batch before the state file that adds the node is saved.
+pub fn write_new_node(
+    node: &RenderedNode,
+    batch: &mut dwbase_proto::fsutil::SyncBatch,
+) -> Result<(), ErrorReply> {
+    prepare_node_dirs(node)?;
+    batch.write(&node.config_path, node.text.as_bytes(), 0o600).map_err(|e| {
+        err(ErrorKind::Internal, format!("writing {}: {e}", node.config_path.display()))
+    })
+}
+
+fn prepare_node_dirs(node: &RenderedNode) -> Result<(), ErrorReply> {
     for d in [&node.dir, &node.data_dir, &node.log_dir, &node.summaries_dir] {
         std::fs::create_dir_all(d)
             .map_err(|e| err(ErrorKind::Internal, format!("creating {}: {e}", d.display())))?;
@@ -388,10 +408,7 @@ pub fn write_node(node: &RenderedNode) -> Result<(), ErrorReply> {
             err(ErrorKind::Internal, format!("node {}: TLS certificate: {e:#}", node.name))
         })?;
     }
-    // 0600: a config can hold an API key.
-    dwbase_proto::fsutil::atomic_write(&node.config_path, node.text.as_bytes(), 0o600).map_err(
-        |e| err(ErrorKind::Internal, format!("writing {}: {e}", node.config_path.display())),
-    )
+    Ok(())
 }
 
 /// Validates a rendered config with the node's own parser, as if it were already written at

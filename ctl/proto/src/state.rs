@@ -131,11 +131,26 @@ impl NodeRecord {
     /// Writes `<dir>/node.json` atomically.
     pub fn save_beside(&self) -> Result<(), StateError> {
         let path = self.record_path();
-        let err = |source| StateError::Write { path: path.clone(), source };
-        let mut bytes =
-            serde_json::to_vec_pretty(self).map_err(|e| err(std::io::Error::other(e)))?;
+        let bytes = self.record_bytes()?;
+        crate::fsutil::atomic_write(&path, &bytes, 0o600)
+            .map_err(|source| StateError::Write { path, source })
+    }
+
+    /// Writes `<dir>/node.json` into `batch` (durable at its next sync; a record lost to a
+    /// crash before then reads as missing, which [`NodeRecord::load_from`] tolerates).
+    pub fn save_beside_in(&self, batch: &mut crate::fsutil::SyncBatch) -> Result<(), StateError> {
+        let path = self.record_path();
+        let bytes = self.record_bytes()?;
+        batch.write(&path, &bytes, 0o600).map_err(|source| StateError::Write { path, source })
+    }
+
+    fn record_bytes(&self) -> Result<Vec<u8>, StateError> {
+        let mut bytes = serde_json::to_vec_pretty(self).map_err(|e| StateError::Write {
+            path: self.record_path(),
+            source: std::io::Error::other(e),
+        })?;
         bytes.push(b'\n');
-        crate::fsutil::atomic_write(&path, &bytes, 0o600).map_err(err)
+        Ok(bytes)
     }
 
     /// Reads a node folder's record; `None` when missing or unreadable (a damaged record is

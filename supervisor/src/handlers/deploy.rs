@@ -201,6 +201,12 @@ fn untouched_warnings(p: &Planned, nodes: &[NodeStatus], group: Group) -> Vec<St
         .collect()
 }
 
+/// Whether a rollout step waits for its node before the next step (a replacement until the
+/// new process is ready, a removal until it is gone).
+fn sequential(step: &Step) -> bool {
+    matches!(step, Step::Replace(_) | Step::Remove { .. })
+}
+
 struct Rollout<'a, 'c> {
     ctx: &'a Ctx,
     group: Group,
@@ -216,7 +222,25 @@ impl Rollout<'_, '_> {
         let mut replaced = 0;
         let mut starting: HashMap<String, tokio::sync::oneshot::Receiver<Result<Spawned, String>>> =
             HashMap::new();
-        for step in steps {
+        let mut rest = steps;
+        while let Some(step) = rest.first() {
+            // Additions, starts and in-place updates wait for nothing: a run of them goes to
+            // the runner as one request (one turn: processes started back to back, one sync
+            // and one state save for all), replacements and removals one at a time.
+            let batch = rest.iter().take_while(|s| !sequential(s)).count();
+            if batch > 1 {
+                let (now, later) = rest.split_at(batch);
+                rest = later;
+                let results =
+                    self.ctx.runner.apply_all(now.to_vec()).await.map_err(ErrorReply::from)?;
+                for (step, result) in now.iter().zip(results) {
+                    if let Applied::Spawning(rx) = result? {
+                        starting.insert(step.node().to_owned(), rx);
+                    }
+                }
+                continue;
+            }
+            rest = &rest[1..];
             let name = step.node().to_owned();
             if let Step::Replace(_) = step {
                 replaced += 1;

@@ -97,6 +97,10 @@ pub enum Command {
     },
     /// Carry out one step of a plan.
     Apply(Box<Step>, oneshot::Sender<Result<Applied, ErrorReply>>),
+    /// Carry out several steps in order in one turn (stopping at the first that fails): the
+    /// additions and starts of a rollout, so that their files cost one sync and one state
+    /// save, and their processes start back to back.
+    ApplyAll(Vec<Step>, oneshot::Sender<Vec<Result<Applied, ErrorReply>>>),
     /// Restart one node; the inner receiver resolves once the new process is spawned.
     Restart(
         String,
@@ -156,6 +160,15 @@ impl RunnerHandle {
     /// Carries out one step.
     pub async fn apply(&self, step: Step) -> Result<Result<Applied, ErrorReply>, Gone> {
         self.ask(|tx| Command::Apply(Box::new(step), tx)).await
+    }
+
+    /// Carries out `steps` in order in one runner turn; the answer has one result per step
+    /// tried, the last one an error if a step failed (the steps after it are not tried).
+    pub async fn apply_all(
+        &self,
+        steps: Vec<Step>,
+    ) -> Result<Vec<Result<Applied, ErrorReply>>, Gone> {
+        self.ask(|tx| Command::ApplyAll(steps, tx)).await
     }
 
     /// Asks for a restart; the receiver resolves once the new process is spawned.

@@ -138,6 +138,11 @@ pub struct Runner {
     save_error: Option<String>,
     /// Stop waiters of processes that have exited and whose group is being swept.
     sweeps: HashMap<(String, u64), Vec<oneshot::Sender<()>>>,
+    /// New nodes' configs and node records written this turn, made durable together right
+    /// before the state files are saved (one journal commit for a rollout of 50 additions).
+    unsynced: dwbase_proto::fsutil::SyncBatch,
+    /// What each state file holds, so that a save which changes nothing writes nothing.
+    saved: HashMap<Group, StateFile>,
 }
 
 impl Runner {
@@ -170,6 +175,8 @@ impl Runner {
             startup: StartupReport::default(),
             save_error: None,
             sweeps: HashMap::new(),
+            unsynced: dwbase_proto::fsutil::SyncBatch::default(),
+            saved: HashMap::new(),
         };
         runner.restore();
         Ok((runner, handle))
@@ -311,6 +318,21 @@ impl Runner {
     fn save(&mut self) {
         self.dirty = false;
         let mut problem = None;
+        for n in self.nodes.values_mut().filter(|n| n.record_dirty) {
+            n.record_dirty = false;
+            if !n.rec.dir.exists() {
+                continue;
+            }
+            let rec = n.record();
+            if let Err(e) = rec.save_beside_in(&mut self.unsynced) {
+                problem.get_or_insert(format!("node records are not being saved: {e}"));
+            }
+        }
+        // Configs and records first, so that a state file never lists a node whose files a
+        // crash could still take away.
+        if let Err(e) = self.unsynced.sync() {
+            problem.get_or_insert(format!("node files are not being saved: {e}"));
+        }
         for group in [Group::Devnet, Group::Local] {
             let nodes: Vec<NodeRecord> = self
                 .sorted()
@@ -327,18 +349,20 @@ impl Runner {
                 supervisor: if self.finishing { None } else { Some(self.supervisor_record()) },
                 nodes,
             };
-            if let Err(e) = file.save(&path) {
-                problem = Some(format!("state is not being saved: {e}"));
-            }
-        }
-        for n in self.nodes.values_mut().filter(|n| n.record_dirty) {
-            n.record_dirty = false;
-            if !n.rec.dir.exists() {
+            // Compared by content: a turn that changed only what state.json does not hold
+            // (readiness, a probe's verdict) writes nothing. The file itself is checked too,
+            // so one removed behind our back is written again.
+            if self.saved.get(&group) == Some(&file) && path.exists() {
                 continue;
             }
-            let rec = n.record();
-            if let Err(e) = rec.save_beside() {
-                problem.get_or_insert(format!("node records are not being saved: {e}"));
+            match file.save(&path) {
+                Ok(()) => {
+                    self.saved.insert(group, file);
+                }
+                Err(e) => {
+                    self.saved.remove(&group);
+                    problem = Some(format!("state is not being saved: {e}"));
+                }
             }
         }
         if problem != self.save_error {
@@ -425,6 +449,18 @@ impl Runner {
             Command::Apply(step, reply) => {
                 let r = self.apply(*step);
                 let _ = reply.send(r);
+            }
+            Command::ApplyAll(steps, reply) => {
+                let mut results = Vec::with_capacity(steps.len());
+                for step in steps {
+                    let r = self.apply(step);
+                    let failed = r.is_err();
+                    results.push(r);
+                    if failed {
+                        break;
+                    }
+                }
+                let _ = reply.send(results);
             }
             Command::Restart(name, reply) => {
                 let r = self.restart(&name);
@@ -533,7 +569,9 @@ impl Runner {
                 }
                 render::validate(&d.rendered)?;
                 render::check_port(&d.rendered)?;
-                render::write_node(&d.rendered)?;
+                // A new node: nothing durable lists it until the state file is saved at the
+                // end of this turn, after its config is synced with the rest of the batch.
+                render::write_new_node(&d.rendered, &mut self.unsynced)?;
                 let name = d.record.name.clone();
                 info!(node = %name, port = d.record.port, "adding");
                 let node = Node::new(d.record.clone(), d.endpoint(), self.cfg.rules);

@@ -5,8 +5,10 @@
 //! started), so an idle devnet of 50 nodes wakes the supervisor once per period for all of
 //! them instead of 50 times at scattered moments, and their results reach the runner as one
 //! message (one state save, one status publish). A node that is starting is probed at once,
-//! then after 5 ms, 10 ms, … up to the fast period, so a restarted node is seen ready within
-//! milliseconds of answering.
+//! then every 1, 2, 3, 4, 5, 5, … ms for its first second and after that with a pause that
+//! doubles up to the fast period, so a started or restarted node is seen ready within a few
+//! milliseconds of answering (`deploy` returns on that event), and one that takes long to
+//! start costs a few probes a second.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -22,9 +24,15 @@ use tokio_util::sync::CancellationToken;
 use super::Msg;
 use crate::render::{Endpoint, ProbeTls};
 
-/// The first pause between readiness probes of a node that is not ready yet; it doubles up
-/// to the fast period.
-const STARTING_PROBE_FIRST: Duration = Duration::from_millis(5);
+/// The first pause between readiness probes of a node that is not ready yet; it grows by
+/// this much per probe up to [`STARTING_PROBE_CAP`] during [`STARTING_WINDOW`].
+const STARTING_PROBE_FIRST: Duration = Duration::from_millis(1);
+
+/// The longest pause between readiness probes during a node's first [`STARTING_WINDOW`].
+const STARTING_PROBE_CAP: Duration = Duration::from_millis(5);
+
+/// After this long without being ready, the pause doubles up to the fast period.
+const STARTING_WINDOW: Duration = Duration::from_secs(1);
 
 /// Probes due within this much of each other run in the same batch.
 const BATCH_SLACK: Duration = Duration::from_millis(5);
@@ -164,6 +172,7 @@ struct Target {
     liveness: LivenessSpec,
     ready: bool,
     pause: Duration,
+    watched_at: Instant,
     next_ready: Instant,
     next_live: Option<Instant>,
     busy: bool,
@@ -213,7 +222,7 @@ async fn run(
                     let http = clients.get(&endpoint);
                     targets.insert(name, Target {
                         generation, endpoint, http, liveness, ready: false, pause: first,
-                        next_ready: now, next_live, busy: false,
+                        watched_at: now, next_ready: now, next_live, busy: false,
                     });
                 }
                 Some(ProbeCmd::Unwatch { name }) => {
@@ -239,7 +248,11 @@ async fn run(
                                 t.next_ready = align(epoch, now + cfg.slow, cfg.slow);
                             } else {
                                 t.next_ready = now + t.pause;
-                                t.pause = (t.pause * 2).min(cfg.fast);
+                                t.pause = if now.duration_since(t.watched_at) < STARTING_WINDOW {
+                                    (t.pause + first).min(STARTING_PROBE_CAP.max(first))
+                                } else {
+                                    (t.pause * 2).min(cfg.fast)
+                                };
                             }
                         }
                         Kind::Liveness => {
