@@ -7,7 +7,7 @@
 #
 # Usage: scripts/check-containers.sh [--no-install] [--only compose|kube]
 # Environment:
-#   DWBASE_BIN_DIR      where dwbase, dwbase-node, dwbase-supervisor are (default: target/release,
+#   DWBASE_BIN_DIR      where dwbase, dwbase-node, dwbase-supervisor, dwbase-logpipe are (default: target/release,
 #                       built here with `cargo build --release` when missing)
 #   DWBASE_CACHE_DIR    keeps the debootstrap tarball between runs (default target/check-containers;
 #                       target/ is git-ignored). CI starts without it: debootstrap takes ~40 s.
@@ -207,7 +207,8 @@ install_tools() {
 # The binaries the image is built from.
 find_binaries() {
   if [[ "$BIN" == "$ROOT/target/release" ]]; then
-    if [[ ! -x "$BIN/dwbase" || ! -x "$BIN/dwbase-node" || ! -x "$BIN/dwbase-supervisor" ]]; then
+    if [[ ! -x "$BIN/dwbase" || ! -x "$BIN/dwbase-node" || ! -x "$BIN/dwbase-supervisor"
+      || ! -x "$BIN/dwbase-logpipe" ]]; then
       say "building the release binaries (cargo build --release --locked -p dwbase-ctl --bins)"
       (cd "$ROOT" && cargo build --release --locked -p dwbase-ctl --bins)
     fi
@@ -215,7 +216,7 @@ find_binaries() {
     (cd "$ROOT" && cargo build --release --locked -p dwbase-ctl --bins -q)
   fi
   local b
-  for b in dwbase dwbase-node dwbase-supervisor; do
+  for b in dwbase dwbase-node dwbase-supervisor dwbase-logpipe; do
     [[ -x "$BIN/$b" ]] || { say "$BIN/$b is missing (DWBASE_BIN_DIR)"; return 1; }
   done
   say "binaries: $BIN ($("$BIN/dwbase" --version))"
@@ -258,7 +259,7 @@ base_image() {
 build_image() {
   local ctx="$WORK/context"
   mkdir -p "$ctx/dist" "$ctx/deploy/docker"
-  cp "$BIN/dwbase" "$BIN/dwbase-node" "$BIN/dwbase-supervisor" "$ctx/dist/"
+  cp "$BIN/dwbase" "$BIN/dwbase-node" "$BIN/dwbase-supervisor" "$BIN/dwbase-logpipe" "$ctx/dist/"
   cp "$ROOT/deploy/docker/node.toml" "$ctx/deploy/docker/"
   # --format docker keeps HEALTHCHECK (the OCI format has no field for it).
   podman build --pull=never --format docker --build-arg BINARIES=prebuilt \

@@ -123,8 +123,14 @@ pub fn node_invocation(explicit: Option<PathBuf>, exe: &Path) -> Invocation {
     Invocation::with_args(exe, ["node", "run"])
 }
 
-/// The log-pipe program: `exe logpipe` (or `exe supervisor logpipe` for the single binary).
+/// The log-pipe program: `dwbase-logpipe` beside `exe` (a small program: each of the one per
+/// node keeps fewer private pages), else `exe logpipe` (or `exe supervisor logpipe` for the
+/// single binary). All take the same flags.
 pub fn logpipe_invocation(exe: &Path) -> Invocation {
+    let sibling = exe.with_file_name(format!("dwbase-logpipe{}", std::env::consts::EXE_SUFFIX));
+    if sibling.is_file() {
+        return Invocation::new(sibling);
+    }
     if is_dedicated(exe) {
         Invocation::with_args(exe, ["logpipe"])
     } else {
@@ -385,6 +391,12 @@ mod tests {
             logpipe_invocation(single).args,
             vec![OsString::from("supervisor"), OsString::from("logpipe")]
         );
+        let dir = tempfile::tempdir().unwrap();
+        let beside = dir.path().join("dwbase-logpipe");
+        std::fs::write(&beside, "").unwrap();
+        for exe in ["dwbase-supervisor", "dwbase"] {
+            assert_eq!(logpipe_invocation(&dir.path().join(exe)), Invocation::new(&beside));
+        }
         let node = node_invocation(None, Path::new("/nonexistent/dwbase"));
         assert_eq!(node.program, PathBuf::from("/nonexistent/dwbase"));
         assert_eq!(node.args, vec![OsString::from("node"), OsString::from("run")]);
