@@ -128,9 +128,8 @@ fn run_to_exit(command: impl std::future::Future<Output = anyhow::Result<()>>) -
 }
 
 fn root_paths() -> anyhow::Result<dwbase_proto::Paths> {
-    dwbase_proto::Paths::from_env().map_err(|e| {
-        anyhow::anyhow!("finding the state root (DWBASE_DATA_DIR or ./.dwbase): {e}")
-    })
+    dwbase_proto::Paths::from_env()
+        .map_err(|e| anyhow::anyhow!("finding the state root (DWBASE_DATA_DIR or ./.dwbase): {e}"))
 }
 
 async fn dispatch(command: Command, no_start: bool) -> anyhow::Result<()> {
