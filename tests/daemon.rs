@@ -73,7 +73,7 @@ fn daemon_runs_a_devnet_and_sigterm_stops_everything() {
         state
             .nodes
             .iter()
-            .all(|n| n.last_exit.map(|e| e.kind) == Some(dwbase_proto::ExitKind::Code(0))),
+            .all(|n| n.last_exit.as_ref().map(|e| e.kind) == Some(dwbase_proto::ExitKind::Code(0))),
         "{state:?}"
     );
     let own_log = std::fs::read_to_string(d.paths().supervisor_log()).unwrap();

@@ -19,9 +19,11 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use dwbase_proto::Group;
 use serde_json::{json, Value};
+use support::dwbase::{set_toml_key, template, Deployment};
 use support::node::{start_node, try_http, write_config, NodeProcess, Started};
-use support::{drain, poll_until, ChildGuard};
+use support::{drain, free_port, pid_alive, poll_until, ChildGuard};
 
 const READY: Duration = Duration::from_secs(30);
 
@@ -319,6 +321,61 @@ fn the_reserve_refuses_writes_before_the_disk_is_full_a_filler_never_hangs_the_n
     node.wait_ready(READY);
     all_acknowledged_present(&node.addr, world, &acked);
     assert_eq!(metric(&node.addr, "dwbase_storage_no_space_errors_total"), 0.0);
+}
+
+/// The whole deployment (root, node logs, supervisor log, state files) on a small filesystem
+/// that fills up: a node restarted there cannot open a new store, and its own log cannot take
+/// the reason; the supervisor still knows why (the node's last words on the notify socket) and
+/// `deploy status` shows it while the node crash-loops. Once space is back the node comes up
+/// by itself.
+#[test]
+fn a_node_that_cannot_open_its_store_on_a_full_disk_tells_the_supervisor_why() {
+    let Some(fs) = loop_fs(64) else { return };
+    let d = Deployment::new_in(&fs.mnt);
+    let port = free_port();
+    let text = set_toml_key(&template("local.toml"), "listen", &format!("\"127.0.0.1:{port}\""));
+    // No ballast: a new store finds nothing to release.
+    let text = text.replace("max_disk_mb = 0 ", "max_disk_mb = 0\nballast_mb = 0 ");
+    let cfg = d.dir.path().join("node.toml");
+    std::fs::write(&cfg, text).unwrap();
+    let out = d.run(&["deploy", "local", "--config", cfg.to_str().unwrap()]).ok();
+    let pid = d.node_pids().first().map(|(_, p, _)| *p).unwrap_or_else(|| panic!("no pid\n{out}"));
+
+    // Its store is lost, the disk fills, the node crashes: the restarted one has no room.
+    let data = d.paths().node_dir(Group::Local, "local").join("data");
+    std::fs::remove_dir_all(&data).unwrap();
+    let filler = fs.mnt.join("filler");
+    fill(&filler);
+    support::kill_group(pid, support::Signal::SIGKILL);
+    let status = || -> Value {
+        let out = d.run(&["deploy", "status", "--json", "--no-start"]);
+        serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}\n{out}"))
+    };
+    let reason = poll_until("status to say why the node exited", Duration::from_secs(30), || {
+        let v = status();
+        let n = &v["nodes"][0];
+        (n["pid"].as_u64() != Some(u64::from(pid)))
+            .then(|| n["last_exit"]["reason"].as_str().map(str::to_owned))
+            .flatten()
+    });
+    println!("last exit reason: {reason}");
+    assert!(reason.contains("opening sled store"), "{reason}");
+    assert!(reason.to_lowercase().contains("no space left"), "{reason}");
+    let human = d.run(&["deploy", "status", "--no-start"]);
+    assert!(human.stdout.contains(&reason), "the table's notes show it:\n{human}");
+    let v = status();
+    assert_eq!(v["nodes"][0]["last_exit"]["code"], 1, "{v}");
+    assert!(!d.node_log(Group::Local, "local").contains(&reason), "the node's own log had room");
+
+    // Space is back: the next restart opens a new store, without anyone's help.
+    std::fs::remove_file(&filler).unwrap();
+    let new_pid = poll_until("the node ready again", Duration::from_secs(60), || {
+        let v = status();
+        let n = &v["nodes"][0];
+        (n["state"] == "ready").then(|| n["pid"].as_u64()).flatten()
+    });
+    assert!(pid_alive(new_pid as u32));
+    d.run(&["deploy", "stop"]).ok();
 }
 
 /// A request that answers within its deadline (`Some`), or finds the node gone (`None`:

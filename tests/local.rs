@@ -176,3 +176,34 @@ fn a_local_node_id_that_is_not_a_folder_name_is_refused() {
         assert!(out.stderr.contains("node.id") && out.stderr.contains(id), "{out}");
     }
 }
+
+/// A node that cannot start says why to its supervisor, not only in its own log: `deploy
+/// status` (the table's notes and `last_exit.reason`) and the supervisor's log name the node
+/// and the reason. (tests/disk_full.rs does the same with the whole deployment on a full disk.)
+#[test]
+fn why_a_node_cannot_start_reaches_status_and_the_supervisor_log() {
+    let d = Deployment::new();
+    let port = free_port();
+    let text = set_toml_key(&template("local.toml"), "listen", &format!("\"127.0.0.1:{port}\""));
+    let cfg = d.dir.path().join("node.toml");
+    std::fs::write(&cfg, text).unwrap();
+    d.run(&["deploy", "local", "--config", cfg.to_str().unwrap()]).ok();
+    d.run(&["deploy", "stop"]).ok();
+    // Its data dir is a file now: the store cannot open.
+    let data = d.paths().node_dir(Group::Local, "local").join("data");
+    std::fs::remove_dir_all(&data).unwrap();
+    std::fs::write(&data, b"not a store").unwrap();
+    let out = d.run(&["deploy", "local", "--config", cfg.to_str().unwrap(), "--timeout", "5s"]);
+    assert_ne!(out.code(), 0, "{out}");
+    let reason = poll_until("status to say why", Duration::from_secs(20), || {
+        let js = d.run(&["deploy", "status", "--json", "--no-start"]);
+        let v: serde_json::Value = serde_json::from_str(&js.stdout).ok()?;
+        v["nodes"][0]["last_exit"]["reason"].as_str().map(str::to_owned)
+    });
+    assert!(reason.contains(&data.display().to_string()), "{reason}");
+    assert!(out.stderr.contains(&reason), "deploy's failure report shows it:\n{out}");
+    let log = std::fs::read_to_string(d.paths().supervisor_log()).unwrap();
+    let line = log.lines().find(|l| l.contains(&reason)).unwrap_or_else(|| panic!("{log}"));
+    assert!(line.contains("local") && line.contains("exit 1"), "{line}");
+    d.run(&["deploy", "stop"]).ok();
+}

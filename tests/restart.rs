@@ -33,7 +33,7 @@ fn kill_9_a_node_twenty_times_counts_twenty_restarts() {
         n.ready.then_some(n)
     });
     assert_eq!(n.restarts, 20);
-    assert_eq!(n.last_exit.map(|e| e.kind), Some(ExitKind::Signal(9)));
+    assert_eq!(n.last_exit.as_ref().map(|e| e.kind), Some(ExitKind::Signal(9)));
     assert_eq!(n.pid, Some(pid));
 }
 
@@ -59,7 +59,7 @@ fn a_node_that_exits_at_once_reaches_crash_loop() {
         let n = node(&d, "node-a");
         (n.state == NodeState::CrashLoop).then_some(n)
     });
-    assert_eq!(n.last_exit.map(|e| e.kind), Some(ExitKind::Code(3)));
+    assert_eq!(n.last_exit.as_ref().map(|e| e.kind), Some(ExitKind::Code(3)));
     assert!(
         n.last_log_lines.iter().any(|l| l.contains("fatal: cannot start")),
         "{:?}",

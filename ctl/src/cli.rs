@@ -264,7 +264,8 @@ Schema is docs/status.schema.json, and the supervisor's GET /v1/status answers t
           url (http://127.0.0.1:PORT, or https:// when the node serves TLS),
           restart_policy (always|on-failure|never), dir, data_dir, log_path, config_path,
           message, desired (running|stopped),
-          last_exit {code, signal, at_unix_ms, cause (unexpected|requested|liveness)} or null,
+          last_exit {code, signal, at_unix_ms, cause (unexpected|requested|liveness),
+            reason (what the node said right before it exited, or null)} or null,
           liveness {period_ms, timeout_ms, failures, failing} or null (from state.json)
   nodes[].state             starting|ready|degraded|unready|backoff|crash-loop|stopping|stopped
                             when supervised; alive|dead|pid-reused|stopped from state.json

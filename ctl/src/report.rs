@@ -151,8 +151,13 @@ pub fn write_human(out: &mut impl Write, doc: &StatusJson) -> std::io::Result<()
         ]);
     }
     t.write(out)?;
-    for n in doc.nodes.iter().filter(|n| n.message.is_some() && n.state != "ready") {
-        writeln!(out, "{}: {}", n.name, n.message.as_deref().unwrap_or_default())?;
+    for n in doc.nodes.iter().filter(|n| n.state != "ready") {
+        if let Some(m) = &n.message {
+            writeln!(out, "{}: {m}", n.name)?;
+        } else if let Some(reason) = n.last_exit.as_ref().and_then(|e| e.reason.as_deref()) {
+            // Between two processes of a crash loop: why the last one ended.
+            writeln!(out, "{}: last exit ({}): {reason}", n.name, last_exit_word(&n.last_exit))?;
+        }
     }
     for w in &doc.warnings {
         writeln!(out, "warning: {w}")?;

@@ -105,29 +105,20 @@ pub fn run(args: NodeArgs) -> ExitCode {
     init_tracing(args.color);
     let config = match args.load_config() {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("dwbase-node: {e}");
-            return ExitCode::from(EXIT_CONFIG);
-        }
+        Err(e) => return fatal(EXIT_CONFIG, &e.to_string()),
     };
     if let Err(msg) = config.check_listen_security(config.node.listen) {
-        eprintln!("dwbase-node: {msg}");
-        return ExitCode::from(EXIT_CONFIG);
+        return fatal(EXIT_CONFIG, &msg);
     }
     if let Err(e) = crate::tls::check_files(&config) {
-        eprintln!("dwbase-node: {e}");
-        return ExitCode::from(EXIT_CONFIG);
+        return fatal(EXIT_CONFIG, &e.to_string());
     }
     if let Err(msg) = check_data_dir_location(&config) {
-        eprintln!("dwbase-node: {msg}");
-        return ExitCode::from(EXIT_CONFIG);
+        return fatal(EXIT_CONFIG, &msg);
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("dwbase-node: cannot start the async runtime: {e}");
-            return ExitCode::from(EXIT_FAILURE);
-        }
+        Err(e) => return fatal(EXIT_FAILURE, &format!("cannot start the async runtime: {e}")),
     };
     let result = runtime.block_on(run_async(config));
     // Do not wait for stray blocking tasks (e.g. a slow client's request) past the drain.
@@ -136,10 +127,18 @@ pub fn run(args: NodeArgs) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
-            eprintln!("dwbase-node: {e:#}");
-            ExitCode::from(EXIT_FAILURE)
+            fatal(EXIT_FAILURE, &format!("{e:#}"))
         }
     }
+}
+
+/// Says why the node cannot run — on stderr (its log) and to its supervisor, if one listens
+/// ([`dwbase_proto::notify`]: the log may sit on the very disk that is full) — and gives the
+/// exit code to return.
+fn fatal(code: u8, why: &str) -> ExitCode {
+    eprintln!("dwbase-node: {why}");
+    dwbase_proto::notify::last_words(why);
+    ExitCode::from(code)
 }
 
 /// Refuses to start on an empty store when the original DWBase, which resolved a relative
@@ -235,6 +234,7 @@ fn stall_watchdog(node: &Node, stall_exit: std::time::Duration) {
                 tracing::error!("{why}");
                 eprintln!("{why}");
                 let _ = std::io::stderr().flush();
+                dwbase_proto::notify::last_words(why.trim_start_matches("dwbase-node: "));
                 std::process::exit(i32::from(EXIT_STORE_STUCK));
             }
             Err(stall) => {

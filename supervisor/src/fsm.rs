@@ -127,6 +127,9 @@ pub enum Event {
         kind: Option<ExitKind>,
         /// When (Unix milliseconds; the runner reads the clock).
         at_unix_ms: i64,
+        /// What the process said about it right before it exited (its last words on the
+        /// notify socket), e.g. why its store did not open.
+        reason: Option<String>,
     },
     /// Fact: `/readyz` answered 200.
     ProbeReady,
@@ -300,14 +303,24 @@ impl NodeFsm {
         self.crash_loop = false;
     }
 
-    fn process_gone(&mut self, kind: Option<ExitKind>, at_unix_ms: i64, cause: ExitCause) {
+    fn process_gone(
+        &mut self,
+        kind: Option<ExitKind>,
+        at_unix_ms: i64,
+        cause: ExitCause,
+        reason: Option<String>,
+    ) {
         self.process = None;
         self.ready_since = None;
         self.was_ready = false;
         self.answered = false;
         self.liveness_failures = 0;
         let kind = kind.unwrap_or(ExitKind::Unknown);
-        self.last_exit = Some(LastExit { kind, at_unix_ms, cause });
+        if let Some(r) = &reason {
+            // Shown with the node's state until its next process starts.
+            self.message = Some(format!("{kind}: {r}"));
+        }
+        self.last_exit = Some(LastExit { kind, at_unix_ms, cause, reason });
     }
 
     fn on_exit(&mut self, kind: Option<ExitKind>, now: Instant) -> Vec<Action> {
@@ -411,9 +424,9 @@ pub fn next(fsm: &NodeFsm, event: Event, now: Instant) -> (NodeFsm, Vec<Action>)
                 _ => vec![],
             }
         }
-        Event::Exited { kind, at_unix_ms } => match s.phase {
+        Event::Exited { kind, at_unix_ms, reason } => match s.phase {
             Phase::Stopping { then, cause } => {
-                s.process_gone(kind, at_unix_ms, cause);
+                s.process_gone(kind, at_unix_ms, cause, reason);
                 match then {
                     AfterStop::Respawn => {
                         s.phase = Phase::Spawning;
@@ -430,7 +443,7 @@ pub fn next(fsm: &NodeFsm, event: Event, now: Instant) -> (NodeFsm, Vec<Action>)
                 }
             }
             Phase::Running { .. } | Phase::Spawning => {
-                s.process_gone(kind, at_unix_ms, ExitCause::Unexpected);
+                s.process_gone(kind, at_unix_ms, ExitCause::Unexpected, reason);
                 s.on_exit(kind, now)
             }
             Phase::Backoff { .. } | Phase::Stopped => vec![],
@@ -558,7 +571,10 @@ mod tests {
     /// Exits the node at `t` and, if a restart is scheduled, lets it elapse and spawns again.
     /// Returns the delay that was used (zero for an immediate restart).
     fn crash_and_restart(f: &mut NodeFsm, t: Instant) -> Option<Duration> {
-        let actions = f.apply(Event::Exited { kind: Some(ExitKind::Signal(9)), at_unix_ms: 0 }, t);
+        let actions = f.apply(
+            Event::Exited { kind: Some(ExitKind::Signal(9)), at_unix_ms: 0, reason: None },
+            t,
+        );
         let delay = if actions.contains(&Action::Spawn) {
             Duration::ZERO
         } else {
@@ -619,10 +635,38 @@ mod tests {
     }
 
     #[test]
+    fn last_words_stay_with_the_exit_and_show_until_the_next_process() {
+        let t0 = Instant::now();
+        let mut f = running(RestartPolicy::Always, t0);
+        let why = "opening the store: No space left on device (os error 28)";
+        f.apply(
+            Event::Exited {
+                kind: Some(ExitKind::Code(1)),
+                at_unix_ms: 5,
+                reason: Some(why.into()),
+            },
+            t0,
+        );
+        let exit = f.last_exit.clone().unwrap();
+        assert_eq!((exit.kind, exit.reason.as_deref()), (ExitKind::Code(1), Some(why)));
+        assert_eq!(f.message.as_deref(), Some(format!("exit 1: {why}").as_str()));
+        f.apply(Event::Spawned(pid(77)), t0);
+        assert_eq!(f.message, None, "a new process starts with a clean message");
+        assert_eq!(
+            f.last_exit.as_ref().unwrap().reason.as_deref(),
+            Some(why),
+            "the last exit keeps it"
+        );
+    }
+
+    #[test]
     fn policy_never_stays_stopped() {
         let t0 = Instant::now();
         let mut f = running(RestartPolicy::Never, t0);
-        let a = f.apply(Event::Exited { kind: Some(ExitKind::Code(1)), at_unix_ms: 0 }, t0);
+        let a = f.apply(
+            Event::Exited { kind: Some(ExitKind::Code(1)), at_unix_ms: 0, reason: None },
+            t0,
+        );
         assert_eq!(a, vec![Action::SaveState]);
         assert_eq!(f.node_state(), NodeState::Stopped);
         assert_eq!(f.restarts, 0);
@@ -632,24 +676,36 @@ mod tests {
     fn policy_on_failure_restarts_on_failure_only() {
         let t0 = Instant::now();
         let mut f = running(RestartPolicy::OnFailure, t0);
-        let a = f.apply(Event::Exited { kind: Some(ExitKind::Code(0)), at_unix_ms: 0 }, t0);
+        let a = f.apply(
+            Event::Exited { kind: Some(ExitKind::Code(0)), at_unix_ms: 0, reason: None },
+            t0,
+        );
         assert_eq!(a, vec![Action::SaveState]);
         assert_eq!(f.phase, Phase::Stopped);
 
         let mut f = running(RestartPolicy::OnFailure, t0);
-        let a = f.apply(Event::Exited { kind: Some(ExitKind::Code(3)), at_unix_ms: 0 }, t0);
+        let a = f.apply(
+            Event::Exited { kind: Some(ExitKind::Code(3)), at_unix_ms: 0, reason: None },
+            t0,
+        );
         assert_eq!(a, vec![Action::SaveState, Action::Spawn]);
 
         let mut f = running(RestartPolicy::OnFailure, t0);
-        let a = f.apply(Event::Exited { kind: Some(ExitKind::Signal(9)), at_unix_ms: 0 }, t0);
+        let a = f.apply(
+            Event::Exited { kind: Some(ExitKind::Signal(9)), at_unix_ms: 0, reason: None },
+            t0,
+        );
         assert_eq!(a, vec![Action::SaveState, Action::Spawn]);
 
         // Unknown status (adopted node) counts as a failure.
         let mut f = running(RestartPolicy::OnFailure, t0);
-        let a = f.apply(Event::Exited { kind: None, at_unix_ms: 0 }, t0);
+        let a = f.apply(Event::Exited { kind: None, at_unix_ms: 0, reason: None }, t0);
         assert_eq!(a, vec![Action::SaveState, Action::Spawn]);
         let mut f = running(RestartPolicy::OnFailure, t0);
-        let a = f.apply(Event::Exited { kind: Some(ExitKind::Unknown), at_unix_ms: 0 }, t0);
+        let a = f.apply(
+            Event::Exited { kind: Some(ExitKind::Unknown), at_unix_ms: 0, reason: None },
+            t0,
+        );
         assert_eq!(a, vec![Action::SaveState, Action::Spawn]);
     }
 
@@ -657,7 +713,10 @@ mod tests {
     fn policy_always_restarts_a_clean_exit() {
         let t0 = Instant::now();
         let mut f = running(RestartPolicy::Always, t0);
-        let a = f.apply(Event::Exited { kind: Some(ExitKind::Code(0)), at_unix_ms: 0 }, t0);
+        let a = f.apply(
+            Event::Exited { kind: Some(ExitKind::Code(0)), at_unix_ms: 0, reason: None },
+            t0,
+        );
         assert_eq!(a, vec![Action::SaveState, Action::Spawn]);
         assert_eq!(f.restarts, 1);
     }
@@ -672,7 +731,8 @@ mod tests {
             assert!(!f.crash_loop, "exit {i}");
             t += d + ms(10);
         }
-        let a = f.apply(Event::Exited { kind: Some(ExitKind::Code(3)), at_unix_ms: 0 }, t);
+        let a = f
+            .apply(Event::Exited { kind: Some(ExitKind::Code(3)), at_unix_ms: 0, reason: None }, t);
         assert_eq!(
             a,
             vec![
@@ -691,7 +751,7 @@ mod tests {
         assert_eq!(f.node_state(), NodeState::CrashLoop);
         // The next exit also waits the cap, and EnterCrashLoop is not repeated.
         let a = f.apply(
-            Event::Exited { kind: Some(ExitKind::Code(3)), at_unix_ms: 0 },
+            Event::Exited { kind: Some(ExitKind::Code(3)), at_unix_ms: 0, reason: None },
             t + Duration::from_secs(31),
         );
         assert_eq!(a, vec![Action::SaveState, Action::ScheduleRestart(Duration::from_secs(30))]);
@@ -718,7 +778,7 @@ mod tests {
         for _ in 0..5 {
             t += crash_and_restart(&mut f, t).unwrap();
         }
-        f.apply(Event::Exited { kind: Some(ExitKind::Code(3)), at_unix_ms: 0 }, t);
+        f.apply(Event::Exited { kind: Some(ExitKind::Code(3)), at_unix_ms: 0, reason: None }, t);
         assert!(f.crash_loop);
         assert!(matches!(f.phase, Phase::Backoff { .. }));
         let a = f.apply(Event::RestartRequested, t);
@@ -744,7 +804,10 @@ mod tests {
         assert_eq!(f.apply(Event::StopTimedOut, t0), vec![Action::Kill]);
         // Even with policy never, a requested restart spawns again; it counts as a restart and
         // its exit is recorded as requested.
-        let a = f.apply(Event::Exited { kind: Some(ExitKind::Signal(15)), at_unix_ms: 9 }, t0);
+        let a = f.apply(
+            Event::Exited { kind: Some(ExitKind::Signal(15)), at_unix_ms: 9, reason: None },
+            t0,
+        );
         assert_eq!(a, vec![Action::SaveState, Action::Spawn]);
         assert_eq!(f.restarts, 1);
         assert_eq!(
@@ -752,7 +815,8 @@ mod tests {
             Some(LastExit {
                 kind: ExitKind::Signal(15),
                 at_unix_ms: 9,
-                cause: ExitCause::Requested
+                cause: ExitCause::Requested,
+                reason: None
             })
         );
     }
@@ -764,7 +828,10 @@ mod tests {
         assert_eq!(f.apply(Event::StopRequested, t0), vec![Action::SaveState, Action::SignalStop]);
         assert_eq!(f.desired, Desired::Stopped);
         assert_eq!(
-            f.apply(Event::Exited { kind: Some(ExitKind::Code(0)), at_unix_ms: 0 }, t0),
+            f.apply(
+                Event::Exited { kind: Some(ExitKind::Code(0)), at_unix_ms: 0, reason: None },
+                t0
+            ),
             vec![Action::SaveState]
         );
         assert_eq!(f.node_state(), NodeState::Stopped);
@@ -778,7 +845,10 @@ mod tests {
         let t0 = Instant::now();
         let mut f = running(RestartPolicy::Always, t0);
         crash_and_restart(&mut f, t0).unwrap();
-        let a = f.apply(Event::Exited { kind: Some(ExitKind::Code(1)), at_unix_ms: 0 }, t0);
+        let a = f.apply(
+            Event::Exited { kind: Some(ExitKind::Code(1)), at_unix_ms: 0, reason: None },
+            t0,
+        );
         assert_eq!(a, vec![Action::SaveState, Action::ScheduleRestart(ms(100))]);
         assert_eq!(f.node_state(), NodeState::Backoff);
         assert_eq!(f.apply(Event::StopRequested, t0), vec![Action::SaveState]);
@@ -800,7 +870,7 @@ mod tests {
         let t0 = Instant::now();
         let mut f = running(RestartPolicy::Always, t0);
         crash_and_restart(&mut f, t0).unwrap();
-        f.apply(Event::Exited { kind: Some(ExitKind::Code(1)), at_unix_ms: 0 }, t0);
+        f.apply(Event::Exited { kind: Some(ExitKind::Code(1)), at_unix_ms: 0, reason: None }, t0);
         assert_eq!(f.apply(Event::BackoffElapsed, t0 + ms(50)), vec![]);
         assert_eq!(f.apply(Event::BackoffElapsed, t0 + ms(100)), vec![Action::Spawn]);
     }
@@ -842,7 +912,7 @@ mod tests {
         for _ in 0..5 {
             t += crash_and_restart(&mut f, t).unwrap();
         }
-        f.apply(Event::Exited { kind: Some(ExitKind::Code(3)), at_unix_ms: 0 }, t);
+        f.apply(Event::Exited { kind: Some(ExitKind::Code(3)), at_unix_ms: 0, reason: None }, t);
         assert!(f.crash_loop);
         t += Duration::from_secs(30);
         f.apply(Event::BackoffElapsed, t);
@@ -861,7 +931,7 @@ mod tests {
         assert_eq!(f.next_backoff, Duration::ZERO);
         // The next crash restarts at once again.
         let a = f.apply(
-            Event::Exited { kind: Some(ExitKind::Signal(9)), at_unix_ms: 0 },
+            Event::Exited { kind: Some(ExitKind::Signal(9)), at_unix_ms: 0, reason: None },
             t + Duration::from_secs(62),
         );
         assert_eq!(a, vec![Action::SaveState, Action::Spawn]);
@@ -896,7 +966,7 @@ mod tests {
         let mut f =
             NodeFsm::new(RestartPolicy::Always, LivenessSpec::DEFAULT, RestartRules::default());
         f.phase = Phase::Spawning;
-        let a = f.apply(Event::Exited { kind: None, at_unix_ms: 0 }, t0);
+        let a = f.apply(Event::Exited { kind: None, at_unix_ms: 0, reason: None }, t0);
         assert_eq!(a, vec![Action::SaveState, Action::Spawn]);
     }
 
@@ -906,7 +976,10 @@ mod tests {
         let mut f = running(RestartPolicy::Always, t0);
         f.apply(Event::StopRequested, t0);
         f.apply(Event::StartRequested, t0);
-        let a = f.apply(Event::Exited { kind: Some(ExitKind::Code(0)), at_unix_ms: 0 }, t0);
+        let a = f.apply(
+            Event::Exited { kind: Some(ExitKind::Code(0)), at_unix_ms: 0, reason: None },
+            t0,
+        );
         assert_eq!(a, vec![Action::SaveState, Action::Spawn]);
         assert_eq!(f.desired, Desired::Running);
     }
@@ -960,10 +1033,13 @@ mod tests {
         assert_eq!(f.node_state(), NodeState::Stopping);
         // The hung process ignores SIGTERM: the grace runs out, SIGKILL.
         assert_eq!(f.apply(Event::StopTimedOut, t0), vec![Action::Kill]);
-        let a = f.apply(Event::Exited { kind: Some(ExitKind::Signal(9)), at_unix_ms: 5 }, t0);
+        let a = f.apply(
+            Event::Exited { kind: Some(ExitKind::Signal(9)), at_unix_ms: 5, reason: None },
+            t0,
+        );
         assert_eq!(a, vec![Action::SaveState, Action::Spawn], "first restart is immediate");
         assert_eq!(f.restarts, 1);
-        assert_eq!(f.last_exit.unwrap().cause, ExitCause::Liveness);
+        assert_eq!(f.last_exit.as_ref().unwrap().cause, ExitCause::Liveness);
         assert_eq!(f.desired, Desired::Running);
     }
 
@@ -977,10 +1053,13 @@ mod tests {
         for _ in 0..3 {
             f.apply(Event::LivenessFailed("refused".into()), t0);
         }
-        let a = f.apply(Event::Exited { kind: Some(ExitKind::Signal(15)), at_unix_ms: 1 }, t0);
+        let a = f.apply(
+            Event::Exited { kind: Some(ExitKind::Signal(15)), at_unix_ms: 1, reason: None },
+            t0,
+        );
         assert_eq!(a, vec![Action::SaveState]);
         assert_eq!(f.node_state(), NodeState::Stopped);
-        assert_eq!(f.last_exit.unwrap().cause, ExitCause::Liveness);
+        assert_eq!(f.last_exit.as_ref().unwrap().cause, ExitCause::Liveness);
     }
 
     #[test]
@@ -1038,7 +1117,10 @@ mod tests {
         assert_eq!(f.restarts, 3);
         let a = f.apply(Event::ReplaceRequested, t0);
         assert_eq!(a, vec![Action::SaveState, Action::SignalStop]);
-        let a = f.apply(Event::Exited { kind: Some(ExitKind::Code(0)), at_unix_ms: 3 }, t0);
+        let a = f.apply(
+            Event::Exited { kind: Some(ExitKind::Code(0)), at_unix_ms: 3, reason: None },
+            t0,
+        );
         assert_eq!(a, vec![Action::SaveState, Action::Spawn]);
         assert_eq!(f.restarts, 0, "a replaced node is a new node");
         assert!(f.exits.is_empty());
@@ -1059,7 +1141,7 @@ mod tests {
         for _ in 0..5 {
             t += crash_and_restart(&mut f, t).unwrap();
         }
-        f.apply(Event::Exited { kind: Some(ExitKind::Code(3)), at_unix_ms: 0 }, t);
+        f.apply(Event::Exited { kind: Some(ExitKind::Code(3)), at_unix_ms: 0, reason: None }, t);
         assert_eq!(f.node_state(), NodeState::CrashLoop);
         assert_eq!(f.apply(Event::ReplaceRequested, t), vec![Action::SaveState, Action::Spawn]);
         assert!(!f.crash_loop);
@@ -1075,6 +1157,6 @@ mod tests {
         assert_eq!(f.liveness_failures, 0);
         assert!(!f.answered);
         assert_eq!(f.node_state(), NodeState::Starting);
-        assert_eq!(f.last_exit.unwrap().cause, ExitCause::Unexpected);
+        assert_eq!(f.last_exit.as_ref().unwrap().cause, ExitCause::Unexpected);
     }
 }

@@ -267,7 +267,7 @@ async fn feed_metrics(
                 metrics::NodeSnapshot {
                     up,
                     ready: n.ready,
-                    last_exit: n.last_exit.map(|e| e.kind),
+                    last_exit: n.last_exit.as_ref().map(|e| e.kind),
                     crash_loop: n.state == NodeState::CrashLoop,
                     desired_running: n.desired != dwbase_proto::state::Desired::Stopped,
                     uptime_secs: n
@@ -278,9 +278,9 @@ async fn feed_metrics(
             );
             // A new last exit (its time changed) is one exit, counted by its cause; the one
             // found at start is history.
-            let at = n.last_exit.map(|e| e.at_unix_ms);
+            let at = n.last_exit.as_ref().map(|e| e.at_unix_ms);
             if let Some(seen) = exits.insert(n.name.clone(), at) {
-                if let (Some(e), true) = (n.last_exit, at != seen) {
+                if let (Some(e), true) = (&n.last_exit, at != seen) {
                     m.inc_exit(&n.name, e.cause);
                 }
             }

@@ -19,6 +19,7 @@ pub const SCRUBBED_ENV: &[&str] = &[
     "DWBASE_NODE_ID",
     "DWBASE_SWARM_PEERS",
     "DWBASE_SWARM_ENABLED",
+    dwbase_proto::notify::NOTIFY_ENV,
 ];
 
 /// A program plus the arguments that come before ours (e.g. `dwbase node run`).
@@ -87,6 +88,8 @@ pub struct SpawnSpec<'a> {
     pub node_id: &'a str,
     /// Extra environment from the deploy spec.
     pub env: &'a [(String, String)],
+    /// The supervisor's notify socket, for the node's last words (`DWBASE_NOTIFY_SOCKET`).
+    pub notify_socket: Option<&'a Path>,
 }
 
 /// A freshly spawned node.
@@ -152,6 +155,9 @@ pub fn spawn_node(spec: &SpawnSpec<'_>) -> Result<SpawnedNode, SpawnError> {
     cmd.arg("--config").arg(spec.config_path);
     for var in SCRUBBED_ENV {
         cmd.env_remove(var);
+    }
+    if let Some(path) = spec.notify_socket {
+        cmd.env(dwbase_proto::notify::NOTIFY_ENV, path);
     }
     cmd.envs(spec.env.iter().map(|(k, v)| (k, v)))
         .env("DWBASE_DATA_DIR", spec.data_dir)
@@ -331,6 +337,7 @@ mod tests {
             data_dir: dir.path(),
             node_id: "node-a",
             env: &[],
+            notify_socket: None,
         })
         .unwrap();
         assert!(spawned.pid > 1);

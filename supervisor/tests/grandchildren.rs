@@ -74,7 +74,7 @@ async fn grandchildren_are_swept_after_a_crash_and_after_a_stop() {
         (n.restarts == 1 && n.pid.is_some() && grandchildren(&file).len() == 2).then_some(n)
     })
     .await;
-    assert_eq!(n.last_exit.map(|e| e.kind), Some(ExitKind::Code(3)));
+    assert_eq!(n.last_exit.as_ref().map(|e| e.kind), Some(ExitKind::Code(3)));
     let pids = grandchildren(&file);
     // The restart does not wait for the sweep: the crashed run's group is swept after it
     // (within the settle time, SIGTERM and the sweep grace).
@@ -117,7 +117,7 @@ async fn an_adopted_nodes_grandchildren_are_swept_when_it_dies() {
         (n.restarts == 1 && n.pid.is_some_and(|p| p != pid)).then_some(n)
     })
     .await;
-    assert_eq!(n.last_exit.map(|e| e.kind), Some(ExitKind::Unknown), "not our child");
+    assert_eq!(n.last_exit.as_ref().map(|e| e.kind), Some(ExitKind::Unknown), "not our child");
     let first = grandchildren(&file)[0];
     poll_until("the adopted node's grandchild swept", Duration::from_secs(10), || async {
         (!pid_alive(first)).then_some(())

@@ -33,7 +33,7 @@ async fn kill_9_twenty_times_is_twenty_restarts() {
     }
     let n = f.node("node-a").await;
     assert_eq!(n.restarts, 20);
-    assert_eq!(n.last_exit.map(|e| e.kind), Some(ExitKind::Signal(9)));
+    assert_eq!(n.last_exit.as_ref().map(|e| e.kind), Some(ExitKind::Signal(9)));
     // state.json agrees.
     let st = f.state(dwbase_proto::Group::Devnet).unwrap();
     assert_eq!(st.nodes[0].restarts, 20);
@@ -50,7 +50,7 @@ async fn a_node_that_exits_at_once_reaches_crash_loop_and_stops_hammering() {
         (n.state == NodeState::CrashLoop).then_some(n)
     })
     .await;
-    assert_eq!(n.last_exit.map(|e| e.kind), Some(ExitKind::Code(3)));
+    assert_eq!(n.last_exit.as_ref().map(|e| e.kind), Some(ExitKind::Code(3)));
     assert!(
         n.last_log_lines.iter().any(|l| l.contains("fatal: boom on node-a")),
         "{:?}",
@@ -85,7 +85,7 @@ async fn policy_never_leaves_a_dead_node_stopped() {
     })
     .await;
     assert_eq!(n.restarts, 0);
-    assert_eq!(n.last_exit.map(|e| e.kind), Some(ExitKind::Code(3)));
+    assert_eq!(n.last_exit.as_ref().map(|e| e.kind), Some(ExitKind::Code(3)));
     assert!(!n.last_log_lines.is_empty(), "a failed node shows its last lines");
 }
 
@@ -121,7 +121,7 @@ async fn stop_waits_for_the_exit_and_kills_a_node_that_ignores_sigterm() {
     for n in &s.nodes {
         assert_eq!(n.state, NodeState::Stopped);
         assert_eq!(n.pid, None);
-        assert_eq!(n.last_exit.map(|e| e.kind), Some(ExitKind::Signal(9)));
+        assert_eq!(n.last_exit.as_ref().map(|e| e.kind), Some(ExitKind::Signal(9)));
     }
     let st = f.state(dwbase_proto::Group::Devnet).unwrap();
     assert!(st

@@ -43,6 +43,13 @@ impl Deployment {
         Self { dir, root }
     }
 
+    /// A fresh root inside `parent` (e.g. a small filesystem of the test's own).
+    pub fn new_in(parent: &Path) -> Self {
+        let dir = tempfile::Builder::new().prefix("dwb").tempdir_in(parent).unwrap();
+        let root = dir.path().join("root");
+        Self { dir, root }
+    }
+
     /// The paths under the root.
     pub fn paths(&self) -> Paths {
         Paths::new(&self.root).unwrap()

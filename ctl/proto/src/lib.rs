@@ -11,6 +11,7 @@ pub mod error;
 pub mod fsutil;
 pub mod lock;
 pub mod messages;
+pub mod notify;
 pub mod paths;
 pub mod process;
 pub mod state;
@@ -27,7 +28,7 @@ pub const MAGIC: [u8; 8] = *b"DWBASE\x00\x01";
 
 /// Version of the request/response protocol. Bump it whenever a change is not append-only
 /// (a field added to an existing variant counts: bincode is positional).
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// Version of the build, carried in the handshake so a mismatch message can name both sides.
 pub const BUILD_VERSION: &str = env!("CARGO_PKG_VERSION");

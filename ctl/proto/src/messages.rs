@@ -565,7 +565,7 @@ impl ExitCause {
 }
 
 /// The last exit of a node.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LastExit {
     /// Code or signal.
     pub kind: ExitKind,
@@ -574,6 +574,10 @@ pub struct LastExit {
     /// Why.
     #[serde(default)]
     pub cause: ExitCause,
+    /// What the node said about it right before it exited ([`crate::notify`]), e.g. why its
+    /// store did not open.
+    #[serde(default)]
+    pub reason: Option<String>,
 }
 
 /// One node, as `status` shows it.

@@ -3,6 +3,7 @@
 //! ```text
 //! <root> = $DWBASE_DATA_DIR or ./.dwbase (made absolute)
 //! <root>/supervisor.sock     control socket (0600, root dir 0700)
+//! <root>/notify.sock       nodes' last words to the supervisor (0600, see notify.rs)
 //! <root>/supervisor.log      the supervisor's own log (rotated)
 //! <root>/devnet/state.json   durable record of the devnet
 //! <root>/devnet/node-a/      data/ logs/ summaries/ config.toml
@@ -77,6 +78,16 @@ impl Paths {
             return preferred;
         }
         runtime_dir().join(format!("{}.sock", self.root_hash()))
+    }
+
+    /// The notify socket nodes tell their last words on ([`crate::notify`]):
+    /// `<root>/notify.sock`, or beside a short control socket when that path is too long.
+    pub fn notify_socket(&self) -> PathBuf {
+        let preferred = self.root.join("notify.sock");
+        if preferred.as_os_str().len() <= MAX_SOCKET_PATH {
+            return preferred;
+        }
+        runtime_dir().join(format!("{}.notify.sock", self.root_hash()))
     }
 
     /// A short stable hash of the root, for names outside it.

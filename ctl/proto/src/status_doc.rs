@@ -118,6 +118,10 @@ pub struct LastExitJson {
     /// Why: "unexpected" (it crashed or was killed by someone else), "requested" (a stop,
     /// restart or deploy), "liveness" (stopped by the supervisor after failed probes).
     pub cause: ExitCause,
+    /// What the node said about it right before it exited (e.g. why its store did not open);
+    /// null when it said nothing.
+    #[serde(default)]
+    pub reason: Option<String>,
 }
 
 impl From<&LastExit> for LastExitJson {
@@ -127,7 +131,7 @@ impl From<&LastExit> for LastExitJson {
             ExitKind::Signal(s) => (None, Some(s)),
             ExitKind::Unknown => (None, None),
         };
-        Self { code, signal, at_unix_ms: e.at_unix_ms, cause: e.cause }
+        Self { code, signal, at_unix_ms: e.at_unix_ms, cause: e.cause, reason: e.reason.clone() }
     }
 }
 
@@ -390,7 +394,8 @@ pub struct EndJson {
     description = "The data of each event of the supervisor's GET /v1/events (text/event-stream), by its event name: status, dropped, end, or a node event (added, spawned, adopted, state, exited, liveness-failed, rollout, removed)."
 )]
 #[serde(untagged)]
-#[allow(dead_code)]
+// Never built: it only describes the stream for the schema, so variant sizes do not matter.
+#[allow(dead_code, clippy::large_enum_variant)]
 enum EventsStreamData {
     /// `event: status`.
     Status(StatusJson),
@@ -510,14 +515,18 @@ mod tests {
 
     #[test]
     fn events_name_themselves_and_round_trip() {
-        let exit =
-            LastExit { kind: ExitKind::Signal(9), at_unix_ms: 7, cause: ExitCause::Unexpected };
+        let exit = LastExit {
+            kind: ExitKind::Signal(9),
+            at_unix_ms: 7,
+            cause: ExitCause::Unexpected,
+            reason: Some("opening the store: no space".into()),
+        };
         let kinds = [
             (EventKind::Added, "added"),
             (EventKind::Spawned { pid: 1 }, "spawned"),
             (EventKind::Adopted { pid: 1 }, "adopted"),
             (EventKind::State { from: NodeState::Starting, to: NodeState::Ready }, "state"),
-            (EventKind::Exited(exit), "exited"),
+            (EventKind::Exited(exit.clone()), "exited"),
             (
                 EventKind::LivenessFailed { failures: 2, reason: "timeout".into() },
                 "liveness-failed",

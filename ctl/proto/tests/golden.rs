@@ -19,7 +19,7 @@ fn hello_layout_is_fixed() {
 
 #[test]
 fn protocol_version_is_pinned() {
-    assert_eq!(PROTOCOL_VERSION, 3, "bumping the version? update these golden bytes too");
+    assert_eq!(PROTOCOL_VERSION, 4, "bumping the version? update these golden bytes too");
 }
 
 fn devnet_spec() -> DevnetSpec {
@@ -126,13 +126,21 @@ fn exit_kind_variant_indexes_are_pinned() {
     let cases: Vec<(ExitKind, &str)> =
         vec![(ExitKind::Code(3), "0006"), (ExitKind::Signal(9), "0112"), (ExitKind::Unknown, "02")];
     for (kind, want) in cases {
-        let last = LastExit { kind, at_unix_ms: 1, cause: ExitCause::Liveness };
+        let last = LastExit { kind, at_unix_ms: 1, cause: ExitCause::Liveness, reason: None };
         let got = hex(&codec::encode("last exit", &last).unwrap());
-        assert_eq!(got, format!("{want}0202"), "{kind:?}");
+        assert_eq!(got, format!("{want}020200"), "{kind:?}");
         let back: LastExit =
             codec::decode("last exit", &codec::encode("last exit", &last).unwrap()).unwrap();
         assert_eq!(back, last);
     }
+    // Protocol 4: the node's last words follow (an Option<String>).
+    let said = LastExit {
+        kind: ExitKind::Code(1),
+        at_unix_ms: 1,
+        cause: ExitCause::Unexpected,
+        reason: Some("full".into()),
+    };
+    assert_eq!(hex(&codec::encode("last exit", &said).unwrap()), "00020200010466756c6c");
     assert_eq!(ExitKind::Unknown.to_string(), "exit status unknown");
     // In state.json (serde_json) it is the string "unknown".
     assert_eq!(serde_json::to_string(&ExitKind::Unknown).unwrap(), "\"unknown\"");

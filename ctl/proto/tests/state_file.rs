@@ -35,7 +35,7 @@ fn version_1_loads_every_field() {
     let n = &s.nodes[0];
     assert_eq!(n.restart_policy, RestartPolicy::OnFailure);
     assert_eq!(n.restarts, 2);
-    assert_eq!(n.last_exit.unwrap().kind, ExitKind::Signal(9));
+    assert_eq!(n.last_exit.as_ref().unwrap().kind, ExitKind::Signal(9));
     assert_eq!(n.env, vec![("DWBASE_MAX_RAM_MB".to_string(), "64".to_string())]);
 }
 

@@ -530,6 +530,8 @@ pub(crate) fn report_failure(nodes: &[NodeStatus]) {
         }
         if let Some(m) = &n.message {
             line.push_str(&format!(": {m}"));
+        } else if let Some(r) = n.last_exit.as_ref().and_then(|e| e.reason.as_deref()) {
+            line.push_str(&format!(": {r}"));
         }
         eprintln!("{line}");
         let lines = if n.last_log_lines.is_empty() {

@@ -25,7 +25,7 @@
 //!              (supervised) | "alive|dead|pid-reused|stopped" (from state.json),
 //!     "ready": true, "restarts": 0, "uptime_ms": 5000 | null,
 //!     "restart_policy": "always|on-failure|never",
-//!     "last_exit": {"code": 1 | null, "signal": 9 | null, "at_unix_ms": 0} | null,
+//!     "last_exit": {"code": 1 | null, "signal": 9 | null, "at_unix_ms": 0, "cause": "unexpected", "reason": "opening the store: …" | null} | null,
 //!     "dir": "...", "data_dir": "...", "log_path": "...", "config_path": "...",
 //!     "message": "..." | null,
 //!     "desired": "running" | "stopped",

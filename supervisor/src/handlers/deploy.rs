@@ -367,8 +367,11 @@ impl Rollout<'_, '_> {
                         NodeState::CrashLoop | NodeState::Backoff | NodeState::Stopped
                     );
                 if exited {
-                    let exit =
-                        n.last_exit.map(|e| format!(", last exit: {}", e.kind)).unwrap_or_default();
+                    let exit = n
+                        .last_exit
+                        .as_ref()
+                        .map(|e| format!(", last exit: {}", e.kind))
+                        .unwrap_or_default();
                     return Err(self
                         .failure(
                             name,

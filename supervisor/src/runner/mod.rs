@@ -111,6 +111,24 @@ impl std::fmt::Debug for Msg {
     }
 }
 
+/// Binds the notify socket nodes tell their last words on. Without it nodes run as before;
+/// only the reasons of their exits are missing from `status` (said here once).
+fn bind_notify(path: &std::path::Path) -> Option<dwbase_proto::notify::NotifyReceiver> {
+    if let Some(dir) = path.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    match dwbase_proto::notify::NotifyReceiver::bind(path) {
+        Ok(r) => Some(r),
+        Err(e) => {
+            warn!(
+                socket = %path.display(),
+                "cannot bind the notify socket ({e}); nodes' exit reasons will reach only their logs"
+            );
+            None
+        }
+    }
+}
+
 fn unix_ms_now() -> i64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
@@ -143,6 +161,8 @@ pub struct Runner {
     unsynced: dwbase_proto::fsutil::SyncBatch,
     /// What each state file holds, so that a save which changes nothing writes nothing.
     saved: HashMap<Group, StateFile>,
+    /// Where nodes tell why they exit (read when an exit is handled).
+    notify: Option<dwbase_proto::notify::NotifyReceiver>,
 }
 
 impl Runner {
@@ -161,6 +181,7 @@ impl Runner {
             cancel.clone(),
         )?;
         let handle = RunnerHandle { tx: tx.clone(), events: events.clone(), status: status_rx };
+        let paths_notify = cfg.paths.notify_socket();
         let mut runner = Self {
             cfg,
             nodes: BTreeMap::new(),
@@ -177,6 +198,7 @@ impl Runner {
             sweeps: HashMap::new(),
             unsynced: dwbase_proto::fsutil::SyncBatch::default(),
             saved: HashMap::new(),
+            notify: bind_notify(&paths_notify),
         };
         runner.restore();
         Ok((runner, handle))
@@ -225,7 +247,10 @@ impl Runner {
                     // It was running and died while nobody watched: an exit of unknown status.
                     node.fsm.phase = Phase::Spawning;
                     self.nodes.insert(name.clone(), node);
-                    self.drive(&name, Event::Exited { kind: None, at_unix_ms: unix_ms_now() });
+                    self.drive(
+                        &name,
+                        Event::Exited { kind: None, at_unix_ms: unix_ms_now(), reason: None },
+                    );
                     if let Some(n) = self.nodes.get_mut(&name) {
                         n.fsm.message = Some("exited while no supervisor was running".into());
                         if n.fsm.process.is_some() {
@@ -649,12 +674,17 @@ impl Runner {
         }
         let pid = node.fsm.pid();
         let requested = matches!(node.fsm.phase, Phase::Stopping { .. });
+        // Whatever it said right before it exited is in the notify socket's buffer by now.
+        let reason = pid.and_then(|p| self.notify.as_mut()?.take(p));
+        let said = reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default();
         // Our own children report their status; adopted processes cannot.
         let k = kind.unwrap_or(ExitKind::Unknown);
         if requested {
-            info!(node = %name, ?pid, "stopped ({k})");
+            info!(node = %name, ?pid, "stopped ({k}){said}");
         } else if k == ExitKind::Unknown {
-            warn!(node = %name, ?pid, "exited unexpectedly ({k}: not our child, adopted)");
+            warn!(node = %name, ?pid, "exited unexpectedly ({k}: not our child, adopted){said}");
+        } else if reason.is_some() {
+            error!(node = %name, ?pid, "exited ({k}){said}");
         } else {
             warn!(node = %name, ?pid, "exited unexpectedly ({k})");
         }
@@ -665,7 +695,7 @@ impl Runner {
             self.sweeps.entry((name.to_owned(), generation)).or_default().extend(waiters);
         }
         self.dirty = true;
-        self.drive(name, Event::Exited { kind: Some(k), at_unix_ms: unix_ms_now() });
+        self.drive(name, Event::Exited { kind: Some(k), at_unix_ms: unix_ms_now(), reason });
         if let Some(n) = self.nodes.get_mut(name) {
             if k == ExitKind::Unknown && n.fsm.message.is_none() {
                 n.fsm.message = Some("exited (status unknown: the process was adopted)".into());
@@ -722,7 +752,7 @@ impl Runner {
             let actions = node.fsm.apply(ev, Instant::now());
             let notice = match (spawned, exited) {
                 (Some(pid), _) => Some(EventKind::Spawned { pid }),
-                (None, true) => node.fsm.last_exit.map(EventKind::Exited),
+                (None, true) => node.fsm.last_exit.clone().map(EventKind::Exited),
                 (None, false) => None,
             };
             if let Some(kind) = notice {
@@ -826,6 +856,7 @@ impl Runner {
             data_dir: &n.rec.data_dir,
             node_id: &n.rec.id,
             env: &n.rec.env,
+            notify_socket: self.notify.as_ref().map(|r| r.path()),
         };
         for d in [&n.rec.data_dir, &n.rec.dir.join("summaries")] {
             let _ = std::fs::create_dir_all(d);

@@ -52,7 +52,7 @@ impl Node {
         let mut fsm = NodeFsm::new(rec.restart_policy, rec.liveness, rules);
         fsm.restarts = rec.restarts;
         fsm.desired = rec.desired;
-        fsm.last_exit = rec.last_exit;
+        fsm.last_exit = rec.last_exit.clone();
         Self {
             rec,
             fsm,
@@ -74,7 +74,7 @@ impl Node {
         r.start_time = self.fsm.process.and_then(|p| p.start_time);
         r.desired = self.fsm.desired;
         r.restarts = self.fsm.restarts;
-        r.last_exit = self.fsm.last_exit;
+        r.last_exit = self.fsm.last_exit.clone();
         r.restart_policy = self.fsm.policy;
         r.liveness = self.fsm.liveness;
         r
@@ -111,7 +111,7 @@ impl Node {
             restarts: self.fsm.restarts,
             uptime_ms: self.fsm.running_since().map(|t| t.elapsed().as_millis() as u64),
             restart_policy: self.fsm.policy,
-            last_exit: self.fsm.last_exit,
+            last_exit: self.fsm.last_exit.clone(),
             dir: self.rec.dir.clone(),
             data_dir: self.rec.data_dir.clone(),
             log_path: self.rec.log_path.clone(),
