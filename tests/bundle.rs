@@ -147,7 +147,7 @@ fn bundle_round_trip_minisign_tamper_and_install() {
     assert_eq!(doc["git_commit"].as_str().unwrap().len(), 40, "{doc}");
     assert!(doc["files"].as_u64().unwrap() > 20, "{doc}");
 
-    // The manifest lists the three programs, templates, units, container and k8s files and
+    // The manifest lists the programs (the log pipe too), templates, units, container and k8s files and
     // docs, each with size and sha256; no private key of any kind.
     let all = entries(&bundle);
     let top = stem();
@@ -160,6 +160,7 @@ fn bundle_round_trip_minisign_tamper_and_install() {
         "bin/dwbase",
         "bin/dwbase-supervisor",
         "bin/dwbase-node",
+        "bin/dwbase-logpipe",
         "deploy/edge.toml",
         "deploy/systemd/dwbase-supervisor.service",
         "deploy/docker/Dockerfile",
@@ -275,6 +276,9 @@ fn bundle_round_trip_minisign_tamper_and_install() {
         let mode =
             |p: &str| std::fs::metadata(prefix.join(p)).unwrap().permissions().mode() & 0o7777;
         assert_eq!(mode("bin/dwbase-supervisor"), 0o755);
+        // The log pipe sits beside the supervisor it serves (no command of its own on PATH).
+        assert_eq!(mode("lib/dwbase/current/bin/dwbase-logpipe"), 0o755);
+        assert!(!prefix.join("bin/dwbase-logpipe").exists());
         assert_eq!(mode("share/dwbase/deploy/edge.toml"), 0o644);
         assert_eq!(mode("lib/dwbase/current"), 0o755);
     }
@@ -308,13 +312,13 @@ fn bundle_round_trip_minisign_tamper_and_install() {
     assert!(std::fs::symlink_metadata(prefix.join("bin/dwbase")).unwrap().file_type().is_symlink());
 }
 
-/// Small stand-ins for the three programs (they answer --version like the real ones), so that
+/// Small stand-ins for the programs (they answer --version like the real ones), so that
 /// the bundle below is small enough to tamper with once per file.
 fn stand_in_bins(dir: &Path) -> PathBuf {
     use std::os::unix::fs::PermissionsExt;
     let bins = dir.join("bins");
     std::fs::create_dir(&bins).unwrap();
-    for b in ["dwbase", "dwbase-supervisor", "dwbase-node"] {
+    for b in ["dwbase", "dwbase-supervisor", "dwbase-node", "dwbase-logpipe"] {
         let p = bins.join(b);
         std::fs::write(&p, format!("#!/bin/sh\necho {b} {}\n", env!("CARGO_PKG_VERSION"))).unwrap();
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();

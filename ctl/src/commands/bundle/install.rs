@@ -24,7 +24,7 @@ use anyhow::{bail, Context, Result};
 use minisign::PublicKey;
 
 use super::archive::Verified;
-use super::BINARIES;
+use super::COMMANDS;
 
 /// Where the versions live under the prefix.
 pub const LIB_DIR: &str = "lib/dwbase";
@@ -60,7 +60,7 @@ pub fn install(
     fs::create_dir_all(&lib).with_context(|| format!("creating {}", lib.display()))?;
 
     // Links that would be replaced: refuse before anything changes.
-    let links: Vec<(PathBuf, PathBuf)> = BINARIES
+    let links: Vec<(PathBuf, PathBuf)> = COMMANDS
         .iter()
         .map(|b| (prefix.join("bin").join(b), Path::new("../lib/dwbase/current/bin").join(b)))
         .chain([(prefix.join("share/dwbase"), PathBuf::from("../lib/dwbase/current"))])

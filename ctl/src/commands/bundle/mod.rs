@@ -27,8 +27,11 @@ use crate::output::human_bytes;
 use archive::Input;
 use manifest::{Manifest, FORMAT};
 
-/// The three programs every bundle carries, under `bin/`.
-pub const BINARIES: [&str; 3] = ["dwbase", "dwbase-supervisor", "dwbase-node"];
+/// The programs every bundle carries, under `bin/`: the three an operator runs, and the
+/// supervisor's per-node log pipe (`dwbase-logpipe`, found beside `dwbase-supervisor`).
+pub const BINARIES: [&str; 4] = ["dwbase", "dwbase-supervisor", "dwbase-node", "dwbase-logpipe"];
+/// The programs `bundle install` links into `<prefix>/bin` (the log pipe is no command).
+pub const COMMANDS: [&str; 3] = ["dwbase", "dwbase-supervisor", "dwbase-node"];
 /// The target triple this dwbase was built for.
 pub const BUILD_TARGET: &str = env!("DWBASE_BUILD_TARGET");
 /// Folders and files of the source tree that go into a bundle.
@@ -41,7 +44,7 @@ const SOURCE_EXCLUDED: [&str; 1] = ["deploy/checks/"];
 pub enum BundleCommand {
     /// Make a minisign key pair for signing bundles (the secret key never goes into a bundle).
     Keygen(KeygenArgs),
-    /// Pack the three programs, templates, units, container and k8s files and docs into a
+    /// Pack the programs (dwbase, dwbase-supervisor, dwbase-node, dwbase-logpipe), templates, units, container and k8s files and docs into a
     /// signed dwbase-VERSION-TARGET.tar.zst.
     Create(CreateArgs),
     /// Check a bundle's signature and every file's size and sha256.
@@ -196,7 +199,7 @@ fn create(a: &CreateArgs) -> Result<()> {
         let p = bin_dir.join(b);
         if !p.is_file() {
             bail!(
-                "{} is missing: build the three programs first (cargo build --release --locked -p dwbase-ctl --bins) or pass --bin-dir",
+                "{} is missing: build the programs first (cargo build --release --locked -p dwbase-ctl --bins) or pass --bin-dir",
                 p.display()
             );
         }
