@@ -1,4 +1,4 @@
-//! The prober: one task that probes every running node — readiness (`GET /readyz`) and
+//! The prober: one task, on a thread of its own, that probes every running node — readiness (`GET /readyz`) and
 //! liveness (`GET /healthz`) — and reports to the runner in batches.
 //!
 //! Steady-state probes run on a shared grid (multiples of the period since the prober
@@ -11,6 +11,8 @@
 //! start costs a few probes a second.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use dwbase_proto::LivenessSpec;
@@ -36,6 +38,12 @@ const STARTING_WINDOW: Duration = Duration::from_secs(1);
 
 /// Probes due within this much of each other run in the same batch.
 const BATCH_SLACK: Duration = Duration::from_millis(5);
+
+/// After a batch of steady probes (every node in it ready) is written, the prober thread
+/// sleeps this long before it waits for answers, so that nodes on loopback have all answered
+/// and one wake-up reads every answer, instead of one per answer as they trickle in. A
+/// command from the runner waits at most this long; a starting node's probes never do.
+const GATHER_ANSWERS: Duration = Duration::from_millis(3);
 
 /// Which probe.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,7 +118,30 @@ impl Prober {
     ) -> anyhow::Result<Self> {
         let clients = Clients::new(cfg.timeout)?;
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run(cfg, clients, rx, runner, cancel));
+        // Its own thread and one-thread runtime: a batch of probes (50 requests out, 50 answers
+        // trickling in) is handled by one thread that sleeps between periods, and wakes the
+        // supervisor's runtime once per batch (its message to the runner) instead of bouncing
+        // the work between that runtime's workers for every answer.
+        let gather = Arc::new(AtomicBool::new(false));
+        let parked = gather.clone();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .on_thread_park(move || {
+                // A steady batch has just been written out and the thread is about to wait
+                // for its answers: let them all arrive, so that one wake-up takes them in.
+                if parked.swap(false, Ordering::Relaxed) {
+                    std::thread::sleep(GATHER_ANSWERS);
+                }
+            })
+            .build()?;
+        std::thread::Builder::new().name("dwbase-prober".into()).spawn(move || {
+            // As a task, not as block_on's own future: waking a task from its own thread
+            // is a queue push, while waking block_on's future writes to the driver's
+            // eventfd (once per answer).
+            rt.block_on(async move {
+                let _ = tokio::spawn(run(cfg, clients, rx, runner, cancel, gather)).await;
+            })
+        })?;
         Ok(Self { tx })
     }
 
@@ -197,11 +228,13 @@ async fn run(
     mut rx: mpsc::UnboundedReceiver<ProbeCmd>,
     runner: mpsc::UnboundedSender<Msg>,
     cancel: CancellationToken,
+    gather: Arc<AtomicBool>,
 ) {
     let epoch = Instant::now();
     let mut targets: HashMap<String, Target> = HashMap::new();
     let mut inflight: FuturesUnordered<Batch> = FuturesUnordered::new();
     let first = STARTING_PROBE_FIRST.min(cfg.fast);
+    let alarm = Alarm::new();
     loop {
         let next = targets
             .values()
@@ -270,9 +303,10 @@ async fn run(
                     return;
                 }
             }
-            _ = sleep_until(next), if next.is_some() => {
+            _ = alarm.until(next), if next.is_some() => {
                 let due_by = Instant::now() + BATCH_SLACK;
                 let mut probes = Vec::new();
+                let mut steady = true;
                 for (name, t) in targets.iter_mut().filter(|(_, t)| !t.busy) {
                     let ready_due = t.next_ready <= due_by;
                     let live_due = t.next_live.is_some_and(|l| l <= due_by);
@@ -280,6 +314,7 @@ async fn run(
                         continue;
                     }
                     t.busy = true;
+                    steady &= t.ready;
                     if ready_due {
                         probes.push(probe(name, t, Kind::Readiness, cfg.timeout));
                     }
@@ -289,6 +324,11 @@ async fn run(
                     }
                 }
                 if !probes.is_empty() {
+                    // Worth it for several answers, and not while any node starts (its
+                    // probes run every few milliseconds).
+                    let several = probes.len() > 1;
+                    let starting = targets.values().any(|t| !t.ready);
+                    gather.store(several && steady && !starting, Ordering::Relaxed);
                     inflight.push(futures::future::join_all(probes).boxed());
                 }
             }
@@ -296,10 +336,86 @@ async fn run(
     }
 }
 
-async fn sleep_until(t: Option<Instant>) {
-    match t {
-        Some(t) => tokio::time::sleep_until(t).await,
-        None => futures::future::pending().await,
+/// The prober's wait for its next due probe.
+///
+/// tokio's timer wheel keeps a sleep of seconds in a coarse level and wakes the thread at that
+/// level's slot boundaries to move it down (a 5 s sleep: three wake-ups), so on Linux the wait
+/// is a timerfd instead: the kernel wakes the thread once, at the deadline. Elsewhere (or if
+/// the timerfd cannot be made) it is tokio's sleep.
+struct Alarm {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    fd: Option<tokio::io::unix::AsyncFd<TimerFd>>,
+}
+
+#[cfg(any(target_os = "linux", target_os = "android"))]
+struct TimerFd(nix::sys::timerfd::TimerFd);
+
+#[cfg(any(target_os = "linux", target_os = "android"))]
+impl std::os::fd::AsRawFd for TimerFd {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsFd;
+        self.0.as_fd().as_raw_fd()
+    }
+}
+
+impl Alarm {
+    fn new() -> Self {
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        {
+            use nix::sys::timerfd::{ClockId, TimerFd as Fd, TimerFlags};
+            let flags = TimerFlags::TFD_NONBLOCK | TimerFlags::TFD_CLOEXEC;
+            // As in process.rs: tokio deprecated the safe constructor because a registered fd
+            // could be closed or replaced behind its back; here the AsyncFd owns the timerfd
+            // outright for its whole life, which is what the unsafe replacement asks for.
+            #[allow(deprecated)]
+            let made = Fd::new(ClockId::CLOCK_MONOTONIC, flags)
+                .map_err(std::io::Error::from)
+                .and_then(|fd| {
+                    tokio::io::unix::AsyncFd::with_interest(
+                        TimerFd(fd),
+                        tokio::io::Interest::READABLE,
+                    )
+                });
+            match made {
+                Ok(fd) => Self { fd: Some(fd) },
+                Err(e) => {
+                    tracing::debug!("no timerfd for the prober ({e}); using tokio's timer");
+                    Self { fd: None }
+                }
+            }
+        }
+        #[cfg(not(any(target_os = "linux", target_os = "android")))]
+        Self {}
+    }
+
+    /// Completes at `t` (never when `None`).
+    async fn until(&self, t: Option<Instant>) {
+        let Some(t) = t else { return futures::future::pending().await };
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        if let Some(fd) = &self.fd {
+            use nix::sys::time::TimeSpec;
+            use nix::sys::timerfd::{Expiration, TimerSetTimeFlags};
+            let left = t.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            // Arming again replaces the previous deadline and clears its expirations.
+            let armed = fd.get_ref().0.set(
+                Expiration::OneShot(TimeSpec::from_duration(left)),
+                TimerSetTimeFlags::empty(),
+            );
+            if armed.is_ok() {
+                loop {
+                    let Ok(mut ready) = fd.readable().await else { break };
+                    // A readiness left from an earlier deadline reads nothing: wait again.
+                    match ready.try_io(|fd| fd.get_ref().0.wait().map_err(std::io::Error::from)) {
+                        Ok(_) => return,
+                        Err(_would_block) => continue,
+                    }
+                }
+            }
+        }
+        tokio::time::sleep_until(t).await
     }
 }
 
