@@ -7,16 +7,18 @@
 #                forked → every node ready; `deploy status` round trip as a whole process;
 #                kill -9 of a node → new pid → ready; daemon RSS at 0 and N nodes (and PSS
 #                with the per-node log pipes); daemon CPU and wake-ups over 60 s with 50 idle
-#                nodes. The same for supervisord (PyPI) and pm2 (npm) side by side, with
-#                ratios, unless --no-peers.
+#                nodes. The same for supervisord (PyPI), pm2 (npm) and pueue (crates.io)
+#                side by side, with ratios, unless --no-peers (pueue restarts nothing: its
+#                kill -9 is watched for 3 s and reported as "never restarts").
 #   logs         one chatty child writing 1 GB of 100-byte lines through each tool into its
 #                files: MB/s, lines lost, CPU of the daemon, the log helper and the writer;
 #                floors: the child writing its own file, and through a pipe into cat.
 #   node         node/examples/bench.rs: remember/ask throughput and p50/p99 at 1 and 16
 #                clients over HTTP on loopback (100 000 atoms, 5 000 asks).
 # The measuring is in scripts/bench/*.py (stdlib Python 3.9+). Peers are installed into the
-# run's temporary dir (pip install --target, npm install --prefix) and are skipped, with a
-# note, when that fails. Everything runs under one temporary dir on loopback ports from
+# run's temporary dir (pip install --target, npm install --prefix, cargo install --root; pueue's
+# compiled crates are kept in target/bench/pueue-build, so only the first run compiles it) and
+# are skipped, with a note, when that fails. Everything runs under one temporary dir on loopback ports from
 # --base-port (default 62000: N consecutive free ports above the usual ephemeral range
 # 32768-60999, so that no outgoing connection takes a node's port); every process started is
 # stopped on exit, even on failure or Ctrl+C: each tool through its own stop command, then by
@@ -89,6 +91,13 @@ if [ "$peers" = 1 ] && { wants supervision || wants logs; }; then
     echo "bench: pm2 installed in $work/peers/npm" >&2
   else
     echo "bench: could not install pm2 from npm (or no node.js); pm2 skipped" >&2
+  fi
+  if command -v cargo >/dev/null \
+    && nice cargo install --quiet --locked pueue --version '^4' --root "$work/peers/cargo" \
+      --target-dir "$PWD/target/bench/pueue-build" >&2; then
+    echo "bench: pueue installed in $work/peers/cargo" >&2
+  else
+    echo "bench: could not install pueue from crates.io (or no cargo); pueue skipped" >&2
   fi
 else
   peer_flags=(--no-peers)

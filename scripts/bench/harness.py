@@ -28,7 +28,7 @@ from measure import ms  # noqa: E402
 from procs import now  # noqa: E402
 
 SECTIONS = ("supervision", "logs", "node")
-PEERS = {"supervisord": tools.Supervisord, "pm2": tools.Pm2}
+PEERS = {"supervisord": tools.Supervisord, "pm2": tools.Pm2, "pueue": tools.Pueue}
 
 FULL = {"nodes": [1, 10, 50], "idle_secs": 60.0, "restarts": 5, "status_runs": 20,
         "log_bytes": 1_000_000_000, "log_line": 100, "atoms": 100_000, "asks": 5_000,
@@ -74,6 +74,8 @@ def machine(ctx):
         pkg = ctx.peers / "npm" / "node_modules" / "pm2" / "package.json"
         versions["pm2"] = json.loads(pkg.read_text(encoding="utf-8"))["version"]
         versions["node.js"] = _first_line(["node", "--version"], ctx.env)
+    if ctx.has("pueue"):
+        versions["pueue"] = _first_line([str(ctx.pueued_bin), "--version"], ctx.env)
     git = _first_line(["git", "-C", str(ctx.repo), "describe", "--always", "--dirty"], ctx.env)
     changed = subprocess.run(["git", "-C", str(ctx.repo), "status", "--short"], env=ctx.env,
                              capture_output=True, timeout=30, check=False).stdout.decode()
@@ -241,9 +243,11 @@ def logs(ctx, p, names):
             prog = tools.Program("chatty", [chatty_py, "--bench-work", str(ctx.work)],
                                  folder / "logs" / "chatty.log", env=cenv, restart=False)
             tool = PEERS[name](ctx, "logs", [prog])
-            log_file = prog.log
+            log_file = prog.log  # pueue: its own task log, known once the task is added
         try:
             tool.up()
+            if isinstance(tool, tools.Pueue):
+                log_file = tool.task_log("chatty")
 
             def start(tool=tool):
                 if subprocess.run(tool.start_argv(1), env=tool.env, stdin=subprocess.DEVNULL,

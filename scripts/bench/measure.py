@@ -140,11 +140,16 @@ def spawn(tool, n, ports, node_bin, timeout=180.0):
     return result
 
 
-def restart(tool, victims, timeout=30.0):
+def restart(tool, victims, timeout=30.0, never_window=3.0):
     """kill -9 of each victim node (pid only, not its group) in turn; times the first new
     node child of the daemon for the same config (polled in /proc every ~0.1 ms), then its
     GET /readyz 200 (polled every 1 ms), then — for dwbase — the supervisor's own status
-    showing it ready. Victims are distinct nodes: each is a first restart, no backoff."""
+    showing it ready. Victims are distinct nodes: each is a first restart, no backoff.
+    A tool that does not restart (`tool.restarts` false: pueue) gets one victim, watched for
+    `never_window` seconds (ten times pueue's 300 ms task loop); no new process in that time
+    is reported as "never restarts", with what the tool's status then says of the child."""
+    if not tool.restarts:
+        victims, timeout = victims[:1], never_window
     samples = []
     for cfg, pid, port in victims:
         watch = procs.ChildWatch(tool.pid)
@@ -162,8 +167,15 @@ def restart(tool, victims, timeout=30.0):
                 if c is not None or not procs.alive(p):
                     pending.remove(p)  # another child (a log pipe) or gone
             if now() > deadline:
-                raise TimeoutError(f"{tool.name}: no new process for {cfg} after kill -9")
+                if tool.restarts:
+                    raise TimeoutError(f"{tool.name}: no new process for {cfg} after kill -9")
+                break
             time.sleep(0.0001)
+        if new is None:
+            samples.append({"config": cfg, "old_pid": pid, "new_pid": None,
+                            "waited_s": round(now() - t0, 2),
+                            "tool_reports": tool.child_report(cfg)})
+            continue
         t_new = watch.first_seen[new] - t0
         procs.wait_for(lambda: procs.http_ok(port, timeout=0.2), timeout,
                        f"{cfg} ready again", pause=0.001)
@@ -174,6 +186,9 @@ def restart(tool, victims, timeout=30.0):
                            "the supervisor to report it ready", pause=0.002)
             sample["supervisor_ready_ms"] = ms(now() - t0)
         samples.append(sample)
+    if not any(s.get("new_pid") for s in samples):
+        return {"never_restarts": True, "waited_s": max(s["waited_s"] for s in samples),
+                "samples": samples}
     keys = ["new_pid_ms", "ready_ms", "supervisor_ready_ms"]
     summary = {k: median([s[k] for s in samples if k in s]) for k in keys}
     summary.update({k.replace("_ms", "_max_ms"): max((s[k] for s in samples if k in s),

@@ -1,6 +1,6 @@
 """The markdown report and the goal verdicts, from the results dict (the JSON written)."""
 
-PEER_ORDER = ("supervisord", "pm2")
+PEER_ORDER = ("supervisord", "pm2", "pueue")
 
 
 def _get(d, *path):
@@ -30,7 +30,7 @@ def fmt_pct(v):
 
 
 def ratio(peer, ours):
-    if peer is None or not ours:
+    if not isinstance(peer, (int, float)) or not isinstance(ours, (int, float)) or not ours:
         return "–"
     r = peer / ours
     return f"{r:.2f}×" if r < 10 else f"{r:.0f}×"
@@ -142,8 +142,14 @@ def _supervision(res, lines):
     def row(label, get, fmt, ratios=True):
         vals = [get(t[x]) for x in names]
         ours = vals[0]
-        lines.append(_row([label] + [fmt(v) for v in vals]
+        lines.append(_row([label] + [v if isinstance(v, str) else fmt(v) for v in vals]
                           + [ratio(get(t[x]), ours) if ratios else "" for x in peers]))
+
+    def restart(d, n, key):
+        r = _get(d, n, "restart") or {}
+        if r.get("never_restarts"):
+            return f"never restarts (none in {r['waited_s']:.0f} s)"
+        return r.get(key)
 
     first = sizes[0]
     row("daemon RSS, 0 nodes", lambda d: _get(d, first, "mem_0", "daemon_rss_kib"), fmt_mib)
@@ -152,6 +158,8 @@ def _supervision(res, lines):
             lambda d, n=n: _get(d, n, "spawn", "all_pids_ms"), fmt_ms)
         row(f"N={n}: start command → every node ready",
             lambda d, n=n: _get(d, n, "spawn", "all_ready_ms"), fmt_ms)
+        row(f"N={n}: start command returns",
+            lambda d, n=n: _get(d, n, "spawn", "command_ms"), fmt_ms)
         row(f"N={n}: daemon CPU time meanwhile",
             lambda d, n=n: _get(d, n, "spawn", "daemon_cpu_ms"), fmt_ms)
         row(f"N={n}: status round trip (whole process, median)",
@@ -163,9 +171,9 @@ def _supervision(res, lines):
             lambda d, n=n: (_get(d, n, "mem_n", "daemon_pss_kib") or 0)
             + (_get(d, n, "mem_n", "helpers_pss_kib") or 0), fmt_mib)
         row(f"N={n}: kill -9 → new pid (median)",
-            lambda d, n=n: _get(d, n, "restart", "new_pid_ms"), fmt_ms)
+            lambda d, n=n: restart(d, n, "new_pid_ms"), fmt_ms)
         row(f"N={n}: kill -9 → ready again (median)",
-            lambda d, n=n: _get(d, n, "restart", "ready_ms"), fmt_ms)
+            lambda d, n=n: restart(d, n, "ready_ms"), fmt_ms)
     idle_secs = _get(t["dwbase"], big, "idle", "seconds")
     if idle_secs:
         row(f"N={big} idle {idle_secs:.0f} s: daemon + helpers CPU",
@@ -175,7 +183,16 @@ def _supervision(res, lines):
             lambda d: _get(d, big, "idle", "daemon_wakeups_per_s"), lambda v: f"{v:.1f}")
         row(f"N={big} idle: RSS at the end",
             lambda d: _get(d, big, "idle", "end_daemon_rss_kib"), fmt_mib)
-    lines += ["", "Ratios are peer ÷ dwbase: above 1 the peer takes more time or memory."]
+    lines += ["", "Ratios are peer ÷ dwbase: above 1 the peer takes more time or memory. "
+              "\"start command returns\": dwbase's `deploy devnet` waits for every node's "
+              "`/readyz`; the peers' start commands know no readiness (`supervisorctl start` "
+              "waits for RUNNING, here `startsecs=0`)."]
+    said = [f"N={n}: {r['samples'][0].get('tool_reports')}" for n in sizes
+            for r in [_get(t.get("pueue", {}), n, "restart") or {}]
+            if r.get("never_restarts") and r["samples"][0].get("tool_reports")]
+    if said:
+        lines += ["", "pueue after the kill -9 (its `status --json` of the task): "
+                  + "; ".join(said) + "."]
     extra = []
     for n in sizes:
         own = _get(t["dwbase"], n, "spawn", "self_reported")

@@ -1,5 +1,5 @@
-"""The supervisors under test behind one interface: dwbase, supervisord (PyPI), pm2 (npm), and
-the floor (scripts/bench/floor.c: posix_spawn and an immediate respawn, nothing else).
+"""The supervisors under test behind one interface: dwbase, supervisord (PyPI), pm2 (npm), pueue
+(crates.io), and the floor (scripts/bench/floor.c: posix_spawn and an immediate respawn, nothing else).
 
 Every tool runs from its own folder under the bench's work dir, so whatever it starts has that
 path on its command line; `cleanup` stops each tool with its own stop command and then
@@ -88,12 +88,22 @@ class Ctx:
     def pm2_bin(self):
         return self.peers / "npm" / "node_modules" / ".bin" / "pm2"
 
+    @property
+    def pueue_bin(self):
+        return self.peers / "cargo" / "bin" / "pueue"
+
+    @property
+    def pueued_bin(self):
+        return self.peers / "cargo" / "bin" / "pueued"
+
     def has(self, tool):
         """Whether a peer was installed (the dwbase binaries always are)."""
         if tool == "supervisord":
             return self.supervisord_bin.exists()
         if tool == "pm2":
             return self.pm2_bin.exists()
+        if tool == "pueue":
+            return self.pueue_bin.exists() and self.pueued_bin.exists()
         return True
 
 
@@ -146,6 +156,9 @@ class Tool:
     pid = None
     env = None
     log_note = ""
+    # False: the tool does not restart a child that dies (kill -9 is then watched for a
+    # bounded window, see measure.restart)
+    restarts = True
 
     def run(self, argv, timeout=120):
         return subprocess.run(
@@ -171,6 +184,11 @@ class Tool:
     def supervisor_ready(self, pid):
         """Whether the supervisor itself reports the child with this pid ready (None: the
         tool has no such notion)."""
+        return None
+
+    def child_report(self, config):
+        """What the tool's status says of the child running `config` (a short text), or
+        None; recorded after a kill -9 that it does not restart."""
         return None
 
 
@@ -382,6 +400,99 @@ class Pm2(Tool):
         stop_pm2(self.ctx, self.home)
 
 
+class Pueue(Tool):
+    """pueue 4.x from crates.io: `pueued` in the foreground as our child, with its own config
+    (state, task logs, unix socket and pid file in its folder, nothing in ~ or /run); one task
+    per child, added stashed (`pueue add --stashed`, not timed) and force-started together by
+    `pueue start ID…`. pueue runs a task as `sh -c COMMAND`: the command is `exec …` so that
+    the child itself is pueued's child, as under the other tools. pueue never restarts a task
+    that dies (it marks it failed)."""
+
+    name = "pueue"
+    log_note = "no timestamps, no rotation (pueue's own task log)"
+    restarts = False
+
+    def __init__(self, ctx, tag, programs):
+        self.ctx = ctx
+        self.dir = ctx.work / f"pueue-{tag}"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.conf = self.dir / "pueue.yml"
+        self.conf.write_text(pueue_conf(self.dir), encoding="utf-8")
+        self.env = {**ctx.env, "PUEUE_CONFIG_PATH": str(self.conf)}
+        self.programs = programs
+        self.ids = {}  # config path (or program name) → task id
+        self.proc = None
+
+    def ctl(self, *args):
+        return [str(self.ctx.pueue_bin), "--config", str(self.conf), *args]
+
+    def up(self):
+        out = open(self.dir / "pueued.out", "wb")  # noqa: SIM115 (closed below)
+        self.proc = subprocess.Popen(
+            [str(self.ctx.pueued_bin), "--config", str(self.conf)],
+            env=self.env, stdin=DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+        )
+        out.close()
+        procs.wait_for(lambda: self.run(self.ctl("status")) == 0, 30, "pueued to answer")
+        self.pid = self.proc.pid
+        for p in self.programs:
+            added = subprocess.run(
+                self.ctl("add", "--stashed", "--print-task-id", "--label", p.name,
+                         "-w", str(p.log.parent.parent), "--",
+                         "exec", *p.argv),
+                env={**self.env, **p.env}, stdin=DEVNULL, capture_output=True, timeout=60,
+                check=False,
+            )
+            if added.returncode != 0 or not added.stdout.strip().isdigit():
+                raise RuntimeError(f"pueue add {p.name} failed: "
+                                   f"{added.stderr.decode(errors='replace')[-500:]}")
+            key = p.argv[2] if p.argv[1:2] == ["--config"] else p.name
+            self.ids[key] = int(added.stdout)
+
+    def start_argv(self, n):
+        return self.ctl("start", *map(str, self.ids.values()))
+
+    def status_argv(self):
+        return self.ctl("status")
+
+    def task_log(self, key):
+        """The file pueue writes a task's output to."""
+        return self.dir / "task_logs" / f"{self.ids[key]}.log"
+
+    def child_report(self, config):
+        out = subprocess.run(self.ctl("status", "--json"), env=self.env, stdin=DEVNULL,
+                             capture_output=True, timeout=30, check=False).stdout
+        try:
+            status = json.loads(out)["tasks"][str(self.ids[config])]["status"]
+        except (ValueError, KeyError):
+            return None
+        if isinstance(status, dict):  # {"Done": {"result": {"Failed": 137}, …}}
+            (kind, detail), = status.items()
+            result = detail.get("result") if isinstance(detail, dict) else None
+            return f"{kind}: {json.dumps(result)}" if result is not None else kind
+        return str(status)
+
+    def down(self):
+        stop_pueue(self.ctx, self.dir)
+        if self.proc:
+            reap(self.proc)
+
+
+def pueue_conf(folder):
+    """A pueue.yml that keeps everything of the daemon in `folder` (JSON is YAML)."""
+    return json.dumps({
+        "shared": {
+            "pueue_directory": str(folder),
+            "runtime_directory": str(folder),
+            "use_unix_socket": True,
+            "unix_socket_path": str(folder / "pueue.socket"),
+            "pid_path": str(folder / "pueue.pid"),
+        },
+        "client": {"read_local_logs": True, "show_confirmation_questions": False},
+        "daemon": {"pause_group_on_failure": False, "pause_all_on_failure": False},
+    }, indent=1) + "\n"
+
+
 def reap(proc, timeout=30):
     """Waits for a child we started; SIGKILL by pid if it does not exit in time."""
     try:
@@ -440,6 +551,16 @@ def stop_pm2(ctx, home):
             procs.kill(pid, signal.SIGKILL)
 
 
+def stop_pueue(ctx, folder):
+    """`pueue shutdown` (pueued kills its running tasks, then exits)."""
+    pid = _pid_in(folder / "pueue.pid")
+    if pid and procs.alive(pid):
+        _quiet([str(ctx.pueue_bin), "--config", str(folder / "pueue.yml"), "shutdown"],
+               {**ctx.env, "PUEUE_CONFIG_PATH": str(folder / "pueue.yml")})
+        if not _wait_gone(pid, 30):
+            procs.kill(pid, signal.SIGKILL)
+
+
 def cleanup(ctx):
     """Stops everything the bench may have left under ctx.work: each tool through its own
     stop command, then SIGKILL by pid for any process whose command line still names the work
@@ -450,6 +571,9 @@ def cleanup(ctx):
         stop_supervisord(ctx, folder)
     for home in sorted(ctx.work.glob("pm2-*")):
         stop_pm2(ctx, home)
+    for folder in sorted(ctx.work.glob("pueue-*")):
+        if folder.is_dir():
+            stop_pueue(ctx, folder)
     mine = {os.getpid()}
     p = os.getppid()
     while p and p > 1 and p not in mine:
