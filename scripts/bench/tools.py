@@ -233,7 +233,9 @@ class Dwbase(Tool):
         return [self.ctx.dwbase, "deploy", "status"]
 
     def helpers(self):
-        return [p for p in procs.children(self.pid) if procs.cmdline(p)[1:2] == ["logpipe"]]
+        """The per-node log pipes: `dwbase-logpipe` (beside the supervisor binary), else
+        `dwbase-supervisor logpipe` or `dwbase supervisor logpipe`."""
+        return [p for p in procs.children(self.pid) if is_logpipe(procs.cmdline(p))]
 
     def supervisor_ready(self, pid):
         out = subprocess.run(
@@ -250,6 +252,12 @@ class Dwbase(Tool):
         stop_dwbase_root(self.ctx, self.root)
         if self.proc:
             reap(self.proc)
+
+
+def is_logpipe(argv):
+    """Whether a command line is one of dwbase's log pipes (see Dwbase.helpers)."""
+    return bool(argv) and (os.path.basename(argv[0]) == "dwbase-logpipe"
+                           or argv[1:2] == ["logpipe"] or argv[1:3] == ["supervisor", "logpipe"])
 
 
 class Floor(Tool):
