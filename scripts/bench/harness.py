@@ -233,8 +233,8 @@ def logs(ctx, p, names):
     for name in names:
         log(f"logs: {name} (load {procs.loadavg()[0]:.2f})")
         if name == "dwbase":
-            tool = tools.Dwbase(ctx, "logs", restart="never", run_args=[
-                "--node-bin", chatty_py, "--log-max-bytes", str(64 << 20), "--log-keep", "64"])
+            tool = tools.Dwbase(ctx, "logs", restart="never", node_bin=chatty_py, run_args=[
+                "--log-max-bytes", str(64 << 20), "--log-keep", "64"])
             tool.env.update(cenv)
             log_file = tool.root / "devnet" / "node-a" / "logs" / "node.log"
         else:
