@@ -156,6 +156,8 @@ pub struct Runner {
     save_error: Option<String>,
     /// Stop waiters of processes that have exited and whose group is being swept.
     sweeps: HashMap<(String, u64), Vec<oneshot::Sender<()>>>,
+    /// Stop waiters whose process group is gone, answered after this turn's save.
+    after_save: Vec<oneshot::Sender<()>>,
     /// New nodes' configs and node records written this turn, made durable together right
     /// before the state files are saved (one journal commit for a rollout of 50 additions).
     unsynced: dwbase_proto::fsutil::SyncBatch,
@@ -196,6 +198,7 @@ impl Runner {
             startup: StartupReport::default(),
             save_error: None,
             sweeps: HashMap::new(),
+            after_save: Vec::new(),
             unsynced: dwbase_proto::fsutil::SyncBatch::default(),
             saved: HashMap::new(),
             notify: bind_notify(&paths_notify),
@@ -289,6 +292,9 @@ impl Runner {
                 self.save();
             }
             self.publish();
+            for w in self.after_save.drain(..) {
+                let _ = w.send(());
+            }
             if let Some(reply) = finish {
                 self.cancel.cancel();
                 let _ = reply.send(());
@@ -416,9 +422,10 @@ impl Runner {
             Msg::Cmd(cmd) => return self.command(cmd),
             Msg::Exited { name, generation, kind } => self.on_exit(&name, generation, kind),
             Msg::Swept { name, generation } => {
-                for w in self.sweeps.remove(&(name, generation)).unwrap_or_default() {
-                    let _ = w.send(());
-                }
+                // Answered once this turn's state is saved: whoever waited for the stop (a
+                // deploy that removes the node, `deploy stop`) may read state.json next.
+                let waiters = self.sweeps.remove(&(name, generation)).unwrap_or_default();
+                self.after_save.extend(waiters);
             }
             Msg::Probes(batch) => {
                 for o in batch {

@@ -39,10 +39,10 @@ const STARTING_WINDOW: Duration = Duration::from_secs(1);
 /// Probes due within this much of each other run in the same batch.
 const BATCH_SLACK: Duration = Duration::from_millis(5);
 
-/// After a batch of steady probes (every node in it ready) is written, the prober thread
-/// sleeps this long before it waits for answers, so that nodes on loopback have all answered
-/// and one wake-up reads every answer, instead of one per answer as they trickle in. A
-/// command from the runner waits at most this long; a starting node's probes never do.
+/// While steady probes are out (every node ready), the prober thread sleeps this long each
+/// time before it waits for answers, so that nodes on loopback have all answered and one
+/// wake-up reads every answer, instead of one per answer as they trickle in. A command from
+/// the runner waits at most this long more; a starting node's probes never do.
 const GATHER_ANSWERS: Duration = Duration::from_millis(3);
 
 /// Which probe.
@@ -127,9 +127,9 @@ impl Prober {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .on_thread_park(move || {
-                // A steady batch has just been written out and the thread is about to wait
-                // for its answers: let them all arrive, so that one wake-up takes them in.
-                if parked.swap(false, Ordering::Relaxed) {
+                // Steady probes are out and the thread is about to wait for their answers:
+                // let them all arrive, so that one wake-up takes them in.
+                if parked.load(Ordering::Relaxed) {
                     std::thread::sleep(GATHER_ANSWERS);
                 }
             })
@@ -236,6 +236,10 @@ async fn run(
     let first = STARTING_PROBE_FIRST.min(cfg.fast);
     let alarm = Alarm::new();
     loop {
+        // Gather answers (see GATHER_ANSWERS) while several probes are out and every node is
+        // ready; never while one starts (its probes run every few milliseconds).
+        let out = targets.values().filter(|t| t.busy).count();
+        gather.store(out > 1 && targets.values().all(|t| t.ready), Ordering::Relaxed);
         let next = targets
             .values()
             .filter(|t| !t.busy)
@@ -306,7 +310,6 @@ async fn run(
             _ = alarm.until(next), if next.is_some() => {
                 let due_by = Instant::now() + BATCH_SLACK;
                 let mut probes = Vec::new();
-                let mut steady = true;
                 for (name, t) in targets.iter_mut().filter(|(_, t)| !t.busy) {
                     let ready_due = t.next_ready <= due_by;
                     let live_due = t.next_live.is_some_and(|l| l <= due_by);
@@ -314,22 +317,28 @@ async fn run(
                         continue;
                     }
                     t.busy = true;
-                    steady &= t.ready;
-                    if ready_due {
-                        probes.push(probe(name, t, Kind::Readiness, cfg.timeout));
-                    }
-                    if live_due {
+                    let ready = ready_due.then(|| probe(name, t, Kind::Readiness, cfg.timeout));
+                    let live = live_due.then(|| {
                         let timeout = Duration::from_millis(t.liveness.timeout_ms.max(1));
-                        probes.push(probe(name, t, Kind::Liveness, timeout));
-                    }
+                        probe(name, t, Kind::Liveness, timeout)
+                    });
+                    // Both due: one after the other on the node's one kept-alive connection
+                    // (at once, the second would open, and then drop, a connection of its own
+                    // every readiness period).
+                    probes.push(
+                        async move {
+                            let mut out = Vec::with_capacity(2);
+                            for p in [ready, live].into_iter().flatten() {
+                                out.push(p.await);
+                            }
+                            out
+                        }
+                        .boxed(),
+                    );
                 }
                 if !probes.is_empty() {
-                    // Worth it for several answers, and not while any node starts (its
-                    // probes run every few milliseconds).
-                    let several = probes.len() > 1;
-                    let starting = targets.values().any(|t| !t.ready);
-                    gather.store(several && steady && !starting, Ordering::Relaxed);
-                    inflight.push(futures::future::join_all(probes).boxed());
+                    let batch = futures::future::join_all(probes);
+                    inflight.push(batch.map(|v| v.into_iter().flatten().collect()).boxed());
                 }
             }
         }
