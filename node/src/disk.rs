@@ -7,9 +7,15 @@
 //! - [`DiskGuard::admit`] runs for every write (remember, swarm ingest, world changes). It
 //!   compares the free space of the filesystem holding the data dir (`statvfs`'s `f_bavail`,
 //!   `df`'s "Avail", one syscall: microseconds) with the reserve, `[node.limits] min_free_mb`.
-//!   The figure is refreshed after every group commit (once per commit batch), and by any write
+//!   The figure is refreshed after a group commit (once per commit batch), and by any write
 //!   that finds it older than [`FRESH_FOR`], so a filesystem filled by someone else is seen
-//!   too; bytes admitted since the last refresh count as already used.
+//!   too; bytes admitted since the last refresh count as already used. A commit skips the
+//!   refresh ([`DiskGuard::refresh_after_commit`]) only while the figure is younger than
+//!   [`FRESH_FOR`], at least [`FAR_FROM_RESERVE`] above what writes need, and the bytes
+//!   admitted since are under [`SKIP_SHARE`] of that headroom: near the reserve every commit
+//!   samples, as before, and far from it a writer would have to write many times what it was
+//!   admitted for, or someone else [`FAR_FROM_RESERVE`] within [`FRESH_FOR`], to cross the
+//!   reserve unseen. (The `statvfs` was one more system call on every remember's path.)
 //! - Below the reserve a write is refused with 507 and a JSON reason, `/readyz` answers 503
 //!   with reason `disk_reserve`, and writes resume by themselves as soon as space is back:
 //!   the node's disk watch refreshes the figure every [`WATCH_INTERVAL`].
@@ -40,6 +46,13 @@ pub const AUTO_RESERVE_MAX: u64 = 64 << 20;
 pub const AUTO_BALLAST_MAX: u64 = 16 << 20;
 /// A free-space figure younger than this is used as it is by [`DiskGuard::admit`].
 pub const FRESH_FOR: Duration = Duration::from_millis(20);
+/// Headroom above what writes need beyond which a commit may skip its refresh (see the module
+/// docs): 64 MiB, more than a second's writes of a fast node, far more than [`FRESH_FOR`]'s.
+pub const FAR_FROM_RESERVE: u64 = 64 << 20;
+/// Bytes admitted since the last refresh, as a share (1/N) of the headroom then, up to which a
+/// commit may skip its refresh: the actual writes could be N times the admitted estimate
+/// before reaching the reserve.
+pub const SKIP_SHARE: u64 = 8;
 /// How often the node's disk watch refreshes the figure (and recovers the store).
 pub const WATCH_INTERVAL: Duration = Duration::from_millis(250);
 /// Bytes on disk counted per byte admitted (sled's log records, index pages, rewrites).
@@ -56,6 +69,31 @@ pub struct NoRoom {
     pub needed_bytes: u64,
     /// The message for the client and `/readyz`.
     pub message: String,
+}
+
+/// The free-space figure as a commit finds it ([`DiskGuard::refresh_after_commit`]).
+#[derive(Debug, Clone, Copy)]
+struct Sampled {
+    /// Whether the last refresh could read the filesystem.
+    known: bool,
+    /// Time since the last refresh.
+    age: Duration,
+    /// Free bytes at the last refresh.
+    free: u64,
+    /// Bytes admitted since (write amplification included).
+    admitted: u64,
+}
+
+impl Sampled {
+    /// Whether a commit may keep this figure: fresh, and far above `needed` even if the bytes
+    /// admitted since were [`SKIP_SHARE`] times more on disk.
+    fn may_skip(&self, needed: u64) -> bool {
+        let headroom = self.free.saturating_sub(needed);
+        self.known
+            && self.age < FRESH_FOR
+            && headroom >= FAR_FROM_RESERVE
+            && self.admitted < headroom / SKIP_SHARE
+    }
 }
 
 /// The free-space guard of one data dir (see the module docs).
@@ -124,6 +162,21 @@ impl DiskGuard {
         self.admitted.store(0, Ordering::Relaxed);
         self.checked_ms.store(self.now_ms(), Ordering::Relaxed);
         usage
+    }
+
+    /// The refresh after a group commit: skipped while the last figure is fresh and the free
+    /// space far above the reserve (see the module docs); otherwise [`DiskGuard::refresh`].
+    pub fn refresh_after_commit(&self) {
+        let age = self.now_ms().saturating_sub(self.checked_ms.load(Ordering::Relaxed));
+        let sample = Sampled {
+            known: self.known.load(Ordering::Relaxed),
+            age: Duration::from_millis(age),
+            free: self.free.load(Ordering::Relaxed),
+            admitted: self.admitted.load(Ordering::Relaxed),
+        };
+        if !sample.may_skip(self.needed_bytes()) {
+            self.refresh();
+        }
     }
 
     /// Bytes that must stay free on the filesystem: `min_free_mb`, or 5 % of the filesystem
@@ -409,6 +462,22 @@ mod tests {
         assert!(!file.exists());
         assert!(!g.release_ballast(), "already gone");
         assert!(DiskGuard::new(dir.path(), &limits(Some(1), Some(2))).needed_bytes() == 3 * MIB);
+    }
+
+    #[test]
+    fn a_commit_keeps_the_figure_only_while_fresh_and_far_above_the_reserve() {
+        let needed = 8 * MIB;
+        let far = needed + FAR_FROM_RESERVE;
+        let s = Sampled { known: true, age: Duration::ZERO, free: far, admitted: 0 };
+        assert!(s.may_skip(needed));
+        assert!(!Sampled { age: FRESH_FOR, ..s }.may_skip(needed), "stale");
+        assert!(!Sampled { known: false, ..s }.may_skip(needed), "unknown");
+        assert!(!Sampled { free: far - 1, ..s }.may_skip(needed), "near the reserve");
+        let share = FAR_FROM_RESERVE / SKIP_SHARE;
+        assert!(Sampled { admitted: share - 1, ..s }.may_skip(needed));
+        assert!(!Sampled { admitted: share, ..s }.may_skip(needed), "much written since");
+        // A small filesystem (the reserve tests' loop mounts) samples after every commit.
+        assert!(!Sampled { free: 200 * MIB, ..s }.may_skip(190 * MIB));
     }
 
     #[test]

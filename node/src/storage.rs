@@ -28,9 +28,11 @@
 //! one flush (one log write and sync) serves every write queued before it started, while the
 //! next group's writes go on. A lone writer (no other write announced, nothing queued on that
 //! thread, the last group a single writer) flushes on its own blocking thread instead, saving
-//! the hand-off to the flusher thread and back. Ids are ULIDs (time + 80 random bits) and are
-//! checked against the store before use, so ids never repeat across restarts; `seq` comes from
-//! sled's persisted id generator, which never goes backwards either.
+//! the hand-off to the flusher thread and back; the blocking thread answers its request through
+//! a bell ([`Bells`]: a byte on a socket pair, heard by the runtime's I/O driver), which wakes
+//! one async worker where a join handle woke two. Ids are ULIDs (time +
+//! 80 random bits) and are checked against the store before use, so ids never repeat across
+//! restarts; `seq` comes from sled's persisted id generator, which never goes backwards either.
 //!
 //! # When the disk fills up or fails
 //!
@@ -503,6 +505,8 @@ pub struct Store {
     reads: Arc<ReadOps>,
     /// [`Store::probe`]'s background read.
     probing: Arc<Mutex<ProbeState>>,
+    /// Bells for writes waiting on their blocking thread (see [`Bells`]).
+    bells: Bells,
 }
 
 /// A world's record plus its atom count.
@@ -771,8 +775,9 @@ impl Store {
     }
 
     /// [`Store::open`] for a live node: writes are checked against `disk`'s reserve, its
-    /// figure is refreshed after every group commit, and when sled cannot open for lack of
-    /// space its ballast is released and the open tried again.
+    /// figure is refreshed after group commits (see [`DiskGuard::refresh_after_commit`]), and
+    /// when sled cannot open for lack of space its ballast is released and the open tried
+    /// again.
     pub fn open_with(
         opts: &StoreOptions,
         disk: Option<Arc<DiskGuard>>,
@@ -859,6 +864,7 @@ impl Store {
             reopening: Busy::new(epoch),
             reads: Arc::new(ReadOps { epoch, next: AtomicU64::new(0), ops: Mutex::default() }),
             probing: Arc::default(),
+            bells: Bells::default(),
         })
     }
 
@@ -1306,17 +1312,16 @@ impl Store {
         // (A `block_in_place` variant, which also saved the hop to the blocking thread, was
         // faster on a loaded machine but could not time out: a wedged flush would hang its
         // request. Every write stays under `COMMIT_TIMEOUT`.)
-        let applied =
-            match tokio::time::timeout_at(deadline, tokio::task::spawn_blocking(apply)).await {
-                Err(_) => return Err(StorageError::CommitTimeout),
-                Ok(Err(join)) => {
-                    return Err(StorageError::Flush {
-                        message: format!("the write task failed: {join}"),
-                        no_space: false,
-                    })
-                }
-                Ok(Ok(result)) => self.note(result)?,
-            };
+        let applied = match self.bells.run(deadline, apply).await {
+            None => return Err(StorageError::CommitTimeout),
+            Some(Err(failed)) => {
+                return Err(StorageError::Flush {
+                    message: format!("the write task failed: {failed}"),
+                    no_space: false,
+                })
+            }
+            Some(Ok(result)) => self.note(result)?,
+        };
         let (applied, flushed) = applied;
         if !applied {
             return Ok(Inserted::Exists);
@@ -1709,6 +1714,143 @@ impl Drop for PendingWrite<'_> {
     }
 }
 
+/// Bells on which a write's blocking thread tells its request that it is done.
+///
+/// A task woken from a thread outside the runtime (a `spawn_blocking` join handle, a oneshot
+/// sent from the blocking pool) is queued on the runtime's injection queue and a parked worker
+/// is woken to search for it; the worker that finds it wakes one more to keep searching, which
+/// finds nothing and parks again: two workers woken, and two more context switches, for every
+/// remember. A byte written to a socket pair instead reaches the request through the runtime's
+/// I/O driver, like a client's next request does: the worker polling it runs the request at
+/// once, and wakes no other. The result itself goes through a oneshot that the request reads
+/// only after the bell rang (so it never waits on it). Bells are kept for reuse; one whose
+/// write outlived its deadline is dropped (its late byte must not ring for the next write).
+/// At most [`BELLS_MAX`] exist (two file descriptors each, out of the few the node keeps
+/// besides its connections); writes beyond them, and writes when no socket pair can be had,
+/// wait on the join handle as before.
+#[derive(Default)]
+struct Bells {
+    kept: Mutex<Vec<Bell>>,
+    /// Bells in existence (kept or in use).
+    live: std::sync::atomic::AtomicUsize,
+}
+
+/// Most bells in existence at once: concurrent writes beyond it share a group commit anyway.
+const BELLS_MAX: usize = 32;
+
+struct Bell {
+    rx: tokio::net::UnixStream,
+    tx: Arc<std::os::unix::net::UnixStream>,
+}
+
+impl Bell {
+    fn new() -> std::io::Result<Bell> {
+        let (rx, tx) = std::os::unix::net::UnixStream::pair()?;
+        rx.set_nonblocking(true)?;
+        Ok(Bell { rx: tokio::net::UnixStream::from_std(rx)?, tx: Arc::new(tx) })
+    }
+}
+
+/// Rings its bell when dropped: once the work's result is sent, or when the work panicked.
+struct Ringer(Arc<std::os::unix::net::UnixStream>);
+
+impl Drop for Ringer {
+    fn drop(&mut self) {
+        use std::io::Write as _;
+        // One byte into an empty socket buffer: never blocks. Fails only once the request
+        // gave up and closed its end (SIGPIPE is ignored in Rust programs).
+        let _ = (&*self.0).write(&[1]);
+    }
+}
+
+impl Bells {
+    /// Runs `work` on a blocking thread and waits for it until `deadline`: `None` once the
+    /// deadline has passed (the work goes on), `Some(Err(_))` when it panicked.
+    async fn run<T: Send + 'static>(
+        &self,
+        deadline: tokio::time::Instant,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Option<Result<T, String>> {
+        let pooled = self.kept.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let Some(bell) = pooled.or_else(|| self.new_bell()) else {
+            // No socket pair to be had (out of file descriptors): the join handle.
+            return match tokio::time::timeout_at(deadline, tokio::task::spawn_blocking(work)).await
+            {
+                Err(_) => None,
+                Ok(joined) => Some(joined.map_err(|e| e.to_string())),
+            };
+        };
+        let (tx, mut rx) = oneshot::channel();
+        let ringer = Ringer(bell.tx.clone());
+        // Back to the pool only once it rang; dropped (and no longer counted) otherwise, also
+        // when this future is dropped mid-wait (a client that went away).
+        let mut held = Held { bells: self, bell: Some(bell) };
+        // Dropping the join handle detaches the task: the bell is how it reports back.
+        drop(tokio::task::spawn_blocking(move || {
+            // Declared first, dropped last: the result is sent (or, on a panic, its sender
+            // dropped) before the bell rings.
+            let _ringer = ringer;
+            let tx = tx;
+            let _ = tx.send(work());
+        }));
+        let mut byte = [0u8; 8];
+        let rang = tokio::time::timeout_at(deadline, async {
+            use tokio::io::AsyncReadExt as _;
+            match held.bell.as_mut() {
+                Some(bell) => bell.rx.read(&mut byte).await,
+                None => Ok(0),
+            }
+        })
+        .await;
+        match rang {
+            Ok(Ok(n)) if n > 0 => {
+                let result = rx.try_recv().map_err(|_| "it panicked".to_owned());
+                if let Some(bell) = held.bell.take() {
+                    self.kept.lock().unwrap_or_else(|p| p.into_inner()).push(bell);
+                }
+                Some(result)
+            }
+            Err(_) => None,
+            // The bell broke (it cannot while its sender lives): wait on the result itself.
+            Ok(_) => {
+                drop(held);
+                match tokio::time::timeout_at(deadline, rx).await {
+                    Err(_) => None,
+                    Ok(result) => Some(result.map_err(|_| "it panicked".to_owned())),
+                }
+            }
+        }
+    }
+
+    /// A new bell, unless [`BELLS_MAX`] exist or no socket pair can be had.
+    fn new_bell(&self) -> Option<Bell> {
+        let live = &self.live;
+        if live.fetch_add(1, Ordering::AcqRel) >= BELLS_MAX {
+            live.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        let bell = Bell::new().ok();
+        if bell.is_none() {
+            live.fetch_sub(1, Ordering::AcqRel);
+        }
+        bell
+    }
+}
+
+/// A bell in use: closed and no longer counted when dropped still holding it.
+struct Held<'a> {
+    bells: &'a Bells,
+    bell: Option<Bell>,
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        if self.bell.take().is_some() {
+            self.bells.live.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
 /// Longest a flush waits for writers that are about to ask for one.
 const LINGER_MAX: Duration = Duration::from_micros(300);
 
@@ -1752,9 +1894,14 @@ impl FlushStep {
             }
         };
         self.count.fetch_add(1, Ordering::Relaxed);
-        // The free-space figure the next writers are admitted against: once per flush.
+        // The free-space figure the next writers are admitted against: after a flush, unless
+        // it is fresh and far above the reserve (see `DiskGuard::refresh_after_commit`).
         if let Some(d) = &self.disk {
-            d.refresh();
+            if result.is_ok() {
+                d.refresh_after_commit();
+            } else {
+                d.refresh();
+            }
         }
         result
     }
@@ -2082,5 +2229,68 @@ mod tests {
         }
         let store = Store::open(&opts(dir.path())).unwrap();
         assert!(store.world("w").unwrap().archived);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn bells_answer_results_panics_and_deadlines_and_a_late_ring_is_never_heard() {
+        let bells = Bells::default();
+        let far = || tokio::time::Instant::now() + Duration::from_secs(30);
+        for i in 0..100u32 {
+            assert_eq!(bells.run(far(), move || i * 2).await, Some(Ok(i * 2)));
+        }
+        assert_eq!(bells.live.load(Ordering::Relaxed), 1, "one bell, reused");
+        let panicked = bells.run(far(), || -> u32 { panic!("boom") }).await;
+        assert!(matches!(panicked, Some(Err(_))), "{panicked:?}");
+        assert_eq!(bells.live.load(Ordering::Relaxed), 1, "a panic still rings: kept");
+
+        // A write past its deadline: answered None, its bell closed; its late ring (once it is
+        // let go) reaches no later write.
+        let (go, wait) = mpsc::channel::<()>();
+        let (done_tx, done) = mpsc::channel::<()>();
+        let soon = tokio::time::Instant::now() + Duration::from_millis(50);
+        let late = bells.run(soon, move || {
+            let _ = wait.recv();
+            let _ = done_tx.send(());
+            7u32
+        });
+        assert_eq!(late.await, None);
+        assert_eq!(bells.live.load(Ordering::Relaxed), 0, "the late write's bell is closed");
+        go.send(()).unwrap();
+        tokio::task::spawn_blocking(move || done.recv()).await.unwrap().unwrap();
+        for i in 0..10u32 {
+            assert_eq!(bells.run(far(), move || i + 1000).await, Some(Ok(i + 1000)));
+        }
+
+        // Concurrent writes: at most BELLS_MAX bells; the others wait on their join handle.
+        let runs = (0..(BELLS_MAX as u32 * 2))
+            .map(|i| {
+                let b = &bells;
+                async move { b.run(far(), move || i).await }
+            })
+            .collect::<Vec<_>>();
+        let answers = futures::future::join_all(runs).await;
+        for (i, a) in answers.into_iter().enumerate() {
+            assert_eq!(a, Some(Ok(i as u32)));
+        }
+        assert!(bells.live.load(Ordering::Relaxed) <= BELLS_MAX);
+
+        // A request dropped while it waits (its client went away): its bell is not counted
+        // any more, so bells never run out.
+        let before = bells.live.load(Ordering::Relaxed);
+        let (go, wait) = mpsc::channel::<()>();
+        let dropped = tokio::time::timeout(
+            Duration::from_millis(20),
+            bells.run(far(), move || {
+                let _ = wait.recv();
+            }),
+        )
+        .await;
+        assert!(dropped.is_err(), "still waiting when dropped");
+        go.send(()).unwrap();
+        let after = bells.live.load(Ordering::Relaxed);
+        assert!(
+            after < before.max(1),
+            "the dropped request's bell still counted: {before} -> {after}"
+        );
     }
 }
