@@ -197,8 +197,9 @@ def restart(tool, victims, timeout=30.0, never_window=3.0):
 
 
 def idle(tool, seconds, settle=3.0):
-    """CPU time (utime+stime) and wake-ups (context switches) of the daemon and its helpers
-    over `seconds` with nothing asked of them, after `settle` seconds."""
+    """CPU time (utime+stime) of the daemon and its helpers, and the daemon's wake-ups
+    (voluntary context switches) and preemptions (involuntary ones), over `seconds` with
+    nothing asked of them, after `settle` seconds."""
     time.sleep(settle)
     pids = [tool.pid] + tool.helpers()
     cpu0 = [procs.cpu_seconds(p) for p in pids]
@@ -214,7 +215,8 @@ def idle(tool, seconds, settle=3.0):
         "seconds": round(wall, 1),
         "daemon_cpu_pct": round((cpu1[0] - cpu0[0]) / wall * 100, 3),
         "helpers_cpu_pct": round(sum(b - a for a, b in zip(cpu0[1:], cpu1[1:])) / wall * 100, 3),
-        "daemon_wakeups_per_s": round((ctx1 - ctx0) / wall, 1),
+        "daemon_wakeups_per_s": round((ctx1[0] - ctx0[0]) / wall, 2),
+        "daemon_preemptions_per_s": round((ctx1[1] - ctx0[1]) / wall, 2),
         "machine_busy_pct": round((mach1[0] - mach0[0]) / max(1, mach1[1] - mach0[1]) * 100, 1),
         **{f"end_{k}": v for k, v in memory(tool).items()},
     }

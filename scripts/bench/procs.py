@@ -82,17 +82,18 @@ def pss_kib(pid):
 
 
 def context_switches(pid):
-    """Voluntary + involuntary context switches summed over every thread: each one is a
-    wake-up (or a preemption) of that process."""
-    total = 0
+    """(voluntary, involuntary) context switches summed over every thread. A voluntary one is
+    the thread going to sleep: each is one wake-up later. An involuntary one is a preemption
+    while it runs (e.g. by a child it has just woken with a request), not a wake-up."""
+    vol = invol = 0
     try:
         tids = os.listdir(f"/proc/{pid}/task")
     except OSError:
-        return 0
+        return 0, 0
     for tid in tids:
-        total += _status_field(f"{pid}/task/{tid}", "voluntary_ctxt_switches:")
-        total += _status_field(f"{pid}/task/{tid}", "nonvoluntary_ctxt_switches:")
-    return total
+        vol += _status_field(f"{pid}/task/{tid}", "voluntary_ctxt_switches:")
+        invol += _status_field(f"{pid}/task/{tid}", "nonvoluntary_ctxt_switches:")
+    return vol, invol
 
 
 def cmdline(pid):

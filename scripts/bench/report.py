@@ -179,8 +179,11 @@ def _supervision(res, lines):
         row(f"N={big} idle {idle_secs:.0f} s: daemon + helpers CPU",
             lambda d: (_get(d, big, "idle", "daemon_cpu_pct") or 0)
             + (_get(d, big, "idle", "helpers_cpu_pct") or 0), lambda v: f"{v:.3f} %")
-        row(f"N={big} idle: daemon wake-ups/s (context switches)",
-            lambda d: _get(d, big, "idle", "daemon_wakeups_per_s"), lambda v: f"{v:.1f}")
+        row(f"N={big} idle: daemon wake-ups/s (voluntary context switches)",
+            lambda d: _get(d, big, "idle", "daemon_wakeups_per_s"), lambda v: f"{v:.2f}")
+        row(f"N={big} idle: … preempted while awake, /s (involuntary switches)",
+            lambda d: _get(d, big, "idle", "daemon_preemptions_per_s"),
+            lambda v: "–" if v is None else f"{v:.2f}")
         row(f"N={big} idle: RSS at the end",
             lambda d: _get(d, big, "idle", "end_daemon_rss_kib"), fmt_mib)
     lines += ["", "Ratios are peer ÷ dwbase: above 1 the peer takes more time or memory. "

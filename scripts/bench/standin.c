@@ -12,6 +12,9 @@
  * figures measure the supervisor (fork, exec, readiness, restart) rather than the node's own
  * start-up; the real node is measured beside it. Built by bench.sh with `cc -O2` into the
  * run's temporary dir. */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE /* memmem, accept4 */
+#endif
 #include <arpa/inet.h>
 #include <ctype.h>
 #include <errno.h>
