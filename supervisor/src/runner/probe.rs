@@ -1,5 +1,5 @@
-//! The prober: one task, on a thread of its own, that probes every running node — readiness (`GET /readyz`) and
-//! liveness (`GET /healthz`) — and reports to the runner in batches.
+//! The prober: one task, on a thread of its own, that probes every running node — readiness
+//! (`GET /readyz`) and liveness (`GET /healthz`) — and reports to the runner in batches.
 //!
 //! Steady-state probes run on a shared grid (multiples of the period since the prober
 //! started), so an idle devnet of 50 nodes wakes the supervisor once per period for all of
