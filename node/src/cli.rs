@@ -136,9 +136,14 @@ pub fn run(args: NodeArgs) -> ExitCode {
 /// ([`dwbase_proto::notify`]: the log may sit on the very disk that is full) — and gives the
 /// exit code to return.
 fn fatal(code: u8, why: &str) -> ExitCode {
+    tell_why(why);
+    ExitCode::from(code)
+}
+
+/// Why the node is about to exit: on stderr and to its supervisor ([`fatal`], the watchdog).
+fn tell_why(why: &str) {
     eprintln!("dwbase-node: {why}");
     dwbase_proto::notify::last_words(why);
-    ExitCode::from(code)
 }
 
 /// Refuses to start on an empty store when the original DWBase, which resolved a relative
@@ -225,16 +230,15 @@ fn stall_watchdog(node: &Node, stall_exit: std::time::Duration) {
             Ok(()) => warned = false,
             Err(stall) if stall.stuck_for >= stall_exit => {
                 let why = format!(
-                    "dwbase-node: exiting: {stall}, past node.limits.stall_exit_secs = {}s; only \
-                     a new process can reopen the store (every acknowledged write is on disk). \
-                     Check the disk holding {} (full? failing?)",
+                    "exiting: {stall}, past node.limits.stall_exit_secs = {}s; only a new \
+                     process can reopen the store (every acknowledged write is on disk). Check \
+                     the disk holding {} (full? failing?)",
                     stall_exit.as_secs(),
                     node.config().node.data_dir.display()
                 );
                 tracing::error!("{why}");
-                eprintln!("{why}");
+                tell_why(&why);
                 let _ = std::io::stderr().flush();
-                dwbase_proto::notify::last_words(why.trim_start_matches("dwbase-node: "));
                 std::process::exit(i32::from(EXIT_STORE_STUCK));
             }
             Err(stall) => {
