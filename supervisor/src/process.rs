@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use dwbase_proto::ExitKind;
 use tokio::process::{Child, Command};
+use tokio::sync::oneshot;
 
 /// Node environment variables the supervisor never passes through from its own environment:
 /// each node's config file is authoritative (one inherited `DWBASE_LISTEN` would make every
@@ -101,6 +102,113 @@ pub struct SpawnedNode {
     pub start_time: Option<u64>,
     /// The child handle, for `wait`.
     pub child: Child,
+    /// Its log pipe, to be started ([`LogSink::Pipe`]): hand `.1` to [`start_log_pipes`],
+    /// await `.0`.
+    pub log_pipe: Option<(LogPipeStart, LogPipeJob)>,
+}
+
+/// A node's log pipe, started on the log-pipe thread, off the caller's: the runner spawns the
+/// nodes of a turn back to back and hands their log pipes over at the end of the turn, so a
+/// rollout of 50 starts 50 processes before it starts the other 50 (each process start costs
+/// this VM about a millisecond of CPU, and the nodes are what the deploy waits for). Until
+/// its pipe has started, a node's output waits in the pipe's buffer (64 KiB on Linux).
+#[derive(Debug)]
+pub struct LogPipeStart {
+    rx: oneshot::Receiver<io::Result<Child>>,
+    node_pid: u32,
+    log_path: PathBuf,
+    program: PathBuf,
+}
+
+impl LogPipeStart {
+    /// Waits until the log pipe has started (or failed to) and returns its pid; from then on
+    /// it is reaped in the background. Await this before reaping the node: until the node is
+    /// reaped its process group exists, so the log pipe can always join it.
+    pub async fn started(self) -> Option<u32> {
+        let result = match self.rx.await {
+            Ok(r) => r,
+            Err(_) => Err(io::Error::other("the log-pipe thread is gone")),
+        };
+        match result {
+            Ok(mut child) => {
+                let pid = child.id();
+                // Reap it whenever it ends; it does not report to anyone.
+                tokio::spawn(async move {
+                    let _ = child.wait().await;
+                });
+                pid
+            }
+            Err(e) => {
+                // The node runs, but its output goes nowhere (SIGPIPE on first write).
+                tracing::error!(
+                    pid = self.node_pid, log = %self.log_path.display(), program = %self.program.display(),
+                    "starting the log pipe failed: {e}"
+                );
+                None
+            }
+        }
+    }
+}
+
+/// One log pipe to start: the command, the runtime its child registers with, the answer.
+pub struct LogPipeJob {
+    cmd: Command,
+    runtime: tokio::runtime::Handle,
+    done: oneshot::Sender<io::Result<Child>>,
+}
+
+impl std::fmt::Debug for LogPipeJob {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LogPipeJob").field("cmd", self.cmd.as_std()).finish_non_exhaustive()
+    }
+}
+
+impl LogPipeJob {
+    fn run(self) {
+        let _rt = self.runtime.enter();
+        let mut cmd = self.cmd;
+        let _ = self.done.send(cmd.spawn());
+    }
+}
+
+/// Starts log pipes, in the order given, on one thread of its own ("dwbase-logpipes"),
+/// created at the first use and then blocked on its queue (no wake-up while idle). Starting
+/// a process blocks its caller until the child has exec'd (posix_spawn's vfork); here that
+/// runs beside the runner instead of inside its turn. Where no thread can be started, the
+/// pipes start on the caller's thread.
+pub fn start_log_pipes(jobs: impl IntoIterator<Item = LogPipeJob>) {
+    use std::sync::mpsc::Sender;
+    use std::sync::{Mutex, OnceLock};
+    static QUEUE: OnceLock<Mutex<Option<Sender<LogPipeJob>>>> = OnceLock::new();
+    let queue = QUEUE.get_or_init(|| Mutex::new(None));
+    let mut guard = queue.lock().unwrap_or_else(|e| e.into_inner());
+    for job in jobs {
+        let job = match guard.as_ref() {
+            Some(tx) => match tx.send(job) {
+                Ok(()) => continue,
+                // The thread is gone (it panicked): start another one.
+                Err(back) => back.0,
+            },
+            None => job,
+        };
+        let (tx, rx) = std::sync::mpsc::channel::<LogPipeJob>();
+        let thread = std::thread::Builder::new().name("dwbase-logpipes".into()).spawn(move || {
+            for job in rx {
+                job.run();
+            }
+        });
+        match thread {
+            Ok(_) => {
+                let _ = tx.send(job);
+                *guard = Some(tx);
+            }
+            Err(e) => {
+                tracing::warn!("starting the log-pipe thread: {e}; starting a log pipe inline");
+                *guard = None;
+                job.run();
+            }
+        }
+    }
 }
 
 /// Spawning failed.
@@ -205,29 +313,22 @@ pub fn spawn_node(spec: &SpawnSpec<'_>) -> Result<SpawnedNode, SpawnError> {
                 .stderr(Stdio::null())
                 .process_group(node.pid as i32)
                 .kill_on_drop(false);
-            match lp.spawn() {
-                Ok(mut pipe_child) => {
-                    // Reap it whenever it ends; it does not report to anyone.
-                    tokio::spawn(async move {
-                        let _ = pipe_child.wait().await;
-                    });
-                }
-                Err(e) => {
-                    // The node runs, but its output goes nowhere (SIGPIPE on first write).
-                    tracing::error!(
-                        pid = node.pid, log = %spec.log_path.display(), program = %logpipe.program.display(),
-                        "starting the log pipe failed: {e}"
-                    );
-                }
-            }
-            Ok(node)
+            let (done, rx) = oneshot::channel();
+            let job = LogPipeJob { cmd: lp, runtime: tokio::runtime::Handle::current(), done };
+            let start = LogPipeStart {
+                rx,
+                node_pid: node.pid,
+                log_path: spec.log_path.to_owned(),
+                program: logpipe.program.clone(),
+            };
+            Ok(SpawnedNode { log_pipe: Some((start, job)), ..node })
         }
     }
 }
 
 fn finish(child: Child) -> SpawnedNode {
     let pid = child.id().unwrap_or(0);
-    SpawnedNode { pid, start_time: dwbase_proto::process::start_time(pid), child }
+    SpawnedNode { pid, start_time: dwbase_proto::process::start_time(pid), child, log_pipe: None }
 }
 
 /// Code or signal of an exit status.
@@ -318,32 +419,77 @@ mod tests {
         assert!(tail_lines(&dir.path().join("missing"), 3).is_empty());
     }
 
-    #[tokio::test]
-    async fn spawn_append_and_wait() {
-        let dir = tempfile::tempdir().unwrap();
-        let script = dir.path().join("node.sh");
-        std::fs::write(&script, "#!/bin/sh\necho \"hello $DWBASE_NODE_ID $1 $2\"\nexit 3\n")
-            .unwrap();
+    /// Spawns `body` as a shell-script node `node-a` in `dir`, its log in `dir/logs/node.log`.
+    fn spawn_script(dir: &Path, body: &str, sink: &LogSink) -> (PathBuf, SpawnedNode) {
+        let script = dir.join("node.sh");
+        std::fs::write(&script, format!("#!/bin/sh\n{body}")).unwrap();
         std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
             .unwrap();
-        let log = dir.path().join("logs/node.log");
+        let log = dir.join("logs/node.log");
         let inv = Invocation::new(&script);
         let spawned = spawn_node(&SpawnSpec {
             node: &inv,
-            sink: &LogSink::Append,
+            sink,
             config_path: Path::new("/x/config.toml"),
             log_path: &log,
             stop_timeout_ms: 1000,
-            data_dir: dir.path(),
+            data_dir: dir,
             node_id: "node-a",
             env: &[],
             notify_socket: None,
         })
         .unwrap();
+        (log, spawned)
+    }
+
+    #[tokio::test]
+    async fn spawn_append_and_wait() {
+        let dir = tempfile::tempdir().unwrap();
+        let script = "echo \"hello $DWBASE_NODE_ID $1 $2\"\nexit 3\n";
+        let (log, spawned) = spawn_script(dir.path(), script, &LogSink::Append);
         assert!(spawned.pid > 1);
         assert_eq!(wait_child(spawned.child).await, Some(ExitKind::Code(3)));
         let text = std::fs::read_to_string(&log).unwrap();
         assert_eq!(text, "hello node-a --config /x/config.toml\n");
+    }
+
+    #[tokio::test]
+    async fn a_log_pipe_started_after_its_node_exited_still_gets_its_output() {
+        let dir = tempfile::tempdir().unwrap();
+        // A log pipe that appends its input to `--file` (the real one is dwbase-logpipe).
+        let logpipe = Invocation::with_args(
+            "sh",
+            [
+                "-c",
+                r#"while [ $# -gt 0 ]; do [ "$1" = --file ] && f="$2"; shift; done; exec cat >> "$f""#,
+                "logpipe",
+            ],
+        );
+        let sink = LogSink::Pipe { logpipe, max_bytes: 1 << 20, keep: 1 };
+        let script = "echo \"said before exiting\"\nexit 4\n";
+        let (log, spawned) = spawn_script(dir.path(), script, &sink);
+        let (start, job) = spawned.log_pipe.expect("a log pipe to start");
+        // The node has said its line and exited before its log pipe starts (it stays a
+        // zombie, so its process group is still there to join).
+        let until = std::time::Instant::now() + Duration::from_secs(10);
+        while !dwbase_proto::process::is_zombie(spawned.pid) {
+            assert!(std::time::Instant::now() < until, "the node did not exit");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        start_log_pipes([job]);
+        let pipe = start.started().await.expect("the log pipe started");
+        assert!(pipe > 1);
+        assert_eq!(wait_child(spawned.child).await, Some(ExitKind::Code(4)));
+        // The node is gone, so the pipe sees EOF once it has copied what was buffered.
+        assert!(
+            dwbase_proto::process::wait_group_gone_with(
+                spawned.pid,
+                &[pipe],
+                Duration::from_secs(10)
+            )
+            .await
+        );
+        assert_eq!(std::fs::read_to_string(&log).unwrap(), "said before exiting\n");
     }
 
     #[tokio::test]
@@ -386,7 +532,7 @@ mod tests {
         use dwbase_proto::process::{group_alive, sweep_group, Sweep};
         assert!(group_alive(pgid), "the grandchild keeps the group");
         let t = std::time::Instant::now();
-        assert_eq!(sweep_group(pgid, Duration::from_millis(300)).await, Sweep::Killed);
+        assert_eq!(sweep_group(pgid, &[], Duration::from_millis(300)).await, Sweep::Killed);
         assert!(t.elapsed() < Duration::from_secs(5));
         let gone = |pid: u32| {
             std::fs::read_to_string(format!("/proc/{pid}/stat"))
@@ -401,7 +547,7 @@ mod tests {
         }
         assert!(gone(grandchild), "grandchild {grandchild} survived the sweep");
         assert!(!group_alive(pgid));
-        assert_eq!(sweep_group(pgid, Duration::from_millis(300)).await, Sweep::Empty);
+        assert_eq!(sweep_group(pgid, &[], Duration::from_millis(300)).await, Sweep::Empty);
     }
 
     #[tokio::test]

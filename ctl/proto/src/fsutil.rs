@@ -73,6 +73,12 @@ impl SyncBatch {
     /// Makes every file written since the last call durable (its data, then the folder entries
     /// of all of them). A file removed meanwhile is skipped; the first other error is
     /// returned, after trying the rest.
+    ///
+    /// Each fsync costs a journal commit (~0.3 ms on this kind of VM disk: 150 of them for
+    /// a rollout of 50 nodes, ~45 ms during which the supervisor's runner sees no probe
+    /// answer). On Linux a batch of more than [`SYNCFS_FROM`] paths on one filesystem is
+    /// made durable with one `syncfs` of that filesystem instead (~2 ms for the same batch):
+    /// a superset of the fsyncs — every write and rename on it so far reaches the disk.
     pub fn sync(&mut self) -> io::Result<()> {
         let mut first_error = None;
         let files = std::mem::take(&mut self.files);
@@ -80,7 +86,10 @@ impl SyncBatch {
         // Folders cannot be opened for syncing everywhere; where they can (unix) the rename
         // is durable only once its folder is.
         let dirs: Vec<PathBuf> = if cfg!(unix) { dirs.into_iter().collect() } else { vec![] };
-        for path in files.iter().chain(&dirs) {
+        let mut paths: Vec<&PathBuf> = files.iter().chain(&dirs).collect();
+        #[cfg(target_os = "linux")]
+        syncfs_large_batches(&mut paths, &mut first_error);
+        for path in paths {
             match fs::File::open(path).and_then(|f| f.sync_all()) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -94,6 +103,49 @@ impl SyncBatch {
         }
         first_error.map_or(Ok(()), Err)
     }
+}
+
+/// More paths than this on one filesystem in one [`SyncBatch::sync`] are made durable with one
+/// `syncfs` instead of one fsync each.
+pub const SYNCFS_FROM: usize = 8;
+
+/// Syncs each filesystem that holds more than [`SYNCFS_FROM`] of `paths` as a whole, and takes
+/// its paths out of `paths`; where `syncfs` fails, they stay for their own fsyncs.
+#[cfg(target_os = "linux")]
+fn syncfs_large_batches(paths: &mut Vec<&PathBuf>, first_error: &mut Option<io::Error>) {
+    use std::collections::HashMap;
+    use std::os::unix::fs::MetadataExt;
+    if paths.len() <= SYNCFS_FROM {
+        return;
+    }
+    let mut by_device: HashMap<u64, Vec<usize>> = HashMap::new();
+    for (i, p) in paths.iter().enumerate() {
+        if let Ok(m) = fs::symlink_metadata(p) {
+            by_device.entry(m.dev()).or_default().push(i);
+        }
+    }
+    let mut done = vec![false; paths.len()];
+    for members in by_device.values().filter(|m| m.len() > SYNCFS_FROM) {
+        let synced = fs::File::open(paths[members[0]])
+            .and_then(|f| nix::unistd::syncfs(&f).map_err(io::Error::from));
+        match synced {
+            Ok(()) => members.iter().for_each(|&i| done[i] = true),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => {
+                first_error.get_or_insert(io::Error::new(
+                    e.kind(),
+                    format!("syncing the filesystem of {}: {e}", paths[members[0]].display()),
+                ));
+                // Counted as done: its fsyncs would report the same error for each path.
+                members.iter().for_each(|&i| done[i] = true);
+            }
+        }
+    }
+    let mut i = 0;
+    paths.retain(|_| {
+        i += 1;
+        !done[i - 1]
+    });
 }
 
 #[cfg(unix)]
@@ -264,6 +316,35 @@ mod tests {
         fs::remove_file(dir.path().join("sub/c")).unwrap();
         fs::remove_dir(dir.path().join("sub")).unwrap();
         batch.sync().expect("a removed folder is skipped too");
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_large_batch_is_synced_by_filesystem_and_skips_what_was_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut batch = SyncBatch::default();
+        let n = SYNCFS_FROM * 2;
+        for i in 0..n {
+            let sub = dir.path().join(format!("node-{i}"));
+            fs::create_dir(&sub).unwrap();
+            batch.write(&sub.join("config.toml"), format!("n = {i}").as_bytes(), 0o600).unwrap();
+        }
+        // One node's folder is gone by the time of the sync.
+        fs::remove_dir_all(dir.path().join("node-0")).unwrap();
+        let mut paths: Vec<PathBuf> = batch.files.clone();
+        paths.extend(batch.dirs.iter().cloned());
+        let mut refs: Vec<&PathBuf> = paths.iter().collect();
+        let mut err = None;
+        syncfs_large_batches(&mut refs, &mut err);
+        assert!(err.is_none(), "{err:?}");
+        assert_eq!(refs.len(), 2, "the removed file and folder are left to their own fsyncs");
+        batch.sync().expect("synced, the removed one skipped");
+        assert!(batch.is_empty());
+        for i in 1..n {
+            let text =
+                fs::read_to_string(dir.path().join(format!("node-{i}/config.toml"))).unwrap();
+            assert_eq!(text, format!("n = {i}"));
+        }
     }
 
     #[test]

@@ -253,20 +253,37 @@ pub fn terminate_group(pgid: u32) -> io::Result<()> {
 /// Whether any process of group `pgid` still runs. Zombies do not count: they run nothing and
 /// hold no file, and where the reaper of orphans is slow (a container's PID 1) they can stay.
 pub fn group_alive(pgid: u32) -> bool {
+    group_alive_with(pgid, &[])
+}
+
+/// [`group_alive`], looking first at members the caller knows of (a node's log pipe): while
+/// the leader or one of them runs in the group, nothing else is read. Only a group that still
+/// exists while none of them runs in it (a grandchild the node left, or zombies) costs a scan
+/// of every process on the machine.
+pub fn group_alive_with(pgid: u32, known: &[u32]) -> bool {
     let Ok(pid) = checked_pid(pgid, "pgid") else { return false };
     match nix::sys::signal::killpg(pid, None) {
         Err(nix::errno::Errno::ESRCH) => false,
-        Ok(()) | Err(_) => live_members(pid.as_raw()).unwrap_or(true),
+        Ok(()) | Err(_) => live_members(pid.as_raw(), known).unwrap_or(true),
     }
 }
 
+/// Whether `pid` runs (is not a zombie) in process group `pgid`.
+fn runs_in_group(pid: u32, pgid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| parse_state_and_group(&stat))
+        .is_some_and(|(state, pgrp)| pgrp == i64::from(pgid) && !matches!(state, 'Z' | 'X'))
+}
+
 /// On Linux: whether some non-zombie process is in group `pgid` (from /proc), or `None` when
-/// /proc cannot tell. The leader is checked first: while it runs, nothing else is read.
-fn live_members(pgid: i32) -> Option<bool> {
+/// /proc cannot tell. The leader and the `known` members are checked first: while one of them
+/// runs, nothing else is read.
+fn live_members(pgid: i32, known: &[u32]) -> Option<bool> {
     if !cfg!(target_os = "linux") {
         return None;
     }
-    if pid_running(pgid as u32) {
+    if pid_running(pgid as u32) || known.iter().any(|&pid| runs_in_group(pid, pgid)) {
         return Some(true);
     }
     let dir = std::fs::read_dir("/proc").ok()?;
@@ -304,10 +321,15 @@ pub async fn wait_gone(id: ProcessId, deadline: Duration) -> bool {
 
 /// Waits until no live member of group `pgid` is left, at most `deadline`.
 pub async fn wait_group_gone(pgid: u32, deadline: Duration) -> bool {
+    wait_group_gone_with(pgid, &[], deadline).await
+}
+
+/// [`wait_group_gone`], looking first at `known` members (see [`group_alive_with`]).
+pub async fn wait_group_gone_with(pgid: u32, known: &[u32], deadline: Duration) -> bool {
     let until = tokio::time::Instant::now() + deadline;
     let mut pause = Duration::from_millis(1);
     loop {
-        if !group_alive(pgid) {
+        if !group_alive_with(pgid, known) {
             return true;
         }
         if tokio::time::Instant::now() >= until {
@@ -344,16 +366,19 @@ pub enum Sweep {
 /// The group id is the leader's pid; it cannot name another group while any member of ours is
 /// left (a pid stays taken while it is a process group id), and an empty group is not
 /// signalled.
-pub async fn sweep_group(pgid: u32, grace: Duration) -> Sweep {
+///
+/// `known` are members the caller knows of (the node's log pipe): while one of them runs, the
+/// group is known to be there without reading every process's `/proc/<pid>/stat`.
+pub async fn sweep_group(pgid: u32, known: &[u32], grace: Duration) -> Sweep {
     // Without leftovers the log pipe sees EOF and exits by itself within moments: wait for
     // that first, so a plain exit is not reported (or signalled) as leftovers.
-    if wait_group_gone(pgid, grace.min(SWEEP_SETTLE)).await {
+    if wait_group_gone_with(pgid, known, grace.min(SWEEP_SETTLE)).await {
         return Sweep::Empty;
     }
     if let Err(e) = terminate_group(pgid) {
         tracing::warn!(pgid, "sweeping the process group: SIGTERM: {e}");
     }
-    if wait_group_gone(pgid, grace).await {
+    if wait_group_gone_with(pgid, known, grace).await {
         return Sweep::Terminated;
     }
     if let Err(e) = signal_group(pgid, Signal::SIGKILL) {
@@ -361,7 +386,7 @@ pub async fn sweep_group(pgid: u32, grace: Duration) -> Sweep {
     }
     // SIGKILL is delivered at once but takes effect when each process next runs: wait for
     // that too, so that whoever waits for the sweep finds nothing of the group left.
-    if !wait_group_gone(pgid, SWEEP_KILL_WAIT).await {
+    if !wait_group_gone_with(pgid, known, SWEEP_KILL_WAIT).await {
         tracing::warn!(
             pgid,
             "the process group still has members {SWEEP_KILL_WAIT:?} after SIGKILL"
@@ -465,7 +490,7 @@ pub async fn terminate(targets: &[StopTarget]) -> Vec<StopOutcome> {
         .iter()
         .zip(&out)
         .filter(|(t, o)| t.whole_group && !matches!(o, Some(StopOutcome::NotRunning(_))))
-        .map(|(t, _)| sweep_group(t.id.pid, t.grace.min(SWEEP_GRACE)));
+        .map(|(t, _)| sweep_group(t.id.pid, &[], t.grace.min(SWEEP_GRACE)));
     futures::future::join_all(sweeps).await;
     for (t, o) in targets.iter().zip(out.iter_mut()) {
         if *o == Some(StopOutcome::Killed) && !wait_gone(t.id, Duration::from_secs(5)).await {
@@ -531,6 +556,50 @@ mod tests {
         assert_eq!(out, vec![StopOutcome::Terminated, StopOutcome::NotRunning(Liveness::Dead)]);
         reaper.join().unwrap().unwrap();
         assert!(!group_alive(id.pid));
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn known_members_keep_a_group_alive_only_while_they_run_in_it() {
+        use std::os::unix::process::CommandExt;
+        // A leader that exits at once, and a member that joins its group and stays.
+        let mut leader =
+            std::process::Command::new("sleep").arg("0").process_group(0).spawn().unwrap();
+        let pgid = leader.id();
+        let member = std::process::Command::new("sleep")
+            .arg("1000")
+            .process_group(pgid as i32)
+            .spawn()
+            .unwrap();
+        // Neither may outlive the test.
+        struct Reap(Vec<std::process::Child>);
+        impl Drop for Reap {
+            fn drop(&mut self) {
+                for c in &mut self.0 {
+                    let _ = c.kill();
+                    let _ = c.wait();
+                }
+            }
+        }
+        assert!(leader.wait().unwrap().success());
+        let outsider = std::process::Command::new("sleep").arg("1000").spawn().unwrap();
+        let (m, o) = (member.id(), outsider.id());
+        let _reap = Reap(vec![member, outsider]);
+        // The member runs in the group: alive, whether it is known or found by the scan.
+        assert!(group_alive_with(pgid, &[m]));
+        assert!(group_alive_with(pgid, &[]));
+        // A known pid outside the group proves nothing; the scan still finds the member.
+        assert!(group_alive_with(pgid, &[o]));
+        assert!(runs_in_group(m, pgid as i32));
+        assert!(!runs_in_group(o, pgid as i32));
+        signal_process(m, Signal::SIGKILL).unwrap();
+        // Killed but not reaped, the member is a zombie: it no longer counts, known or not.
+        let until = std::time::Instant::now() + Duration::from_secs(10);
+        while runs_in_group(m, pgid as i32) && std::time::Instant::now() < until {
+            std::thread::yield_now();
+        }
+        assert!(!group_alive_with(pgid, &[m]));
+        assert!(!group_alive(pgid));
     }
 
     #[cfg(target_os = "linux")]

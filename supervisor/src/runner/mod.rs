@@ -165,6 +165,8 @@ pub struct Runner {
     saved: HashMap<Group, StateFile>,
     /// Where nodes tell why they exit (read when an exit is handled).
     notify: Option<dwbase_proto::notify::NotifyReceiver>,
+    /// Log pipes of the nodes spawned this turn, started once the turn's spawns are done.
+    log_pipes: Vec<process::LogPipeJob>,
 }
 
 impl Runner {
@@ -202,6 +204,7 @@ impl Runner {
             unsynced: dwbase_proto::fsutil::SyncBatch::default(),
             saved: HashMap::new(),
             notify: bind_notify(&paths_notify),
+            log_pipes: Vec::new(),
         };
         runner.restore();
         Ok((runner, handle))
@@ -287,6 +290,9 @@ impl Runner {
                     Ok(m) => finish = self.handle(m),
                     Err(_) => break,
                 }
+            }
+            if !self.log_pipes.is_empty() {
+                process::start_log_pipes(self.log_pipes.drain(..));
             }
             if self.dirty {
                 self.save();
@@ -877,6 +883,10 @@ impl Runner {
             Ok(s) => s,
         };
         let id = ProcessId { pid: spawned.pid, start_time: spawned.start_time };
+        let log_pipe = spawned.log_pipe.map(|(start, job)| {
+            self.log_pipes.push(job);
+            start
+        });
         // The Spawned event that follows makes this the FSM's next generation.
         let generation = n.fsm.generation + 1;
         info!(node = %name, pid = id.pid, restarts = n.fsm.restarts, "spawned");
@@ -898,12 +908,18 @@ impl Runner {
                 // exits).
                 _ = cancel.cancelled() => {}
                 _ = async {
+                    // The node is not reaped before its log pipe has joined its process group
+                    // (which lasts as long as the node is not reaped).
+                    let known: Vec<u32> = match log_pipe {
+                        Some(pipe) => pipe.started().await.into_iter().collect(),
+                        None => vec![],
+                    };
                     let kind = process::wait_child(spawned.child).await;
                     // The exit is reported at once, so a restart does not wait for the log
                     // pipe to drain; the group is swept after (the dead process holds no port
                     // any more), and `Stop` answers once nothing of it is left.
                     let _ = tx.send(Msg::Exited { name: owned.clone(), generation, kind });
-                    sweep(&owned, id.pid, grace).await;
+                    sweep(&owned, id.pid, &known, grace).await;
                     let _ = tx.send(Msg::Swept { name: owned, generation });
                 } => {}
             }
@@ -929,7 +945,7 @@ impl Runner {
                     // Not our child: its exit status went to whoever reaped it.
                     let kind = Some(ExitKind::Unknown);
                     let _ = tx.send(Msg::Exited { name: owned.clone(), generation, kind });
-                    sweep(&owned, id.pid, grace).await;
+                    sweep(&owned, id.pid, &[], grace).await;
                     let _ = tx.send(Msg::Swept { name: owned, generation });
                 } => {}
             }
@@ -944,8 +960,8 @@ fn sweep_grace(stop_timeout_ms: u64) -> Duration {
 }
 
 /// Sweeps a node's process group after its main process exited, and says what it found.
-async fn sweep(name: &str, pgid: u32, grace: Duration) {
-    match pc::sweep_group(pgid, grace).await {
+async fn sweep(name: &str, pgid: u32, known: &[u32], grace: Duration) {
+    match pc::sweep_group(pgid, known, grace).await {
         pc::Sweep::Empty => {}
         pc::Sweep::Terminated => {
             info!(node = %name, pgid, "processes the node left in its group ended after SIGTERM")
