@@ -12,7 +12,10 @@
 //! limits off. For each client count, `--rounds` rounds each remember `--atoms` atoms into
 //! each node, the two alternating (and alternating which goes first), so load from elsewhere on
 //! the machine hits both alike; the table gives the median round of each and the ratio. Ours also
-//! reports its group-commit flushes per remember (from `/health`).
+//! reports its group-commit flushes per remember (from `/health`). Below each row (stderr) come
+//! every round's rates and the round-by-round ratio: the geometric mean of ours/original over
+//! the back-to-back pairs, with ±2 standard errors, which is the figure to read on a machine
+//! whose speed drifts between rounds.
 //!
 //! `--syscalls` then counts, for each node and client count, the write and sync system calls per
 //! remember with `strace -f -c` attached to the node for one more pass (sled makes a log write
@@ -534,6 +537,22 @@ fn median_by_rate(phases: &[Phase]) -> &Phase {
     &phases[idx[idx.len() / 2]]
 }
 
+/// The ratio ours/original of each round's pair (the two ran back to back), as a geometric
+/// mean with ±2 standard errors: on a shared machine whose speed drifts between rounds by more
+/// than the gap being measured, pairs cancel the drift that the medians of each side keep.
+/// `None` with fewer than two pairs.
+fn paired_ratio(mine: &[Phase], theirs: &[Phase]) -> Option<(f64, f64, f64)> {
+    let logs: Vec<f64> = mine.iter().zip(theirs).map(|(m, t)| (m.rate() / t.rate()).ln()).collect();
+    if logs.len() < 2 {
+        return None;
+    }
+    let n = logs.len() as f64;
+    let mean = logs.iter().sum::<f64>() / n;
+    let var = logs.iter().map(|l| (l - mean).powi(2)).sum::<f64>() / (n - 1.0);
+    let se = (var / n).sqrt();
+    Some((mean.exp(), (mean - 2.0 * se).exp(), (mean + 2.0 * se).exp()))
+}
+
 fn load_average() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .ok()
@@ -617,6 +636,12 @@ fn main() {
             );
             let rates = |p: &[Phase]| p.iter().map(|p| format!("{:.0}", p.rate())).collect::<Vec<_>>().join(", ");
             eprintln!("  {clients} clients, every round (req/s): ours {}; original {}", rates(&mine), rates(&theirs));
+            if let Some((mean, low, high)) = paired_ratio(&mine, &theirs) {
+                eprintln!(
+                    "  {clients} clients, round by round: ours/original {mean:.3} (geometric mean of the {} pairs; ±2 standard errors {low:.3}-{high:.3})",
+                    mine.len().min(theirs.len())
+                );
+            }
         }
 
         if args.syscalls {
