@@ -124,13 +124,22 @@ fn a_changed_disk_cap_rolls_over_the_nodes_one_at_a_time_while_the_devnet_serves
     let ports: Vec<u16> = (0..3).map(|i| base + i).collect();
 
     let stop = Arc::new(AtomicBool::new(false));
+    // (fewest ready nodes seen in two polls in a row, polls, failures)
     let seen = Arc::new(Mutex::new((usize::MAX, 0usize, Vec::<String>::new())));
     let watcher = {
         let (stop, seen, ports) = (stop.clone(), seen.clone(), ports.clone());
         std::thread::spawn(move || {
             let mut i = 0u64;
+            let mut before = ports.len();
             while !stop.load(Ordering::Relaxed) {
-                let up: Vec<u16> = ports.iter().copied().filter(|p| ready(*p)).collect();
+                // All nodes at the same moment (one thread each): probed one after the other,
+                // a poll could see the node just replaced before it was ready and the next one
+                // just after it was told to stop, two moments apart, and report both down.
+                let up: Vec<u16> = std::thread::scope(|s| {
+                    let probes: Vec<_> =
+                        ports.iter().map(|&p| s.spawn(move || ready(p).then_some(p))).collect();
+                    probes.into_iter().filter_map(|h| h.join().unwrap()).collect()
+                });
                 i += 1;
                 let atom = format!(
                     r#"{{"world":"roll","worker":"t","kind":"observation","importance":0.5,"payload_json":"{{\"text\":\"rolling {i}\"}}"}}"#
@@ -146,7 +155,10 @@ fn a_changed_disk_cap_rolls_over_the_nodes_one_at_a_time_while_the_devnet_serves
                         ) == Some(200)
                 });
                 let mut s = seen.lock().unwrap();
-                s.0 = s.0.min(up.len());
+                // Two nodes down at once lasts as long as a node's start: counted when two
+                // polls in a row see it (one alone can straddle the hand-over).
+                s.0 = s.0.min(up.len().max(before));
+                before = up.len();
                 s.1 += 1;
                 if !served {
                     s.2.push(format!("poll {i}: ready {up:?}, no node served"));
@@ -163,9 +175,25 @@ fn a_changed_disk_cap_rolls_over_the_nodes_one_at_a_time_while_the_devnet_serves
     assert!(out.stderr.contains("replace"), "{out}");
 
     let (min_ready, polls, failures) = seen.lock().unwrap().clone();
-    assert!(polls > 0);
-    assert!(min_ready >= 2, "a poll saw only {min_ready} ready nodes during the rollout\n{out}");
+    assert!(polls > 1);
+    assert!(
+        min_ready >= 2,
+        "two polls in a row saw only {min_ready} ready nodes during the rollout\n{out}"
+    );
     assert!(failures.is_empty(), "{failures:?}");
+    // And in the supervisor's own account: no node is stopped before the one replaced before
+    // it is ready.
+    let at = |needle: &str| {
+        out.stderr
+            .find(needle)
+            .unwrap_or_else(|| panic!("no {needle:?} in the deploy output\n{out}"))
+    };
+    for (prev, next) in [("node-a", "node-b"), ("node-b", "node-c")] {
+        assert!(
+            at(&format!("{prev}: ready (")) < at(&format!("{next}: ready → stopping")),
+            "{next} was stopped before {prev} was ready\n{out}"
+        );
+    }
 
     let after = pids(&wait_all_ready(&d, 3));
     for (name, pid) in &before {

@@ -279,6 +279,8 @@ impl Runner {
 
     /// Runs until [`RunnerHandle::finish`].
     pub async fn run(mut self) {
+        // Nodes restarted at start-up (restore) have their log pipes waiting too.
+        self.start_log_pipes();
         self.save();
         self.publish();
         while let Some(msg) = self.rx.recv().await {
@@ -291,9 +293,7 @@ impl Runner {
                     Err(_) => break,
                 }
             }
-            if !self.log_pipes.is_empty() {
-                process::start_log_pipes(self.log_pipes.drain(..));
-            }
+            self.start_log_pipes();
             if self.dirty {
                 self.save();
             }
@@ -306,6 +306,14 @@ impl Runner {
                 let _ = reply.send(());
                 break;
             }
+        }
+    }
+
+    /// Starts the log pipes of the nodes spawned since the last call (see
+    /// [`process::LogPipeStart`]): until then those nodes' exits cannot be reported.
+    fn start_log_pipes(&mut self) {
+        if !self.log_pipes.is_empty() {
+            process::start_log_pipes(self.log_pipes.drain(..));
         }
     }
 

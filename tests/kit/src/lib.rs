@@ -25,26 +25,44 @@ pub fn poll_until<T>(what: &str, deadline: Duration, mut f: impl FnMut() -> Opti
     }
 }
 
-/// A port that was free a moment ago (the OS picks it).
+/// A port that was free a moment ago, below the ephemeral range (see [`free_port_range`]).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    free_port_range(1)
+}
+
+/// Where the kernel picks the local ports of outgoing connections
+/// (`/proc/sys/net/ipv4/ip_local_port_range`; Linux's default where it cannot be read).
+fn ephemeral_range() -> (u16, u16) {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| {
+            let mut it = s.split_whitespace().map(|p| p.parse::<u16>().ok());
+            Some((it.next()??, it.next()??))
+        })
+        .unwrap_or((32768, 60999))
 }
 
 /// The first of `n` consecutive ports that are all free now. Each call hands out a fresh
 /// range (per process), starting at a place derived from the pid so parallel test binaries
-/// rarely collide.
+/// rarely collide. The ports are below the ephemeral range: a node that restarts binds its
+/// port again, and in the moment it is free any outgoing connection on the machine could be
+/// given it as its local port (the restarted node then cannot bind until that connection
+/// ends).
 pub fn free_port_range(n: u16) -> u16 {
+    const LOW: u16 = 10_000;
     static NEXT: AtomicU16 = AtomicU16::new(0);
+    let high = ephemeral_range().0.max(LOW + 2_000);
+    let span = (high - LOW) / 100;
     let _ = NEXT.compare_exchange(
         0,
-        20_000 + (std::process::id() % 400) as u16 * 100,
+        LOW + (std::process::id() % u32::from(span)) as u16 * 100,
         Ordering::SeqCst,
         Ordering::SeqCst,
     );
     loop {
         let base = NEXT.fetch_add(n + 1, Ordering::SeqCst);
-        if base > 60_000 {
-            NEXT.store(20_000, Ordering::SeqCst);
+        if base.saturating_add(n) >= high {
+            NEXT.store(LOW, Ordering::SeqCst);
             continue;
         }
         if (base..base + n).all(|p| TcpListener::bind(("127.0.0.1", p)).is_ok()) {
