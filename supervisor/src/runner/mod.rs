@@ -295,7 +295,15 @@ impl Runner {
             }
             self.start_log_pipes();
             if self.dirty {
+                let started = Instant::now();
                 self.save();
+                let took = started.elapsed();
+                // The runner answers nothing (no probe, no exit, no command) while it saves.
+                if took >= SLOW_SAVE {
+                    warn!("saving the state took {took:?}: the disk under the root is slow");
+                } else {
+                    debug!(us = took.as_micros() as u64, "state saved");
+                }
             }
             self.publish();
             for w in self.after_save.drain(..) {
@@ -960,6 +968,9 @@ impl Runner {
         });
     }
 }
+
+/// A state save this slow is worth a warning: the runner does nothing else meanwhile.
+const SLOW_SAVE: Duration = Duration::from_secs(1);
 
 /// How long a sweep waits after SIGTERM: the node's stop timeout, capped at
 /// [`pc::SWEEP_GRACE`] (the main process is gone; only leftovers and the log pipe wait).
