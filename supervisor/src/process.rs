@@ -482,12 +482,8 @@ mod tests {
         assert_eq!(wait_child(spawned.child).await, Some(ExitKind::Code(4)));
         // The node is gone, so the pipe sees EOF once it has copied what was buffered.
         assert!(
-            dwbase_proto::process::wait_group_gone_with(
-                spawned.pid,
-                &[pipe],
-                Duration::from_secs(10)
-            )
-            .await
+            dwbase_proto::process::wait_group_gone(spawned.pid, &[pipe], Duration::from_secs(10))
+                .await
         );
         assert_eq!(std::fs::read_to_string(&log).unwrap(), "said before exiting\n");
     }

@@ -110,7 +110,9 @@ impl SyncBatch {
 pub const SYNCFS_FROM: usize = 8;
 
 /// Syncs each filesystem that holds more than [`SYNCFS_FROM`] of `paths` as a whole, and takes
-/// its paths out of `paths`; where `syncfs` fails, they stay for their own fsyncs.
+/// its paths out of `paths`. A `syncfs` that fails is recorded in `first_error` (its paths
+/// are not fsynced one by one: they would report the same error); where the path that opens
+/// the filesystem is gone, its paths stay for their own fsyncs.
 #[cfg(target_os = "linux")]
 fn syncfs_large_batches(paths: &mut Vec<&PathBuf>, first_error: &mut Option<io::Error>) {
     use std::collections::HashMap;

@@ -288,15 +288,9 @@ fn live_members(pgid: i32, known: &[u32]) -> Option<bool> {
     }
     let dir = std::fs::read_dir("/proc").ok()?;
     for entry in dir.flatten() {
-        let name = entry.file_name();
-        let Some(pid) = name.to_str().filter(|n| n.bytes().all(|b| b.is_ascii_digit())) else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
-        if let Some((state, pgrp)) = parse_state_and_group(&stat) {
-            if pgrp == i64::from(pgid) && !matches!(state, 'Z' | 'X') {
-                return Some(true);
-            }
+        let pid = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok());
+        if pid.is_some_and(|pid| runs_in_group(pid, pgid)) {
+            return Some(true);
         }
     }
     Some(false)
@@ -319,13 +313,9 @@ pub async fn wait_gone(id: ProcessId, deadline: Duration) -> bool {
     }
 }
 
-/// Waits until no live member of group `pgid` is left, at most `deadline`.
-pub async fn wait_group_gone(pgid: u32, deadline: Duration) -> bool {
-    wait_group_gone_with(pgid, &[], deadline).await
-}
-
-/// [`wait_group_gone`], looking first at `known` members (see [`group_alive_with`]).
-pub async fn wait_group_gone_with(pgid: u32, known: &[u32], deadline: Duration) -> bool {
+/// Waits until no live member of group `pgid` is left, at most `deadline`, looking first at
+/// `known` members (see [`group_alive_with`]).
+pub async fn wait_group_gone(pgid: u32, known: &[u32], deadline: Duration) -> bool {
     let until = tokio::time::Instant::now() + deadline;
     let mut pause = Duration::from_millis(1);
     loop {
@@ -372,13 +362,13 @@ pub enum Sweep {
 pub async fn sweep_group(pgid: u32, known: &[u32], grace: Duration) -> Sweep {
     // Without leftovers the log pipe sees EOF and exits by itself within moments: wait for
     // that first, so a plain exit is not reported (or signalled) as leftovers.
-    if wait_group_gone_with(pgid, known, grace.min(SWEEP_SETTLE)).await {
+    if wait_group_gone(pgid, known, grace.min(SWEEP_SETTLE)).await {
         return Sweep::Empty;
     }
     if let Err(e) = terminate_group(pgid) {
         tracing::warn!(pgid, "sweeping the process group: SIGTERM: {e}");
     }
-    if wait_group_gone_with(pgid, known, grace).await {
+    if wait_group_gone(pgid, known, grace).await {
         return Sweep::Terminated;
     }
     if let Err(e) = signal_group(pgid, Signal::SIGKILL) {
@@ -386,7 +376,7 @@ pub async fn sweep_group(pgid: u32, known: &[u32], grace: Duration) -> Sweep {
     }
     // SIGKILL is delivered at once but takes effect when each process next runs: wait for
     // that too, so that whoever waits for the sweep finds nothing of the group left.
-    if !wait_group_gone_with(pgid, known, SWEEP_KILL_WAIT).await {
+    if !wait_group_gone(pgid, known, SWEEP_KILL_WAIT).await {
         tracing::warn!(
             pgid,
             "the process group still has members {SWEEP_KILL_WAIT:?} after SIGKILL"
