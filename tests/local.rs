@@ -42,6 +42,12 @@ fn deploy_local_and_stop(d: &Deployment, config_text: &str, expect_id: &str, hos
 
     let (code, body) = http("GET", &format!("127.0.0.1:{port}"), "/readyz", None);
     assert_eq!(code, 200, "{body}");
+    // The supervisor makes the node's folder and config; the folders inside are made by the
+    // processes that write there (the node its data and summaries, the log pipe its logs).
+    assert!(local.join("data").is_dir() && local.join("summaries").is_dir(), "{out}");
+    poll_until("the log pipe to open the node's log", Duration::from_secs(10), || {
+        local.join("logs/node.log").is_file().then_some(())
+    });
 
     let js = d.run(&["deploy", "status", "--json"]).ok();
     let v: serde_json::Value = serde_json::from_str(&js.stdout).unwrap();

@@ -197,24 +197,26 @@ fn error_text(e: &anyhow::Error) -> String {
 /// Logs to stderr: warnings by default, `-v` info, `-vv` debug, `-vvv` trace; RUST_LOG wins.
 /// Colour per `--color` (auto: a terminal and no NO_COLOR).
 fn init_tracing(verbose: u8, color: dwbase_node::term::ColorWhen) {
-    use tracing_subscriber::EnvFilter;
-    let default = match verbose {
-        0 => "warn",
-        1 => "info",
-        2 => "debug",
-        _ => "trace",
+    use tracing_subscriber::filter::{EnvFilter, LevelFilter};
+    let level = match verbose {
+        0 => LevelFilter::WARN,
+        1 => LevelFilter::INFO,
+        2 => LevelFilter::DEBUG,
+        _ => LevelFilter::TRACE,
     };
-    let filter = std::env::var("RUST_LOG")
-        .ok()
-        .filter(|v| !v.is_empty())
-        .and_then(|v| EnvFilter::try_new(v).ok())
-        .unwrap_or_else(|| EnvFilter::new(default));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let builder = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(color.stderr())
-        .with_target(false)
-        .init();
+        .with_target(false);
+    // A plain level unless RUST_LOG asks for more: building an EnvFilter (its directive
+    // parser) is a tenth of a `deploy status` process's CPU (issue 14).
+    match std::env::var("RUST_LOG").ok().filter(|v| !v.is_empty()) {
+        Some(v) => match EnvFilter::try_new(&v) {
+            Ok(filter) => builder.with_env_filter(filter).init(),
+            Err(_) => builder.with_max_level(level).init(),
+        },
+        None => builder.with_max_level(level).init(),
+    }
 }
 
 #[cfg(test)]

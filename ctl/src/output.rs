@@ -103,12 +103,15 @@ pub fn secs2(d: Duration) -> String {
 
 /// `path` relative to the current directory when it lies below it, else unchanged.
 pub fn display_path(path: &Path) -> PathBuf {
-    match std::env::current_dir() {
-        Ok(cwd) => match path.strip_prefix(&cwd) {
+    // Asked once per process (the CLI never changes its folder): a status of 50 nodes
+    // shows 50 paths.
+    static CWD: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+    match CWD.get_or_init(|| std::env::current_dir().ok()) {
+        Some(cwd) => match path.strip_prefix(cwd) {
             Ok(rel) if !rel.as_os_str().is_empty() => rel.to_path_buf(),
             _ => path.to_path_buf(),
         },
-        Err(_) => path.to_path_buf(),
+        None => path.to_path_buf(),
     }
 }
 

@@ -256,9 +256,6 @@ fn cloexec_pipe() -> io::Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
 /// and its log outlive the supervisor, and stopping the group ends both.
 pub fn spawn_node(spec: &SpawnSpec<'_>) -> Result<SpawnedNode, SpawnError> {
     let log_err = |source| SpawnError::Log { path: spec.log_path.to_owned(), source };
-    if let Some(dir) = spec.log_path.parent() {
-        std::fs::create_dir_all(dir).map_err(log_err)?;
-    }
     let mut cmd = spec.node.command();
     cmd.arg("--config").arg(spec.config_path);
     for var in SCRUBBED_ENV {
@@ -276,6 +273,10 @@ pub fn spawn_node(spec: &SpawnSpec<'_>) -> Result<SpawnedNode, SpawnError> {
 
     match spec.sink {
         LogSink::Append => {
+            // (With a log pipe, the pipe makes the folder as it opens the log.)
+            if let Some(dir) = spec.log_path.parent() {
+                std::fs::create_dir_all(dir).map_err(log_err)?;
+            }
             let file = std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
@@ -456,12 +457,13 @@ mod tests {
     #[tokio::test]
     async fn a_log_pipe_started_after_its_node_exited_still_gets_its_output() {
         let dir = tempfile::tempdir().unwrap();
-        // A log pipe that appends its input to `--file` (the real one is dwbase-logpipe).
+        // A log pipe that appends its input to `--file`, making its folder as the real one
+        // (dwbase-logpipe) does.
         let logpipe = Invocation::with_args(
             "sh",
             [
                 "-c",
-                r#"while [ $# -gt 0 ]; do [ "$1" = --file ] && f="$2"; shift; done; exec cat >> "$f""#,
+                r#"while [ $# -gt 0 ]; do [ "$1" = --file ] && f="$2"; shift; done; mkdir -p "${f%/*}" && exec cat >> "$f""#,
                 "logpipe",
             ],
         );

@@ -398,11 +398,16 @@ pub fn write_new_node(
     })
 }
 
+/// Creates the node's own folder, which its config goes into. The folders inside it are made
+/// by the processes that write there, as they start: the node its `data/` (sled) and
+/// `summaries/`, the log pipe its `logs/` (the supervisor itself only where it opens the log,
+/// [`crate::process::LogSink::Append`]). A folder creation is one of the costliest steps of a
+/// deploy on ext4 (an inode allocation each), and these run beside the supervisor's next
+/// spawn instead of before it; a folder that cannot be made is the node's start-up error,
+/// naming it. (The node folder was just created and written to, so they can be.)
 fn prepare_node_dirs(node: &RenderedNode) -> Result<(), ErrorReply> {
-    for d in [&node.dir, &node.data_dir, &node.log_dir, &node.summaries_dir] {
-        std::fs::create_dir_all(d)
-            .map_err(|e| err(ErrorKind::Internal, format!("creating {}: {e}", d.display())))?;
-    }
+    std::fs::create_dir_all(&node.dir)
+        .map_err(|e| err(ErrorKind::Internal, format!("creating {}: {e}", node.dir.display())))?;
     if let Some(dir) = &node.devnet_tls {
         crate::devnet_tls::ensure(dir, &node.name).map_err(|e| {
             err(ErrorKind::Internal, format!("node {}: TLS certificate: {e:#}", node.name))
@@ -544,6 +549,28 @@ mod tests {
             stop_timeout_ms: 1000,
             liveness: None,
             options: Default::default(),
+        }
+    }
+
+    #[test]
+    fn writing_a_node_makes_its_folder_and_config_only() {
+        let tmp = tempfile::tempdir().unwrap();
+        let paths = Paths::new(tmp.path()).unwrap();
+        let nodes = render_devnet(&paths, &spec(2)).unwrap();
+        write_node(&nodes[0]).unwrap();
+        let mut batch = dwbase_proto::fsutil::SyncBatch::default();
+        write_new_node(&nodes[1], &mut batch).unwrap();
+        batch.sync().unwrap();
+        for n in &nodes {
+            let written = std::fs::read_to_string(&n.config_path).unwrap();
+            assert_eq!(written, n.text);
+            let mut entries: Vec<String> = std::fs::read_dir(&n.dir)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            entries.sort();
+            // data/, logs/ and summaries/ are the node's and the log pipe's to make.
+            assert_eq!(entries, ["config.toml"], "{}", n.name);
         }
     }
 

@@ -180,6 +180,10 @@ async fn changes_are_planned_per_node_and_a_dry_run_changes_nothing() {
     );
     let four_pids = all_spawned(&f, 4).await;
     assert_eq!(&four_pids[..3], &before[..]);
+    // What node-d stored (a fake node writes nothing: stand in for it).
+    let d_data = f.paths.node_dir(Group::Devnet, "node-d").join("data");
+    std::fs::create_dir_all(&d_data).unwrap();
+    std::fs::write(d_data.join("db"), "atoms").unwrap();
     let mut two = policy.clone();
     two.nodes = 2;
     let down = f.deploy_request(Request::DeployDevnet(two)).await;
@@ -194,7 +198,7 @@ async fn changes_are_planned_per_node_and_a_dry_run_changes_nothing() {
     for p in &four_pids[2..] {
         assert!(!pid_alive(*p), "a removed node's process is gone");
     }
-    assert!(f.paths.node_dir(Group::Devnet, "node-d").join("data").exists(), "data kept");
+    assert_eq!(std::fs::read_to_string(d_data.join("db")).unwrap(), "atoms", "data kept");
     assert_eq!(f.state(Group::Devnet).unwrap().nodes.len(), 2);
 }
 

@@ -65,6 +65,11 @@ impl SyncBatch {
         Ok(())
     }
 
+    /// How many files wait for `sync`.
+    pub fn len(&self) -> usize {
+        self.files.len()
+    }
+
     /// Whether nothing waits for `sync`.
     pub fn is_empty(&self) -> bool {
         self.files.is_empty()

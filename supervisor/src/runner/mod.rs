@@ -296,13 +296,23 @@ impl Runner {
             self.start_log_pipes();
             if self.dirty {
                 let started = Instant::now();
-                self.save();
+                let parts = self.save();
                 let took = started.elapsed();
                 // The runner answers nothing (no probe, no exit, no command) while it saves.
                 if took >= SLOW_SAVE {
-                    warn!("saving the state took {took:?}: the disk under the root is slow");
+                    warn!(
+                        ?parts,
+                        "saving the state took {took:?}: the disk under the root is slow"
+                    );
                 } else {
-                    debug!(us = took.as_micros() as u64, "state saved");
+                    debug!(
+                        us = took.as_micros() as u64,
+                        records_us = parts.records.as_micros() as u64,
+                        sync_us = parts.sync.as_micros() as u64,
+                        synced_files = parts.synced_files,
+                        state_us = parts.state.as_micros() as u64,
+                        "state saved"
+                    );
                 }
             }
             self.publish();
@@ -368,7 +378,8 @@ impl Runner {
         }
     }
 
-    fn save(&mut self) {
+    fn save(&mut self) -> SaveParts {
+        let started = Instant::now();
         self.dirty = false;
         let mut problem = None;
         for n in self.nodes.values_mut().filter(|n| n.record_dirty) {
@@ -381,11 +392,14 @@ impl Runner {
                 problem.get_or_insert(format!("node records are not being saved: {e}"));
             }
         }
+        let records = started.elapsed();
         // Configs and records first, so that a state file never lists a node whose files a
         // crash could still take away.
+        let synced_files = self.unsynced.len();
         if let Err(e) = self.unsynced.sync() {
             problem.get_or_insert(format!("node files are not being saved: {e}"));
         }
+        let synced = started.elapsed();
         for group in [Group::Devnet, Group::Local] {
             let nodes: Vec<NodeRecord> = self
                 .sorted()
@@ -424,6 +438,12 @@ impl Runner {
                 None => info!("state is saved again"),
             }
             self.save_error = problem;
+        }
+        SaveParts {
+            records,
+            sync: synced - records,
+            synced_files,
+            state: started.elapsed() - synced,
         }
     }
 
@@ -887,9 +907,6 @@ impl Runner {
             env: &n.rec.env,
             notify_socket: self.notify.as_ref().map(|r| r.path()),
         };
-        for d in [&n.rec.data_dir, &n.rec.dir.join("summaries")] {
-            let _ = std::fs::create_dir_all(d);
-        }
         let next_seq = self.status_tx.borrow().seq + 1;
         let spawned = match process::spawn_node(&spec) {
             Err(e) => {
@@ -967,6 +984,16 @@ impl Runner {
             }
         });
     }
+}
+
+/// Where a save's time went: the node records written, the batch of new files made durable
+/// (configs and records; one `syncfs` for a large batch), the state files written.
+#[derive(Debug, Clone, Copy)]
+struct SaveParts {
+    records: Duration,
+    sync: Duration,
+    synced_files: usize,
+    state: Duration,
 }
 
 /// A state save this slow is worth a warning: the runner does nothing else meanwhile.
