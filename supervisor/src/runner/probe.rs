@@ -276,13 +276,15 @@ async fn run(
                     t.busy = false;
                     match o.kind {
                         Kind::Readiness => {
-                            if o.verdict == Verdict::Ok {
+                            if o.verdict == Verdict::Ok || t.ready {
+                                // Ready, or was (a degraded node stays visible without a probe
+                                // storm): the slow, shared cadence. One period after this
+                                // probe was due, as for liveness below (a period after it
+                                // answered would round up to the grid point after the next,
+                                // doubling the period).
+                                let due = if t.ready { t.next_ready } else { now };
                                 t.ready = true;
-                                t.next_ready = align(epoch, now + cfg.slow, cfg.slow);
-                            } else if t.ready {
-                                // Was ready: keep the slow, shared cadence (a degraded node
-                                // stays visible without a probe storm).
-                                t.next_ready = align(epoch, now + cfg.slow, cfg.slow);
+                                t.next_ready = align(epoch, (due + cfg.slow).max(now), cfg.slow);
                             } else {
                                 t.next_ready = now + t.pause;
                                 t.pause = if now.duration_since(t.watched_at) < STARTING_WINDOW {
@@ -322,14 +324,22 @@ async fn run(
                         let timeout = Duration::from_millis(t.liveness.timeout_ms.max(1));
                         probe(name, t, Kind::Liveness, timeout)
                     });
-                    // Both due: one after the other on the node's one kept-alive connection
-                    // (at once, the second would open, and then drop, a connection of its own
-                    // every readiness period).
+                    // Both due: readiness first, on the node's one kept-alive connection; a
+                    // ready answer is a live one too (`alive_by`), so the liveness request
+                    // goes out only when readiness did not answer 200 (at once, the second
+                    // would open, and then drop, a connection of its own).
                     probes.push(
                         async move {
                             let mut out = Vec::with_capacity(2);
-                            for p in [ready, live].into_iter().flatten() {
-                                out.push(p.await);
+                            if let Some(ready) = ready {
+                                out.push(ready.await);
+                            }
+                            if let Some(live) = live {
+                                let by_ready = out.first().and_then(alive_by);
+                                out.push(match by_ready {
+                                    Some(alive) => alive,
+                                    None => live.await,
+                                });
                             }
                             out
                         }
@@ -468,6 +478,21 @@ fn probe(name: &str, t: &Target, kind: Kind, timeout: Duration) -> BoxFuture<'st
     .boxed()
 }
 
+/// The liveness outcome a readiness probe's answer stands for: a node's `/readyz` answers 200
+/// only when everything its `/healthz` checks passes too (a stalled commit path fails both:
+/// `dwbase_node::Node::health` lists it among the reasons), so a readiness probe that passed is
+/// a passing liveness probe due in the same batch, and an idle devnet's every readiness period
+/// costs one request per node instead of two (issue 14). After any other readiness answer the
+/// liveness probe runs and decides on its own.
+fn alive_by(ready: &Outcome) -> Option<Outcome> {
+    (ready.kind == Kind::Readiness && ready.verdict == Verdict::Ok).then(|| Outcome {
+        name: ready.name.clone(),
+        generation: ready.generation,
+        kind: Kind::Liveness,
+        verdict: Verdict::Ok,
+    })
+}
+
 /// The innermost cause of an error (reqwest's own text is only "error sending request").
 fn innermost(e: &(dyn std::error::Error + 'static)) -> String {
     let mut cur = e;
@@ -491,5 +516,91 @@ mod tests {
         assert_eq!(a, epoch + p);
         assert_eq!(align(epoch, epoch + p, p), epoch + p);
         assert_eq!(align(epoch, epoch + p + Duration::from_nanos(1), p), epoch + 2 * p);
+    }
+
+    /// A node on loopback (axum) that counts the probes it gets and whose `/readyz` answers
+    /// what the test sets.
+    #[derive(Default)]
+    struct Seen {
+        readyz: std::sync::atomic::AtomicUsize,
+        healthz: std::sync::atomic::AtomicUsize,
+        ready_status: std::sync::atomic::AtomicU16,
+    }
+
+    async fn counting_node(seen: Arc<Seen>) -> std::net::SocketAddr {
+        use axum::extract::State;
+        use axum::http::StatusCode;
+        use axum::routing::get;
+        let app = axum::Router::new()
+            .route(
+                "/readyz",
+                get(|State(s): State<Arc<Seen>>| async move {
+                    s.readyz.fetch_add(1, Ordering::SeqCst);
+                    StatusCode::from_u16(s.ready_status.load(Ordering::SeqCst)).unwrap()
+                }),
+            )
+            .route(
+                "/healthz",
+                get(|State(s): State<Arc<Seen>>| async move {
+                    s.healthz.fetch_add(1, Ordering::SeqCst);
+                    StatusCode::OK
+                }),
+            )
+            .with_state(seen);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        addr
+    }
+
+    /// Probe outcomes until `n` liveness outcomes have come (deadline 20 s).
+    async fn outcomes_until(
+        rx: &mut mpsc::UnboundedReceiver<Msg>,
+        n: usize,
+    ) -> (Vec<Verdict>, Vec<Verdict>) {
+        let (mut ready, mut live) = (vec![], vec![]);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while live.len() < n {
+            let msg = tokio::time::timeout_at(deadline, rx.recv()).await;
+            let Ok(Some(Msg::Probes(batch))) = msg else { panic!("no probe batch: {msg:?}") };
+            for o in batch {
+                match o.kind {
+                    Kind::Readiness => ready.push(o.verdict),
+                    Kind::Liveness => live.push(o.verdict),
+                }
+            }
+        }
+        (ready, live)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_ready_answer_stands_for_the_liveness_probe_due_with_it_once_per_period() {
+        let seen = Arc::new(Seen::default());
+        seen.ready_status.store(200, Ordering::SeqCst);
+        let addr = counting_node(seen.clone()).await;
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let cancel = CancellationToken::new();
+        let period = Duration::from_millis(40);
+        let cfg = ProbeConfig { fast: period, slow: period, timeout: Duration::from_secs(5) };
+        let prober = Prober::start(cfg, tx, cancel.clone()).unwrap();
+        let liveness = LivenessSpec { period_ms: 40, timeout_ms: 5000, failures: 3 };
+        prober.watch("node-a", 1, Endpoint::plain(addr), liveness);
+
+        // Ready from the first probe; from then on both are due on the same grid, every
+        // period (not every other one), and the ready answers stand for the liveness probes.
+        let (ready, live) = outcomes_until(&mut rx, 8).await;
+        assert!(ready.iter().chain(&live).all(|v| *v == Verdict::Ok), "{ready:?} {live:?}");
+        assert!(ready.len() + 1 >= live.len(), "readiness every period: {ready:?} {live:?}");
+        assert_eq!(seen.healthz.load(Ordering::SeqCst), 0, "no /healthz while /readyz passes");
+        assert!(seen.readyz.load(Ordering::SeqCst) >= ready.len());
+
+        // Not ready: now the liveness probe goes out, and its own answer decides.
+        seen.ready_status.store(503, Ordering::SeqCst);
+        let _ = outcomes_until(&mut rx, 2).await; // a batch may have been out at the switch
+        let (ready, live) = outcomes_until(&mut rx, 4).await;
+        assert!(ready.iter().all(|v| matches!(v, Verdict::NotOk(_))), "{ready:?}");
+        assert!(live.iter().all(|v| *v == Verdict::Ok), "{live:?}");
+        assert!(seen.healthz.load(Ordering::SeqCst) >= 4);
+        cancel.cancel();
     }
 }
