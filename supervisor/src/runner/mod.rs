@@ -948,13 +948,7 @@ impl Runner {
                         None => vec![],
                     };
                     let kind = process::wait_child(spawned.child).await;
-                    // The exit is reported at once, so a restart does not wait for the log
-                    // pipe to drain; the group is swept after (the dead process holds no port
-                    // any more), and `Stop` answers once nothing of it is left.
-                    let _ = tx.send(Msg::Exited { name: owned.clone(), generation, kind });
-                    let_the_runner_go_first().await;
-                    sweep(&owned, id.pid, &known, grace).await;
-                    let _ = tx.send(Msg::Swept { name: owned, generation });
+                    exited(&tx, owned, generation, kind, id.pid, &known, grace).await;
                 } => {}
             }
         });
@@ -978,22 +972,32 @@ impl Runner {
                     process::wait_adopted(id.pid, id.start_time).await;
                     // Not our child: its exit status went to whoever reaped it.
                     let kind = Some(ExitKind::Unknown);
-                    let _ = tx.send(Msg::Exited { name: owned.clone(), generation, kind });
-                    let_the_runner_go_first().await;
-                    sweep(&owned, id.pid, &[], grace).await;
-                    let _ = tx.send(Msg::Swept { name: owned, generation });
+                    exited(&tx, owned, generation, kind, id.pid, &[], grace).await;
                 } => {}
             }
         });
     }
 }
 
-/// Lets the runner, just woken by an exit report sent from this task, take it before this task
-/// goes on: the message puts the runner into this worker's LIFO slot, and a yield runs it
-/// first, so the respawn does not wait behind the sweep's first check (a signal to the group and
-/// a read of the log pipe's `/proc` stat, about a tenth of a millisecond).
-async fn let_the_runner_go_first() {
+/// What a node's wait task does once the node's main process has exited: reports the exit at
+/// once, so a restart does not wait for the log pipe to drain; then sweeps the group (the
+/// dead process holds no port any more) and reports that, so `Stop` answers once nothing of
+/// it is left. Between the two it yields: the exit report put the runner into this worker's
+/// LIFO slot, and the yield lets it respawn before the sweep's first check (a signal to the
+/// group and a read of the log pipe's `/proc` stat) runs.
+async fn exited(
+    tx: &mpsc::UnboundedSender<Msg>,
+    name: String,
+    generation: u64,
+    kind: Option<ExitKind>,
+    pgid: u32,
+    known: &[u32],
+    grace: Duration,
+) {
+    let _ = tx.send(Msg::Exited { name: name.clone(), generation, kind });
     tokio::task::yield_now().await;
+    sweep(&name, pgid, known, grace).await;
+    let _ = tx.send(Msg::Swept { name, generation });
 }
 
 /// Where a save's time went: the node records written, the batch of new files made durable
