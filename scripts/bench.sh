@@ -57,13 +57,23 @@ while [ $# -gt 0 ]; do
 done
 wants() { [ -z "$only" ] || [[ ",$only," == *",$1,"* ]]; }
 
+# The programs are measured as they are installed: built by scripts/build-release.sh (static-pie
+# on Linux/glibc, in target/<host triple>/release). With --no-build, that folder when it holds
+# them, else target/release. The node bench is an example, built as cargo builds it.
+target_dir="$(cargo metadata --format-version 1 --no-deps --locked \
+  | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')"
+target_dir="${target_dir:-$PWD/target}"
+example="$target_dir/release/examples/bench"
 if [ "$build" = 1 ]; then
-  cargo build --release --locked -p dwbase-ctl >&2
+  bin_dir="$(scripts/build-release.sh)"
   if wants node; then
     cargo build --release --locked -p dwbase-node --example bench >&2
   fi
+else
+  bin_dir="$target_dir/$(rustc -vV | sed -n 's/^host: //p')/release"
+  [ -x "$bin_dir/dwbase" ] || bin_dir="$target_dir/release"
 fi
-bin_dir="$PWD/target/release"
+echo "bench: programs from $bin_dir" >&2
 for b in dwbase dwbase-supervisor dwbase-node; do
   [ -x "$bin_dir/$b" ] || { echo "bench.sh: $bin_dir/$b missing (build first)" >&2; exit 1; }
 done
@@ -119,5 +129,5 @@ fi
 
 echo "bench: work dir $work, load average $(cut -d' ' -f1-3 /proc/loadavg)" >&2
 "${harness[@]}" run "${quick[@]}" ${only:+--only "$only"} "${peer_flags[@]}" "${c_flags[@]}" \
-  --example "$bin_dir/examples/bench" --json-out "$json_out" \
+  --example "$example" --json-out "$json_out" \
   --md-out "${json_out%.json}.md" "${extra[@]}"

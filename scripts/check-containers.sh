@@ -7,8 +7,9 @@
 #
 # Usage: scripts/check-containers.sh [--no-install] [--only compose|kube]
 # Environment:
-#   DWBASE_BIN_DIR      where dwbase, dwbase-node, dwbase-supervisor, dwbase-logpipe are (default: target/release,
-#                       built here with `cargo build --release` when missing)
+#   DWBASE_BIN_DIR      where dwbase, dwbase-node, dwbase-supervisor, dwbase-logpipe are (default: the
+#                       release programs as installed, built (or brought up to date) here by
+#                       scripts/build-release.sh: static-pie on Linux/glibc)
 #   DWBASE_CACHE_DIR    keeps the debootstrap tarball between runs (default target/check-containers;
 #                       target/ is git-ignored). CI starts without it: debootstrap takes ~40 s.
 #   DWBASE_DEBIAN_MIRROR  mirror for debootstrap (default http://deb.debian.org/debian)
@@ -23,7 +24,7 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-BIN="${DWBASE_BIN_DIR:-$ROOT/target/release}"
+BIN="${DWBASE_BIN_DIR:-}"
 CACHE="${DWBASE_CACHE_DIR:-$ROOT/target/check-containers}"
 MIRROR="${DWBASE_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 COMPOSE_FILE="$ROOT/deploy/docker/compose.yaml"
@@ -206,15 +207,6 @@ install_tools() {
 
 # The binaries the image is built from.
 find_binaries() {
-  if [[ "$BIN" == "$ROOT/target/release" ]]; then
-    if [[ ! -x "$BIN/dwbase" || ! -x "$BIN/dwbase-node" || ! -x "$BIN/dwbase-supervisor"
-      || ! -x "$BIN/dwbase-logpipe" ]]; then
-      say "building the release binaries (cargo build --release --locked -p dwbase-ctl --bins)"
-      (cd "$ROOT" && cargo build --release --locked -p dwbase-ctl --bins)
-    fi
-    # A stale release build would test old code: rebuild (a no-op when up to date).
-    (cd "$ROOT" && cargo build --release --locked -p dwbase-ctl --bins -q)
-  fi
   local b
   for b in dwbase dwbase-node dwbase-supervisor dwbase-logpipe; do
     [[ -x "$BIN/$b" ]] || { say "$BIN/$b is missing (DWBASE_BIN_DIR)"; return 1; }
@@ -421,6 +413,12 @@ kube_play() {
 say "check-containers: $ROOT"
 write_podman_conf
 run_check install-tools install_tools || exit 1
+if [[ -z "$BIN" ]]; then
+  # A stale release build would test old code: (re)build (a no-op when up to date). Here, not
+  # in a check: each check runs in a subshell, and BIN is for all of them.
+  say "building the release programs (scripts/build-release.sh)"
+  BIN="$(cd "$ROOT" && scripts/build-release.sh)" || exit 1
+fi
 run_check binaries find_binaries || exit 1
 run_check base-image base_image || exit 1
 run_check build-image build_image || exit 1
