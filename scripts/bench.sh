@@ -70,7 +70,7 @@ if [ "$build" = 1 ]; then
     cargo build --release --locked -p dwbase-node --example bench >&2
   fi
 else
-  bin_dir="$target_dir/$(rustc -vV | sed -n 's/^host: //p')/release"
+  bin_dir="$(scripts/build-release.sh --print-dir)"
   [ -x "$bin_dir/dwbase" ] || bin_dir="$target_dir/release"
 fi
 echo "bench: programs from $bin_dir" >&2

@@ -16,8 +16,9 @@
 # link glibc statically: so the host triple is named, and the programs land in
 # target/<triple>/release/ (plain `cargo build --release` still fills target/release/).
 #
-# Usage: scripts/build-release.sh [--smoke] [extra cargo build flags]
+# Usage: scripts/build-release.sh [--smoke | --print-dir] [extra cargo build flags]
 #   Prints the folder holding the four programs as its last line on stdout.
+#   --print-dir  only prints that folder (builds nothing).
 #   --smoke  then checks them: each is a static-pie (Linux/glibc), each answers --version, and a
 #            two-node devnet under the supervisor takes a remembered atom and answers it, is
 #            restarted after kill -9, and stops; everything it started is stopped on exit.
@@ -25,10 +26,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 smoke=0
-if [ "${1:-}" = "--smoke" ]; then
-  smoke=1
-  shift
-fi
+print_dir=0
+case "${1:-}" in
+  --smoke) smoke=1; shift ;;
+  --print-dir) print_dir=1; shift ;;
+esac
 programs=(dwbase dwbase-node dwbase-supervisor dwbase-logpipe)
 host="$(rustc -vV | sed -n 's/^host: //p')"
 target_dir="$(cargo metadata --format-version 1 --no-deps --locked \
@@ -36,18 +38,19 @@ target_dir="$(cargo metadata --format-version 1 --no-deps --locked \
 target_dir="${target_dir:-$PWD/target}"
 
 case "$host" in
-  *-linux-gnu*)
-    static=1
-    RUSTFLAGS="${RUSTFLAGS:+$RUSTFLAGS }-C target-feature=+crt-static" \
-      cargo build --release --locked --target "$host" -p dwbase-ctl --bins "$@" >&2
-    out="$target_dir/$host/release"
-    ;;
-  *)
-    static=0
-    cargo build --release --locked -p dwbase-ctl --bins "$@" >&2
-    out="$target_dir/release"
-    ;;
+  *-linux-gnu*) static=1; out="$target_dir/$host/release" ;;
+  *) static=0; out="$target_dir/release" ;;
 esac
+if [ "$print_dir" = 1 ]; then
+  echo "$out"
+  exit 0
+fi
+if [ "$static" = 1 ]; then
+  RUSTFLAGS="${RUSTFLAGS:+$RUSTFLAGS }-C target-feature=+crt-static" \
+    cargo build --release --locked --target "$host" -p dwbase-ctl --bins "$@" >&2
+else
+  cargo build --release --locked -p dwbase-ctl --bins "$@" >&2
+fi
 
 fail() {
   echo "build-release: $*" >&2
@@ -73,9 +76,9 @@ if [ "$smoke" = 1 ]; then
 
   work="$(mktemp -d "${TMPDIR:-/tmp}/dwbase-release-smoke.XXXXXX")"
   export DWBASE_DATA_DIR="$work/root"
+  # `deploy stop` stops every node, then the supervisor.
   cleanup() {
     "$out/dwbase" deploy stop --no-start >/dev/null 2>&1 || true
-    "$out/dwbase" supervisor stop >/dev/null 2>&1 || true
     rm -rf "$work"
   }
   trap cleanup EXIT
