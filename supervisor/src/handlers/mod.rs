@@ -47,16 +47,23 @@ pub async fn handle(
     tokens: &ConnTokens,
 ) -> std::io::Result<Flow> {
     tracing::debug!(kind = kind(&req), "request");
+    // The long-running handlers (a rollout, a log or event stream, a shutdown) are boxed: their
+    // state machines would otherwise be inlined into every connection's task, which tokio
+    // allocates (and copies) whole for each connection — for one `deploy status` too.
     let reply = match req {
         Request::Ping => ping::handle(ctx).await,
         Request::Status => status::handle(ctx).await,
-        Request::DeployDevnet(spec) => return deploy::devnet(ctx, spec, conn, tokens).await,
-        Request::DeployLocal(spec) => return deploy::local(ctx, spec, conn, tokens).await,
+        Request::DeployDevnet(spec) => {
+            return Box::pin(deploy::devnet(ctx, spec, conn, tokens)).await
+        }
+        Request::DeployLocal(spec) => {
+            return Box::pin(deploy::local(ctx, spec, conn, tokens)).await
+        }
         Request::Restart(node) => restart::handle(ctx, node).await,
         Request::Stop(spec) => stop::handle(ctx, spec).await,
-        Request::Shutdown(spec) => return shutdown::handle(ctx, spec, conn).await,
-        Request::Logs(spec) => return logs::handle(ctx, spec, conn, tokens).await,
-        Request::Events(spec) => return events::handle(ctx, spec, conn, tokens).await,
+        Request::Shutdown(spec) => return Box::pin(shutdown::handle(ctx, spec, conn)).await,
+        Request::Logs(spec) => return Box::pin(logs::handle(ctx, spec, conn, tokens)).await,
+        Request::Events(spec) => return Box::pin(events::handle(ctx, spec, conn, tokens)).await,
     };
     send(conn, &reply).await?;
     Ok(Flow::Continue)

@@ -97,6 +97,16 @@ enum Msg {
     },
 }
 
+impl Msg {
+    /// A question that reads the runner's state and changes nothing of it.
+    fn reads_only(&self) -> bool {
+        matches!(
+            self,
+            Msg::Cmd(Command::Status(_) | Command::Plan { .. } | Command::LogTargets(..))
+        )
+    }
+}
+
 impl std::fmt::Debug for Msg {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -284,12 +294,16 @@ impl Runner {
         self.save();
         self.publish();
         while let Some(msg) = self.rx.recv().await {
+            let mut changes = !msg.reads_only();
             let mut finish = self.handle(msg);
             // Take whatever else is already queued before saving once (a probe batch and an
             // exit arriving together cost one write).
             while finish.is_none() {
                 match self.rx.try_recv() {
-                    Ok(m) => finish = self.handle(m),
+                    Ok(m) => {
+                        changes |= !m.reads_only();
+                        finish = self.handle(m);
+                    }
                     Err(_) => break,
                 }
             }
@@ -315,7 +329,11 @@ impl Runner {
                     );
                 }
             }
-            self.publish();
+            // A turn of questions only (`deploy status`, a plan, log targets) changed nothing
+            // to publish; publishing would build every node's status a second time.
+            if changes {
+                self.publish();
+            }
             for w in self.after_save.drain(..) {
                 let _ = w.send(());
             }
@@ -364,7 +382,7 @@ impl Runner {
 
     fn sorted(&self) -> Vec<&Node> {
         let mut v: Vec<&Node> = self.nodes.values().collect();
-        v.sort_by_key(|n| node::order(&n.rec));
+        v.sort_by(|a, b| node::order(&a.rec).cmp(&node::order(&b.rec)));
         v
     }
 
