@@ -57,7 +57,7 @@ while [ $# -gt 0 ]; do
 done
 wants() { [ -z "$only" ] || [[ ",$only," == *",$1,"* ]]; }
 
-# The programs are measured as they are installed: built by scripts/build-release.sh (static-pie
+# The programs are measured as they are installed: built by scripts/build-release.sh (static
 # on Linux/glibc, in target/<host triple>/release). With --no-build, that folder when it holds
 # them, else target/release. The node bench is an example, built as cargo builds it.
 target_dir="$(cargo metadata --format-version 1 --no-deps --locked \

@@ -9,7 +9,7 @@
 # Environment:
 #   DWBASE_BIN_DIR      where dwbase, dwbase-node, dwbase-supervisor, dwbase-logpipe are (default: the
 #                       release programs as installed, built (or brought up to date) here by
-#                       scripts/build-release.sh: static-pie on Linux/glibc)
+#                       scripts/build-release.sh: static on Linux/glibc)
 #   DWBASE_CACHE_DIR    keeps the debootstrap tarball between runs (default target/check-containers;
 #                       target/ is git-ignored). CI starts without it: debootstrap takes ~40 s.
 #   DWBASE_DEBIAN_MIRROR  mirror for debootstrap (default http://deb.debian.org/debian)
