@@ -417,10 +417,10 @@ fn prepare_node_dirs(node: &RenderedNode) -> Result<(), ErrorReply> {
 }
 
 /// Validates a rendered config with the node's own parser, as if it were already written at
-/// its path (nothing is written).
-pub fn validate(node: &RenderedNode) -> Result<(), ErrorReply> {
+/// its path (nothing is written), and returns what it loaded (for [`Endpoint::of_loaded`]:
+/// one parse per node in a rollout).
+pub fn validate(node: &RenderedNode) -> Result<dwbase_node::config::Config, ErrorReply> {
     dwbase_node::config::Config::from_toml_str(&node.text, &node.config_path)
-        .map(|_| ())
         .map_err(|e| err(ErrorKind::BadConfig, format!("node {}: {e}", node.name)))
 }
 
@@ -477,13 +477,19 @@ impl Endpoint {
         env: &[(String, String)],
         fallback: SocketAddr,
     ) -> Self {
-        let Ok(mut cfg) = dwbase_node::config::Config::from_toml_str(text, config_path) else {
+        let Ok(cfg) = dwbase_node::config::Config::from_toml_str(text, config_path) else {
             let listen = text
                 .parse::<toml::Table>()
                 .ok()
                 .and_then(|doc| doc.get("node")?.get("listen")?.as_str()?.parse().ok());
             return Self::plain(listen.unwrap_or(fallback));
         };
+        Self::of_loaded(cfg, env)
+    }
+
+    /// From a config the node's loader accepted ([`validate`]) and the environment the node
+    /// gets (`DWBASE_TLS_*` override the file).
+    pub fn of_loaded(mut cfg: dwbase_node::config::Config, env: &[(String, String)]) -> Self {
         let _ = cfg.apply_env_from(env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         let node = &cfg.node;
         let tls = node.tls.enabled().then(|| ProbeTls {

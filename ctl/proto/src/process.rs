@@ -51,11 +51,40 @@ impl ProcessId {
     }
 }
 
+/// `/proc/<pid>/stat` as text, read into a buffer on the stack with one `read` (the line is a
+/// few hundred bytes; `read_to_string` would first `statx` the file and then read it in growing
+/// chunks, six reads here). This runs for every spawn, exit and liveness check. (Where there is
+/// no procfs, the open fails.)
+fn read_stat(pid: u32) -> io::Result<String> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(format!("/proc/{pid}/stat"))?;
+    let mut buf = [0u8; 1024];
+    let mut len = 0;
+    loop {
+        match file.read(&mut buf[len..]) {
+            Ok(0) => break,
+            Ok(n) => {
+                len += n;
+                if len == buf.len() {
+                    // Longer than any stat line seen: read the rest the general way.
+                    let mut rest = Vec::from(&buf[..]);
+                    file.read_to_end(&mut rest)?;
+                    return Ok(String::from_utf8_lossy(&rest).into_owned());
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    // A command name may hold any bytes; the fields after it are ASCII.
+    Ok(String::from_utf8_lossy(&buf[..len]).into_owned())
+}
+
 /// The start time of a process, in clock ticks since boot (field 22 of `/proc/<pid>/stat`).
 /// `None` if the process does not exist (or on platforms without procfs).
 #[cfg(target_os = "linux")]
 pub fn start_time(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let stat = read_stat(pid).ok()?;
     parse_start_time(&stat)
 }
 
@@ -90,7 +119,7 @@ pub fn parse_state_and_group(stat: &str) -> Option<(char, i64)> {
 /// Whether the process is a zombie (exited, not yet reaped) — it holds its pid but is gone.
 #[cfg(target_os = "linux")]
 pub fn is_zombie(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+    read_stat(pid)
         .ok()
         .and_then(|s| parse_state_and_group(&s))
         .is_some_and(|(state, _)| matches!(state, 'Z' | 'X'))
@@ -183,7 +212,7 @@ fn scan(leaders_only: bool, mut keep: impl FnMut(&[OsString]) -> bool) -> Vec<Pr
         let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
             continue;
         };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+        let Ok(stat) = read_stat(pid) else { continue };
         let Some((state, pgrp)) = parse_state_and_group(&stat) else { continue };
         if matches!(state, 'Z' | 'X') || (leaders_only && pgrp != i64::from(pid)) {
             continue;
@@ -270,7 +299,7 @@ pub fn group_alive_with(pgid: u32, known: &[u32]) -> bool {
 
 /// Whether `pid` runs (is not a zombie) in process group `pgid`.
 fn runs_in_group(pid: u32, pgid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+    read_stat(pid)
         .ok()
         .and_then(|stat| parse_state_and_group(&stat))
         .is_some_and(|(state, pgrp)| pgrp == i64::from(pgid) && !matches!(state, 'Z' | 'X'))
@@ -530,6 +559,35 @@ mod tests {
         let args: Vec<OsString> = ["node", "--config=/c.toml"].iter().map(Into::into).collect();
         assert_eq!(arg_value(&args, "--config"), Some(Path::new("/c.toml")));
         assert_eq!(arg_value(&args, "--other"), None);
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn the_stat_line_is_read_whole_and_names_with_spaces_and_parentheses_parse() {
+        // A thread of this process renamed to a name with ") (" in it: the fields are found
+        // after the last ')', and the line read in one go equals the one read the general way.
+        let me = std::process::id();
+        let ours = read_stat(me).unwrap();
+        let general = std::fs::read_to_string(format!("/proc/{me}/stat")).unwrap();
+        assert_eq!(parse_start_time(&ours), parse_start_time(&general));
+        assert!(start_time(me).is_some());
+        let tid = std::thread::spawn(|| {
+            std::fs::write("/proc/thread-self/comm", b"a) (b ) x\xff").unwrap();
+            let tid = nix::unistd::gettid().as_raw();
+            let line = read_stat(tid as u32).unwrap();
+            (line, std::fs::read(format!("/proc/{tid}/stat")).unwrap())
+        })
+        .join()
+        .unwrap();
+        let (line, raw) = tid;
+        assert!(line.contains("a) (b ) x"), "{line}");
+        assert_eq!(line.len(), String::from_utf8_lossy(&raw).len());
+        assert_eq!(
+            parse_state_and_group(&line).map(|(_, g)| g),
+            Some(i64::from(nix::unistd::getpgrp().as_raw()))
+        );
+        assert!(parse_start_time(&line).is_some());
+        assert!(read_stat(u32::MAX - 3).is_err());
     }
 
     #[cfg(target_os = "linux")]

@@ -659,14 +659,15 @@ impl Runner {
                         format!("{} exists already (a concurrent deploy?)", d.record.name),
                     ));
                 }
-                render::validate(&d.rendered)?;
+                let loaded = render::validate(&d.rendered)?;
                 render::check_port(&d.rendered)?;
                 // A new node: nothing durable lists it until the state file is saved at the
                 // end of this turn, after its config is synced with the rest of the batch.
                 render::write_new_node(&d.rendered, &mut self.unsynced)?;
                 let name = d.record.name.clone();
                 info!(node = %name, port = d.record.port, "adding");
-                let node = Node::new(d.record.clone(), d.endpoint(), self.cfg.rules);
+                let endpoint = Endpoint::of_loaded(loaded, &d.record.env);
+                let node = Node::new(d.record, endpoint, self.cfg.rules);
                 self.nodes.insert(name.clone(), node);
                 self.dirty = true;
                 self.emit(&name, EventKind::Added);
