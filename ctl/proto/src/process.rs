@@ -571,7 +571,7 @@ mod tests {
         let general = std::fs::read_to_string(format!("/proc/{me}/stat")).unwrap();
         assert_eq!(parse_start_time(&ours), parse_start_time(&general));
         assert!(start_time(me).is_some());
-        let tid = std::thread::spawn(|| {
+        let (line, raw) = std::thread::spawn(|| {
             std::fs::write("/proc/thread-self/comm", b"a) (b ) x\xff").unwrap();
             let tid = nix::unistd::gettid().as_raw();
             let line = read_stat(tid as u32).unwrap();
@@ -579,7 +579,6 @@ mod tests {
         })
         .join()
         .unwrap();
-        let (line, raw) = tid;
         assert!(line.contains("a) (b ) x"), "{line}");
         assert_eq!(line.len(), String::from_utf8_lossy(&raw).len());
         assert_eq!(
