@@ -652,21 +652,21 @@ impl Runner {
     /// Carries out one step of a deploy.
     fn apply(&mut self, step: Step) -> Result<Applied, ErrorReply> {
         match step {
-            Step::Add(d) => {
+            Step::Add(mut d) => {
                 if self.nodes.contains_key(&d.record.name) {
                     return Err(err(
                         ErrorKind::Conflict,
                         format!("{} exists already (a concurrent deploy?)", d.record.name),
                     ));
                 }
-                let loaded = render::validate(&d.rendered)?;
+                d.validate()?;
                 render::check_port(&d.rendered)?;
                 // A new node: nothing durable lists it until the state file is saved at the
                 // end of this turn, after its config is synced with the rest of the batch.
                 render::write_new_node(&d.rendered, &mut self.unsynced)?;
                 let name = d.record.name.clone();
                 info!(node = %name, port = d.record.port, "adding");
-                let endpoint = Endpoint::of_loaded(loaded, &d.record.env);
+                let endpoint = d.endpoint();
                 let node = Node::new(d.record, endpoint, self.cfg.rules);
                 self.nodes.insert(name.clone(), node);
                 self.dirty = true;

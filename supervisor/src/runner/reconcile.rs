@@ -26,6 +26,8 @@ pub struct DesiredNode {
     pub rendered: RenderedNode,
     /// The record it will run under.
     pub record: NodeRecord,
+    /// Where its API will answer, once [`DesiredNode::validate`] has loaded its config.
+    endpoint: Option<Endpoint>,
 }
 
 impl DesiredNode {
@@ -57,11 +59,24 @@ impl DesiredNode {
             env,
             liveness,
         };
-        Self { rendered, record }
+        Self { rendered, record, endpoint: None }
+    }
+
+    /// Validates its config with the node's own loader, once: the plan does it for every node
+    /// that will start, and the step it hands on keeps what was loaded (its endpoint).
+    pub fn validate(&mut self) -> Result<(), ErrorReply> {
+        if self.endpoint.is_none() {
+            let loaded = render::validate(&self.rendered)?;
+            self.endpoint = Some(Endpoint::of_loaded(loaded, &self.record.env));
+        }
+        Ok(())
     }
 
     /// Where and how its API will answer probes.
     pub fn endpoint(&self) -> Endpoint {
+        if let Some(e) = &self.endpoint {
+            return e.clone();
+        }
         let r = &self.rendered;
         Endpoint::of_config(&r.text, &r.config_path, &self.record.env, r.listen)
     }
@@ -313,11 +328,11 @@ pub(super) fn plan(
     // whole deploy before anything changes (and `--dry-run` says so).
     let held: HashMap<u16, &str> =
         nodes.values().map(|n| (n.rec.port, n.rec.name.as_str())).collect();
-    for d in replaces.iter().chain(starts.iter().filter_map(|s| match s {
+    for d in replaces.iter_mut().chain(starts.iter_mut().filter_map(|s| match s {
         Step::Add(d) => Some(d),
         _ => None,
     })) {
-        render::validate(&d.rendered)?;
+        d.validate()?;
         if !held.contains_key(&d.record.port) {
             render::check_port(&d.rendered)?;
         }
