@@ -211,6 +211,96 @@ pub fn start_log_pipes(jobs: impl IntoIterator<Item = LogPipeJob>) {
     }
 }
 
+/// Threads that start node processes beside the runner ("dwbase-spawn-N"), so that a
+/// rollout's next node is prepared (its folder, config, port check) while the previous ones
+/// are still being started: starting a process blocks its caller until the child has exec'd
+/// (posix_spawn's vfork), about half a millisecond here, most of it the child's exec on
+/// another core. The threads are made at the first job and then block on the queue (no
+/// wake-up while idle). Where no thread can be started, jobs run on the caller's thread.
+pub struct SpawnPool {
+    size: usize,
+    queue: Option<std::sync::mpsc::Sender<SpawnTask>>,
+}
+
+type SpawnTask = Box<dyn FnOnce() + Send + 'static>;
+
+impl std::fmt::Debug for SpawnPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SpawnPool")
+            .field("size", &self.size)
+            .field("started", &self.queue.is_some())
+            .finish()
+    }
+}
+
+impl SpawnPool {
+    /// A pool of `size` threads (at least one), none started yet.
+    pub fn new(size: usize) -> Self {
+        Self { size: size.max(1), queue: None }
+    }
+
+    /// Runs `job` on one of the pool's threads, inside `runtime` (a tokio child registers
+    /// with the runtime that spawns it).
+    pub fn submit(
+        &mut self,
+        runtime: &tokio::runtime::Handle,
+        job: impl FnOnce() + Send + 'static,
+    ) {
+        let runtime = runtime.clone();
+        let task: SpawnTask = Box::new(move || {
+            let _rt = runtime.enter();
+            job();
+        });
+        let task = match &self.queue {
+            Some(tx) => match tx.send(task) {
+                Ok(()) => return,
+                // Every thread is gone (they panicked): start them again.
+                Err(back) => back.0,
+            },
+            None => task,
+        };
+        match self.start() {
+            Ok(tx) => {
+                // The receiver lives as long as one of the threads just started.
+                if let Err(back) = tx.send(task) {
+                    (back.0)();
+                }
+                self.queue = Some(tx);
+            }
+            Err(e) => {
+                tracing::warn!("starting the spawn threads: {e}; starting a node inline");
+                self.queue = None;
+                task();
+            }
+        }
+    }
+
+    fn start(&self) -> io::Result<std::sync::mpsc::Sender<SpawnTask>> {
+        use std::sync::{Arc, Mutex};
+        let (tx, rx) = std::sync::mpsc::channel::<SpawnTask>();
+        let rx = Arc::new(Mutex::new(rx));
+        for i in 0..self.size {
+            let rx = Arc::clone(&rx);
+            let started =
+                std::thread::Builder::new().name(format!("dwbase-spawn-{i}")).spawn(move || loop {
+                    let next = rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
+                    match next {
+                        Ok(task) => task(),
+                        Err(_) => break,
+                    }
+                });
+            if let Err(e) = started {
+                if i == 0 {
+                    return Err(e);
+                }
+                tracing::warn!("starting spawn thread {i}: {e}; going on with {i}");
+                break;
+            }
+        }
+        Ok(tx)
+    }
+}
+
 /// Spawning failed.
 #[derive(Debug, thiserror::Error)]
 pub enum SpawnError {

@@ -15,7 +15,9 @@
 //! - [`reconcile`]: declarative deploys — desired nodes diffed into a plan and steps;
 //! - [`probe`]: the batched readiness and liveness prober.
 //!
-//! Tasks it starts per running node: an exit watcher (`Child::wait` for our children, a pidfd
+//! Node processes start on two spawn threads ([`process::SpawnPool`]) while a rollout is
+//! applied, so the next node is prepared while the last one execs; the runner takes the
+//! results in before its turn ends. Tasks it starts per running node: an exit watcher (`Child::wait` for our children, a pidfd
 //! for adopted ones). None of them touches node state; they only send messages.
 
 pub mod handle;
@@ -177,7 +179,26 @@ pub struct Runner {
     notify: Option<dwbase_proto::notify::NotifyReceiver>,
     /// Log pipes of the nodes spawned this turn, started once the turn's spawns are done.
     log_pipes: Vec<process::LogPipeJob>,
+    /// The node program and where its output goes, shared with the spawn orders.
+    node_program: Arc<Invocation>,
+    sink: Arc<LogSink>,
+    /// Starts queued this turn, not yet handed to the spawn threads.
+    spawn_queue: Vec<SpawnOrder>,
+    /// Whether starts go to the spawn threads as soon as they are ordered (while a rollout
+    /// of several steps is applied).
+    pipelined: bool,
+    spawn_pool: process::SpawnPool,
+    /// Starts handed to the spawn threads whose results have not been taken in.
+    in_flight: usize,
+    spawn_done_tx: std::sync::mpsc::Sender<(String, SpawnResult)>,
+    spawn_done_rx: std::sync::mpsc::Receiver<(String, SpawnResult)>,
 }
+
+type SpawnResult = Result<process::SpawnedNode, process::SpawnError>;
+
+/// Spawn threads: with two cores, two starts can be under way while the runner prepares the
+/// next node.
+const SPAWN_THREADS: usize = 2;
 
 impl Runner {
     /// Builds the runner and its handle: loads both state files and every node folder's
@@ -196,6 +217,8 @@ impl Runner {
         )?;
         let handle = RunnerHandle { tx: tx.clone(), events: events.clone(), status: status_rx };
         let paths_notify = cfg.paths.notify_socket();
+        let (cfg_node, cfg_sink) = (cfg.node.clone(), cfg.sink.clone());
+        let (spawn_done_tx, spawn_done_rx) = std::sync::mpsc::channel();
         let mut runner = Self {
             cfg,
             nodes: BTreeMap::new(),
@@ -215,6 +238,14 @@ impl Runner {
             saved: HashMap::new(),
             notify: bind_notify(&paths_notify),
             log_pipes: Vec::new(),
+            node_program: Arc::new(cfg_node),
+            sink: Arc::new(cfg_sink),
+            spawn_queue: Vec::new(),
+            pipelined: false,
+            spawn_pool: process::SpawnPool::new(SPAWN_THREADS),
+            in_flight: 0,
+            spawn_done_tx,
+            spawn_done_rx,
         };
         runner.restore();
         Ok((runner, handle))
@@ -228,6 +259,9 @@ impl Runner {
     fn restore(&mut self) {
         let mut report = StartupReport::default();
         let found = restore::gather(&self.cfg.paths, &mut report);
+        // Nodes that died while no supervisor ran start beside the next one's adoption.
+        self.pipelined = true;
+        let mut died = Vec::new();
         for (name, id) in found.duplicates {
             warn!(node = %name, pid = id.pid, "stopping a duplicate process of this node");
             let target = pc::StopTarget { id, grace: Duration::from_secs(5), whole_group: true };
@@ -267,16 +301,21 @@ impl Runner {
                         &name,
                         Event::Exited { kind: None, at_unix_ms: unix_ms_now(), reason: None },
                     );
-                    if let Some(n) = self.nodes.get_mut(&name) {
-                        n.fsm.message = Some("exited while no supervisor was running".into());
-                        if n.fsm.process.is_some() {
-                            report.restarted.push(name.clone());
-                        }
-                    }
+                    died.push(name);
                 }
                 None => {
                     debug!(node = %name, "recorded as stopped");
                     self.nodes.insert(name, node);
+                }
+            }
+        }
+        self.pipelined = false;
+        self.finish_spawns();
+        for name in died {
+            if let Some(n) = self.nodes.get_mut(&name) {
+                n.fsm.message = Some("exited while no supervisor was running".into());
+                if n.fsm.process.is_some() {
+                    report.restarted.push(name);
                 }
             }
         }
@@ -478,6 +517,12 @@ impl Runner {
     }
 
     fn handle(&mut self, msg: Msg) -> Option<oneshot::Sender<()>> {
+        let finish = self.take_in(msg);
+        self.finish_spawns();
+        finish
+    }
+
+    fn take_in(&mut self, msg: Msg) -> Option<oneshot::Sender<()>> {
         match msg {
             Msg::Cmd(cmd) => return self.command(cmd),
             Msg::Exited { name, generation, kind } => self.on_exit(&name, generation, kind),
@@ -544,6 +589,7 @@ impl Runner {
             }
             Command::ApplyAll(steps, reply) => {
                 let mut results = Vec::with_capacity(steps.len());
+                self.pipelined = steps.len() > 1;
                 for step in steps {
                     let r = self.apply(step);
                     let failed = r.is_err();
@@ -552,6 +598,7 @@ impl Runner {
                         break;
                     }
                 }
+                self.pipelined = false;
                 let _ = reply.send(results);
             }
             Command::Restart(name, reply) => {
@@ -829,8 +876,9 @@ impl Runner {
             for action in actions {
                 match action {
                     Action::SaveState => self.dirty = true,
-                    Action::Spawn => match self.spawn(name) {
-                        Ok(id) => queue.push_back(Event::Spawned(id)),
+                    // The process starts after this event's actions (see `finish_spawns`).
+                    Action::Spawn => match self.prepare_spawn(name) {
+                        Ok(order) => self.queue_spawn(order),
                         Err(msg) => queue.push_back(Event::SpawnFailed(msg)),
                     },
                     Action::ScheduleRestart(after) => {
@@ -903,7 +951,9 @@ impl Runner {
         self.timer(name, Some(generation), Duration::from_millis(timeout), Event::StopTimedOut);
     }
 
-    fn spawn(&mut self, name: &str) -> Result<ProcessId, String> {
+    /// The first half of a spawn, on the runner: a deploy's replacement config goes in place
+    /// and the node's record takes its settings; what the start needs is copied out.
+    fn prepare_spawn(&mut self, name: &str) -> Result<SpawnOrder, String> {
         let Some(n) = self.nodes.get_mut(name) else { return Err("unknown node".into()) };
         if let Some(d) = n.pending.take() {
             // A deploy's replacement: its config goes in place right before its process starts.
@@ -915,26 +965,96 @@ impl Runner {
             n.fsm.policy = n.rec.restart_policy;
             n.fsm.liveness = n.rec.liveness;
         }
-        let spec = SpawnSpec {
-            node: &self.cfg.node,
-            sink: &self.cfg.sink,
-            config_path: &n.rec.config_path,
-            log_path: &n.rec.log_path,
+        Ok(SpawnOrder {
+            name: name.to_owned(),
+            node: Arc::clone(&self.node_program),
+            sink: Arc::clone(&self.sink),
+            config_path: n.rec.config_path.clone(),
+            log_path: n.rec.log_path.clone(),
             stop_timeout_ms: n.rec.stop_timeout_ms,
-            data_dir: &n.rec.data_dir,
-            node_id: &n.rec.id,
-            env: &n.rec.env,
-            notify_socket: self.notify.as_ref().map(|r| r.path()),
-        };
-        let next_seq = self.status_tx.borrow().seq + 1;
-        let spawned = match process::spawn_node(&spec) {
+            data_dir: n.rec.data_dir.clone(),
+            node_id: n.rec.id.clone(),
+            env: n.rec.env.clone(),
+            notify_socket: self.notify.as_ref().map(|r| r.path().to_owned()),
+        })
+    }
+
+    /// Queues a prepared start: at once on the spawn threads while a rollout is applied
+    /// (the next node is prepared meanwhile), else at the end of the turn
+    /// ([`Runner::finish_spawns`]).
+    fn queue_spawn(&mut self, order: SpawnOrder) {
+        if self.pipelined {
+            self.dispatch(order);
+        } else {
+            self.spawn_queue.push(order);
+        }
+    }
+
+    fn dispatch(&mut self, order: SpawnOrder) {
+        let done = self.spawn_done_tx.clone();
+        self.in_flight += 1;
+        let runtime = tokio::runtime::Handle::current();
+        self.spawn_pool.submit(&runtime, move || {
+            let r = order.start();
+            let _ = done.send((order.name, r));
+        });
+    }
+
+    /// Starts what this turn queued and takes in every start still under way: a single start
+    /// (a restart after an exit) runs right here, without a hand-over to another thread;
+    /// more run on the spawn threads. Returns once no start is left, so the next message
+    /// finds every node it names spawned (or failed).
+    fn finish_spawns(&mut self) {
+        loop {
+            if self.in_flight == 0 && self.spawn_queue.len() == 1 {
+                let order = self.spawn_queue.pop().expect("one order");
+                let r = order.start();
+                self.complete_spawn(&order.name, r);
+                continue;
+            }
+            for order in std::mem::take(&mut self.spawn_queue) {
+                self.dispatch(order);
+            }
+            if self.in_flight == 0 {
+                return;
+            }
+            let Ok((name, r)) = self.spawn_done_rx.recv() else {
+                // Unreachable: the runner holds a sender itself.
+                self.in_flight = 0;
+                return;
+            };
+            self.in_flight -= 1;
+            self.complete_spawn(&name, r);
+        }
+    }
+
+    /// The second half of a spawn, on the runner: the node's new process is recorded,
+    /// watched and probed, and its FSM told.
+    fn complete_spawn(&mut self, name: &str, r: SpawnResult) {
+        let spawned = match r {
             Err(e) => {
                 error!(node = %name, "spawn failed: {e}");
-                return Err(e.to_string());
+                self.drive(name, Event::SpawnFailed(e.to_string()));
+                return;
             }
             Ok(s) => s,
         };
         let id = ProcessId { pid: spawned.pid, start_time: spawned.start_time };
+        let expected = self.nodes.get(name).is_some_and(|n| n.fsm.phase == Phase::Spawning);
+        if !expected {
+            // Nothing in one turn changes a node between the order and its start; should that
+            // ever happen, the process nobody waits for is not left behind.
+            error!(node = %name, pid = id.pid, "a node process started that its node no longer expects; killing its group");
+            let _ = pc::signal_group(id.pid, Signal::SIGKILL);
+            drop(spawned.log_pipe);
+            let mut child = spawned.child;
+            tokio::spawn(async move {
+                let _ = child.wait().await;
+            });
+            return;
+        }
+        let next_seq = self.status_tx.borrow().seq + 1;
+        let Some(n) = self.nodes.get_mut(name) else { return };
         let log_pipe = spawned.log_pipe.map(|(start, job)| {
             self.log_pipes.push(job);
             start
@@ -972,7 +1092,7 @@ impl Runner {
             }
         });
         self.prober.watch(name, generation, endpoint, liveness);
-        Ok(id)
+        self.drive(name, Event::Spawned(id));
     }
 
     fn watch_adopted(&mut self, name: &str) {
@@ -1017,6 +1137,37 @@ async fn exited(
     tokio::task::yield_now().await;
     sweep(&name, pgid, known, grace).await;
     let _ = tx.send(Msg::Swept { name, generation });
+}
+
+/// One node process to start, with everything it needs copied out of the runner's state, so
+/// it can start on a spawn thread.
+struct SpawnOrder {
+    name: String,
+    node: Arc<Invocation>,
+    sink: Arc<LogSink>,
+    config_path: std::path::PathBuf,
+    log_path: std::path::PathBuf,
+    stop_timeout_ms: u64,
+    data_dir: std::path::PathBuf,
+    node_id: String,
+    env: Vec<(String, String)>,
+    notify_socket: Option<std::path::PathBuf>,
+}
+
+impl SpawnOrder {
+    fn start(&self) -> Result<process::SpawnedNode, process::SpawnError> {
+        process::spawn_node(&SpawnSpec {
+            node: &self.node,
+            sink: &self.sink,
+            config_path: &self.config_path,
+            log_path: &self.log_path,
+            stop_timeout_ms: self.stop_timeout_ms,
+            data_dir: &self.data_dir,
+            node_id: &self.node_id,
+            env: &self.env,
+            notify_socket: self.notify_socket.as_deref(),
+        })
+    }
 }
 
 /// Where a save's time went: the node records written, the batch of new files made durable
