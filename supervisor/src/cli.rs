@@ -277,10 +277,16 @@ fn init_tracing(
         .lossy(false)
         .finish(file);
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let file_layer = tracing_subscriber::fmt::layer().with_writer(writer).with_ansi(false);
+    // Lines logged during a runner's turn are written after its node processes started
+    // (`log_hold`).
+    let file_layer = tracing_subscriber::fmt::layer()
+        .with_writer(crate::log_hold::Holding::new(writer))
+        .with_ansi(false);
     // No escape codes into the journal or a pipe (`auto` looks at stderr and NO_COLOR).
     let stderr_layer = foreground.then(|| {
-        tracing_subscriber::fmt::layer().with_writer(io::stderr).with_ansi(color.stderr())
+        tracing_subscriber::fmt::layer()
+            .with_writer(crate::log_hold::Holding::new(io::stderr))
+            .with_ansi(color.stderr())
     });
     let _ =
         tracing_subscriber::registry().with(filter).with(file_layer).with(stderr_layer).try_init();

@@ -39,6 +39,7 @@ pub mod devnet_tls;
 pub mod fsm;
 pub mod handlers;
 pub mod instance;
+pub mod log_hold;
 pub mod logs;
 pub mod metrics;
 pub mod process;

@@ -319,6 +319,7 @@ impl Runner {
                 }
             }
         }
+        self.prober.send_held();
         if let Some(s) = report.summary() {
             info!("start-up: {s}");
         }
@@ -516,9 +517,15 @@ impl Runner {
         }
     }
 
+    /// Takes one message in. What would wake another thread waits until the turn's node
+    /// processes have started: the prober's commands and the turn's log lines (on a small
+    /// machine the woken thread runs at once, before a restart's spawn).
     fn handle(&mut self, msg: Msg) -> Option<oneshot::Sender<()>> {
+        let held = crate::log_hold::hold();
         let finish = self.take_in(msg);
         self.finish_spawns();
+        self.prober.send_held();
+        drop(held);
         finish
     }
 
@@ -794,6 +801,7 @@ impl Runner {
         let said = reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default();
         // Our own children report their status; adopted processes cannot.
         let k = kind.unwrap_or(ExitKind::Unknown);
+        // (Written after the turn's spawns, with the prober's commands: see `handle`.)
         if requested {
             info!(node = %name, ?pid, "stopped ({k}){said}");
         } else if k == ExitKind::Unknown {

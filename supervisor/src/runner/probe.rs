@@ -94,10 +94,13 @@ enum ProbeCmd {
     Unwatch { name: String },
 }
 
-/// Tells the prober what to probe.
-#[derive(Debug, Clone)]
+/// Tells the prober what to probe. Commands wait in `held` until [`Prober::send_held`]: the
+/// runner sends them at the end of its turn, after the turn's node processes have started, so
+/// that waking the prober's thread never delays a restart.
+#[derive(Debug)]
 pub(super) struct Prober {
     tx: mpsc::UnboundedSender<ProbeCmd>,
+    held: Vec<ProbeCmd>,
 }
 
 impl std::fmt::Debug for ProbeCmd {
@@ -142,18 +145,36 @@ impl Prober {
                 let _ = tokio::spawn(run(cfg, clients, rx, runner, cancel, gather)).await;
             })
         })?;
-        Ok(Self { tx })
+        Ok(Self { tx, held: Vec::new() })
     }
 
-    /// Probes this process of `name` from now on (replacing an older one).
-    pub fn watch(&self, name: &str, generation: u64, endpoint: Endpoint, liveness: LivenessSpec) {
+    /// Probes this process of `name` from now on (replacing an older one), from the next
+    /// [`Prober::send_held`].
+    pub fn watch(
+        &mut self,
+        name: &str,
+        generation: u64,
+        endpoint: Endpoint,
+        liveness: LivenessSpec,
+    ) {
         let name = name.to_owned();
-        let _ = self.tx.send(ProbeCmd::Watch { name, generation, endpoint, liveness });
+        self.held.push(ProbeCmd::Watch { name, generation, endpoint, liveness });
     }
 
-    /// Stops probing `name`.
-    pub fn unwatch(&self, name: &str) {
-        let _ = self.tx.send(ProbeCmd::Unwatch { name: name.to_owned() });
+    /// Stops probing `name`, from the next [`Prober::send_held`]. (A probe of its old
+    /// process still under way reports with the old generation, which the runner ignores.)
+    pub fn unwatch(&mut self, name: &str) {
+        self.held.push(ProbeCmd::Unwatch { name: name.to_owned() });
+    }
+
+    /// Sends the commands given since the last call, in order.
+    pub fn send_held(&mut self) {
+        for cmd in self.held.drain(..) {
+            if self.tx.send(cmd).is_err() {
+                // The prober ended (the runner is shutting down): nothing more to tell it.
+                return;
+            }
+        }
     }
 }
 
@@ -582,9 +603,10 @@ mod tests {
         let cancel = CancellationToken::new();
         let period = Duration::from_millis(40);
         let cfg = ProbeConfig { fast: period, slow: period, timeout: Duration::from_secs(5) };
-        let prober = Prober::start(cfg, tx, cancel.clone()).unwrap();
+        let mut prober = Prober::start(cfg, tx, cancel.clone()).unwrap();
         let liveness = LivenessSpec { period_ms: 40, timeout_ms: 5000, failures: 3 };
         prober.watch("node-a", 1, Endpoint::plain(addr), liveness);
+        prober.send_held();
 
         // Ready from the first probe; from then on both are due on the same grid, every
         // period (not every other one), and the ready answers stand for the liveness probes.
