@@ -30,7 +30,7 @@ from procs import now  # noqa: E402
 SECTIONS = ("supervision", "logs", "node")
 PEERS = {"supervisord": tools.Supervisord, "pm2": tools.Pm2, "pueue": tools.Pueue}
 
-FULL = {"nodes": [1, 10, 50], "idle_secs": 60.0, "restarts": 5, "status_runs": 20,
+FULL = {"nodes": [1, 10, 50], "idle_secs": 60.0, "restarts": 15, "status_runs": 20,
         "log_bytes": 1_000_000_000, "log_line": 100, "atoms": 100_000, "asks": 5_000,
         "single": 1_000}
 QUICK = {"nodes": [1, 3], "idle_secs": 3.0, "restarts": 2, "status_runs": 5,
