@@ -1003,7 +1003,14 @@ impl Runner {
         self.in_flight += 1;
         let runtime = tokio::runtime::Handle::current();
         self.spawn_pool.submit(&runtime, move || {
-            let r = order.start();
+            // Even a panic answers: the runner waits for every start it handed out.
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| order.start()))
+                .unwrap_or_else(|_| {
+                    Err(process::SpawnError::Node {
+                        program: order.node.program.clone(),
+                        source: std::io::Error::other("the spawn thread panicked starting it"),
+                    })
+                });
             let _ = done.send((order.name, r));
         });
     }
