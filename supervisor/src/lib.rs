@@ -169,8 +169,8 @@ pub async fn run(opts: RunOptions, shutdown: CancellationToken) -> anyhow::Resul
     };
     let cfg = runner::RunnerConfig {
         paths: paths.clone(),
-        node: opts.node.clone(),
-        sink: opts.sink.clone(),
+        node: Arc::new(opts.node.clone()),
+        sink: Arc::new(opts.sink.clone()),
         rules: opts.rules,
         supervisor: info.clone(),
         supervisor_start_time: dwbase_proto::process::start_time(pid),

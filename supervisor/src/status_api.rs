@@ -217,8 +217,8 @@ mod tests {
         let paths = dwbase_proto::Paths::new(root).unwrap();
         let cfg = RunnerConfig {
             paths: paths.clone(),
-            node: Invocation::new("/nonexistent/dwbase-node"),
-            sink: LogSink::Append,
+            node: Arc::new(Invocation::new("/nonexistent/dwbase-node")),
+            sink: Arc::new(LogSink::Append),
             rules: RestartRules::default(),
             supervisor: dwbase_proto::SupervisorInfo {
                 pid: std::process::id(),

@@ -17,7 +17,9 @@
 //!
 //! Node processes start on two spawn threads ([`process::SpawnPool`]) while a rollout is
 //! applied, so the next node is prepared while the last one execs; the runner takes the
-//! results in before its turn ends. Tasks it starts per running node: an exit watcher (`Child::wait` for our children, a pidfd
+//! results in before its turn ends.
+//!
+//! Tasks it starts per running node: an exit watcher (`Child::wait` for our children, a pidfd
 //! for adopted ones). None of them touches node state; they only send messages.
 
 pub mod handle;
@@ -59,10 +61,10 @@ use probe::{Kind, Outcome, ProbeConfig, Prober, Verdict};
 pub struct RunnerConfig {
     /// The state root.
     pub paths: Paths,
-    /// The node program.
-    pub node: Invocation,
-    /// Where node output goes.
-    pub sink: LogSink,
+    /// The node program (shared with the spawn orders).
+    pub node: Arc<Invocation>,
+    /// Where node output goes (shared with the spawn orders).
+    pub sink: Arc<LogSink>,
     /// Restart rules.
     pub rules: RestartRules,
     /// Who we are (for status and state.json).
@@ -179,9 +181,6 @@ pub struct Runner {
     notify: Option<dwbase_proto::notify::NotifyReceiver>,
     /// Log pipes of the nodes spawned this turn, started once the turn's spawns are done.
     log_pipes: Vec<process::LogPipeJob>,
-    /// The node program and where its output goes, shared with the spawn orders.
-    node_program: Arc<Invocation>,
-    sink: Arc<LogSink>,
     /// Starts queued this turn, not yet handed to the spawn threads.
     spawn_queue: Vec<SpawnOrder>,
     /// Whether starts go to the spawn threads as soon as they are ordered (while a rollout
@@ -217,7 +216,6 @@ impl Runner {
         )?;
         let handle = RunnerHandle { tx: tx.clone(), events: events.clone(), status: status_rx };
         let paths_notify = cfg.paths.notify_socket();
-        let (cfg_node, cfg_sink) = (cfg.node.clone(), cfg.sink.clone());
         let (spawn_done_tx, spawn_done_rx) = std::sync::mpsc::channel();
         let mut runner = Self {
             cfg,
@@ -238,8 +236,6 @@ impl Runner {
             saved: HashMap::new(),
             notify: bind_notify(&paths_notify),
             log_pipes: Vec::new(),
-            node_program: Arc::new(cfg_node),
-            sink: Arc::new(cfg_sink),
             spawn_queue: Vec::new(),
             pipelined: false,
             spawn_pool: process::SpawnPool::new(SPAWN_THREADS),
@@ -975,8 +971,8 @@ impl Runner {
         }
         Ok(SpawnOrder {
             name: name.to_owned(),
-            node: Arc::clone(&self.node_program),
-            sink: Arc::clone(&self.sink),
+            node: Arc::clone(&self.cfg.node),
+            sink: Arc::clone(&self.cfg.sink),
             config_path: n.rec.config_path.clone(),
             log_path: n.rec.log_path.clone(),
             stop_timeout_ms: n.rec.stop_timeout_ms,
