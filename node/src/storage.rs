@@ -30,9 +30,11 @@
 //! thread, the last group a single writer) flushes on its own blocking thread instead, saving
 //! the hand-off to the flusher thread and back; the blocking thread answers its request through
 //! a bell ([`Bells`]: a byte on a socket pair, heard by the runtime's I/O driver), which wakes
-//! one async worker where a join handle woke two. Ids are ULIDs (time +
-//! 80 random bits) and are checked against the store before use, so ids never repeat across
-//! restarts; `seq` comes from sled's persisted id generator, which never goes backwards either.
+//! one async worker where a join handle woke two. The flush itself writes and syncs sled's log
+//! buffer on the thread that asked for it (our sled copy, node/vendor/README.md: upstream hands
+//! that write to its I/O pool and wakes all seven of the pool's idle threads for it). Ids are
+//! ULIDs (time + 80 random bits) and are checked against the store before use, so ids never
+//! repeat across restarts; `seq` comes from sled's persisted id generator, which never goes backwards either.
 //!
 //! # When the disk fills up or fails
 //!
