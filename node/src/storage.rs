@@ -34,7 +34,8 @@
 //! buffer on the thread that asked for it (our sled copy, node/vendor/README.md: upstream hands
 //! that write to its I/O pool and wakes all seven of the pool's idle threads for it). Ids are
 //! ULIDs (time + 80 random bits) and are checked against the store before use, so ids never
-//! repeat across restarts; `seq` comes from sled's persisted id generator, which never goes backwards either.
+//! repeat across restarts; `seq` comes from sled's persisted id generator, which never goes
+//! backwards either.
 //!
 //! # When the disk fills up or fails
 //!
