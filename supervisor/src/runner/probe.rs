@@ -9,16 +9,25 @@
 //! doubles up to the fast period, so a started or restarted node is seen ready within a few
 //! milliseconds of answering (`deploy` returns on that event), and one that takes long to
 //! start costs a few probes a second.
+//!
+//! A plain-HTTP node is probed on one kept-alive connection of its own ([`PlainConn`]);
+//! HTTPS nodes through reqwest's client for their TLS setting.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use dwbase_proto::LivenessSpec;
 use futures::future::BoxFuture;
 use futures::stream::{FuturesUnordered, StreamExt};
 use futures::FutureExt;
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper::client::conn::http1::SendRequest;
+use hyper::{Request, StatusCode};
+use hyper_util::rt::TokioIo;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -119,7 +128,7 @@ impl Prober {
         runner: mpsc::UnboundedSender<Msg>,
         cancel: CancellationToken,
     ) -> anyhow::Result<Self> {
-        let clients = Clients::new(cfg.timeout)?;
+        let clients = Clients::new(cfg.timeout);
         let (tx, rx) = mpsc::unbounded_channel();
         // Its own thread and one-thread runtime: a batch of probes (50 requests out, 50 answers
         // trickling in) is handled by one thread that sleeps between periods, and wakes the
@@ -178,49 +187,147 @@ impl Prober {
     }
 }
 
-/// HTTP clients of the prober: one for plain HTTP, one per distinct TLS setting (nodes that
-/// serve HTTPS; the same client certificate shares one client and its connection pool).
+/// HTTP clients of the prober for nodes that serve HTTPS: one per distinct TLS setting (the
+/// same client certificate shares one client and its connection pool). Plain-HTTP nodes need
+/// none: each gets a [`PlainConn`].
 struct Clients {
     timeout: Duration,
-    plain: reqwest::Client,
     tls: HashMap<ProbeTls, Result<reqwest::Client, String>>,
 }
 
 impl Clients {
-    fn new(timeout: Duration) -> anyhow::Result<Self> {
-        let plain = Self::builder(timeout).build()?;
-        Ok(Self { timeout, plain, tls: HashMap::new() })
+    fn new(timeout: Duration) -> Self {
+        Self { timeout, tls: HashMap::new() }
     }
 
-    fn builder(timeout: Duration) -> reqwest::ClientBuilder {
-        reqwest::Client::builder().no_proxy().connect_timeout(timeout).pool_max_idle_per_host(1)
-    }
-
-    /// The client for `endpoint`, or why there is none (an unreadable client certificate).
-    fn get(&mut self, endpoint: &Endpoint) -> Result<reqwest::Client, String> {
-        let Some(tls) = &endpoint.tls else { return Ok(self.plain.clone()) };
+    /// How to reach `endpoint`.
+    fn get(&mut self, endpoint: &Endpoint) -> Http {
+        let Some(tls) = &endpoint.tls else { return Http::Plain(PlainConn::default()) };
         let timeout = self.timeout;
-        self.tls
-            .entry(tls.clone())
-            .or_insert_with(|| {
-                let (cert_file, key_file) = tls.identity.clone().unzip();
-                let identity = dwbase_node::tls::ClientTls { ca_file: None, cert_file, key_file };
-                let keys = ("ca_file", "the client certificate", "its key");
-                identity
-                    .apply(Self::builder(timeout), keys)
-                    .map_err(|e| e.to_string())?
-                    .danger_accept_invalid_certs(true)
-                    .build()
-                    .map_err(|e| e.to_string())
-            })
-            .clone()
+        let client = self.tls.entry(tls.clone()).or_insert_with(|| {
+            let (cert_file, key_file) = tls.identity.clone().unzip();
+            let identity = dwbase_node::tls::ClientTls { ca_file: None, cert_file, key_file };
+            let keys = ("ca_file", "the client certificate", "its key");
+            let builder = reqwest::Client::builder()
+                .no_proxy()
+                .connect_timeout(timeout)
+                .pool_max_idle_per_host(1);
+            identity
+                .apply(builder, keys)
+                .map_err(|e| e.to_string())?
+                .danger_accept_invalid_certs(true)
+                .build()
+                .map_err(|e| e.to_string())
+        });
+        match client {
+            Ok(client) => Http::Tls(client.clone()),
+            Err(e) => Http::NoClient(e.clone()),
+        }
+    }
+}
+
+/// How the prober reaches one node.
+enum Http {
+    /// Plain HTTP, on a connection of the node's own.
+    Plain(PlainConn),
+    /// HTTPS, with reqwest's client for the node's TLS setting.
+    Tls(reqwest::Client),
+    /// HTTPS, but no client could be made (an unreadable client certificate): why.
+    NoClient(String),
+}
+
+/// The kept-alive connection to a plain-HTTP node: hyper's HTTP/1 client connection, opened
+/// at the first probe and again whenever the node has closed it. A probe through reqwest's
+/// pooled client spent most of the prober's CPU on an idle devnet in the pool (URL parsing,
+/// checkout, its channels) for what is one request on one connection (issue 14).
+///
+/// Only one probe of a node is out at a time (the target is busy meanwhile), so the lock is
+/// never contended: a probe takes the connection and puts it back once answered.
+#[derive(Clone, Default)]
+struct PlainConn(Arc<std::sync::Mutex<Option<SendRequest<Empty<Bytes>>>>>);
+
+/// Why a plain-HTTP probe got no answer.
+enum PlainError {
+    Connect(std::io::Error),
+    Http(hyper::Error),
+}
+
+impl PlainConn {
+    fn take(&self) -> Option<SendRequest<Empty<Bytes>>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).take().filter(|s| !s.is_closed())
+    }
+
+    fn put(&self, sender: SendRequest<Empty<Bytes>>) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(sender);
+    }
+
+    /// `GET path` (no timeout of its own): the status and, unless it is 200, the body.
+    ///
+    /// On a kept-alive connection the node may close it just as the request goes out (it
+    /// closes connections idle for `node.limits.header_timeout_secs`, as long as the slow
+    /// probe period by default): a request that was not written, or was written and got no
+    /// byte of answer before the close, is sent once more on a new connection. (Probes are
+    /// GETs without side effects, so sending one twice is harmless; a node that died refuses
+    /// the new connection, and one that hangs does not close, so no failure is hidden.)
+    async fn get(
+        &self,
+        addr: SocketAddr,
+        path: &'static str,
+    ) -> Result<(StatusCode, String), PlainError> {
+        let mut kept = self.take();
+        loop {
+            let reused = kept.is_some();
+            let mut sender = match kept.take() {
+                Some(sender) => sender,
+                None => Self::connect(addr).await?,
+            };
+            let req = Request::get(path)
+                .header(hyper::header::HOST, addr.to_string())
+                .body(Empty::new())
+                .expect("a GET of a static path is a valid request");
+            let resp = match sender.try_send_request(req).await {
+                Ok(resp) => resp,
+                Err(e)
+                    if reused && (e.message().is_some() || e.error().is_incomplete_message()) =>
+                {
+                    continue
+                }
+                Err(e) => return Err(PlainError::Http(e.into_error())),
+            };
+            let status = resp.status();
+            // Read the body to its end, so that the connection can carry the next probe.
+            let body = Limited::new(resp.into_body(), 64 * 1024).collect().await;
+            let text = match body {
+                Ok(_) if status.is_success() => String::new(),
+                Ok(body) => String::from_utf8_lossy(&body.to_bytes()).into_owned(),
+                // An answer whose body broke off still gave its status: the connection is gone.
+                Err(_) => return Ok((status, String::new())),
+            };
+            self.put(sender);
+            return Ok((status, text));
+        }
+    }
+
+    async fn connect(addr: SocketAddr) -> Result<SendRequest<Empty<Bytes>>, PlainError> {
+        let stream = tokio::net::TcpStream::connect(addr).await.map_err(PlainError::Connect)?;
+        // One small request and answer per probe: no Nagle delay behind a previous segment.
+        let _ = stream.set_nodelay(true);
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(PlainError::Http)?;
+        // The connection's own task: it ends when the node closes the connection or the
+        // sender is dropped (the node was unwatched or restarted, or a probe timed out).
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(sender)
     }
 }
 
 struct Target {
     generation: u64,
     endpoint: Endpoint,
-    http: Result<reqwest::Client, String>,
+    http: Http,
     liveness: LivenessSpec,
     ready: bool,
     pause: Duration,
@@ -461,42 +568,61 @@ impl Alarm {
 
 fn probe(name: &str, t: &Target, kind: Kind, timeout: Duration) -> BoxFuture<'static, Outcome> {
     let path = match kind {
-        Kind::Readiness => "readyz",
-        Kind::Liveness => "healthz",
+        Kind::Readiness => "/readyz",
+        Kind::Liveness => "/healthz",
     };
-    let req = t.http.clone().map(|http| {
-        let url = format!("{}/{path}", t.endpoint.url());
-        http.get(url).timeout(timeout)
-    });
-    let (name, generation, tls) = (name.to_owned(), t.generation, t.endpoint.tls.is_some());
-    async move {
-        let req = match req {
-            Ok(req) => req,
-            Err(e) => {
-                let verdict = Verdict::Failed(format!("/{path}: no HTTPS client: {e}"));
-                return Outcome { name, generation, kind, verdict };
+    let (name, generation) = (name.to_owned(), t.generation);
+    let timed_out = move || format!("{path} timed out after {} ms", timeout.as_millis());
+    let not_ok = move |status: StatusCode, body: &str| {
+        let body: String = body.trim().chars().take(300).collect();
+        Verdict::NotOk(format!("{path} answered {status}: {body}"))
+    };
+    match &t.http {
+        Http::Plain(conn) => {
+            let (conn, addr) = (conn.clone(), t.endpoint.addr);
+            async move {
+                let verdict = match tokio::time::timeout(timeout, conn.get(addr, path)).await {
+                    Ok(Ok((status, _))) if status.is_success() => Verdict::Ok,
+                    Ok(Ok((status, body))) => not_ok(status, &body),
+                    Err(_elapsed) => Verdict::Failed(timed_out()),
+                    Ok(Err(PlainError::Connect(e)))
+                        if e.kind() == std::io::ErrorKind::ConnectionRefused =>
+                    {
+                        Verdict::Failed(format!("{path} refused the connection"))
+                    }
+                    Ok(Err(PlainError::Connect(e))) => {
+                        Verdict::Failed(format!("{path}: connecting to {addr}: {e}"))
+                    }
+                    Ok(Err(PlainError::Http(e))) => {
+                        Verdict::Failed(format!("{path}: {}", innermost(&e)))
+                    }
+                };
+                Outcome { name, generation, kind, verdict }
             }
-        };
-        let verdict = match req.send().await {
-            Ok(resp) if resp.status().is_success() => Verdict::Ok,
-            Ok(resp) => {
-                let status = resp.status();
-                let body = resp.text().await.unwrap_or_default();
-                let body: String = body.trim().chars().take(300).collect();
-                Verdict::NotOk(format!("/{path} answered {status}: {body}"))
+            .boxed()
+        }
+        Http::Tls(http) => {
+            let req = http.get(format!("{}{path}", t.endpoint.url())).timeout(timeout);
+            async move {
+                let verdict = match req.send().await {
+                    Ok(resp) if resp.status().is_success() => Verdict::Ok,
+                    Ok(resp) => {
+                        let status = resp.status();
+                        not_ok(status, &resp.text().await.unwrap_or_default())
+                    }
+                    Err(e) if e.is_timeout() => Verdict::Failed(timed_out()),
+                    // A failed handshake is a connect error too: say what failed.
+                    Err(e) => Verdict::Failed(format!("{path}: {}", innermost(&e))),
+                };
+                Outcome { name, generation, kind, verdict }
             }
-            Err(e) if e.is_timeout() => {
-                Verdict::Failed(format!("/{path} timed out after {} ms", timeout.as_millis()))
-            }
-            Err(e) if e.is_connect() && !tls => {
-                Verdict::Failed(format!("/{path} refused the connection"))
-            }
-            // Over TLS a failed handshake is a connect error too: say what failed.
-            Err(e) => Verdict::Failed(format!("/{path}: {}", innermost(&e))),
-        };
-        Outcome { name, generation, kind, verdict }
+            .boxed()
+        }
+        Http::NoClient(e) => {
+            let verdict = Verdict::Failed(format!("{path}: no HTTPS client: {e}"));
+            futures::future::ready(Outcome { name, generation, kind, verdict }).boxed()
+        }
     }
-    .boxed()
 }
 
 /// The liveness outcome a readiness probe's answer stands for: a node's `/readyz` answers 200
@@ -514,7 +640,8 @@ fn alive_by(ready: &Outcome) -> Option<Outcome> {
     })
 }
 
-/// The innermost cause of an error (reqwest's own text is only "error sending request").
+/// The innermost cause of an error (reqwest's own text is only "error sending request", hyper's
+/// often "connection error").
 fn innermost(e: &(dyn std::error::Error + 'static)) -> String {
     let mut cur = e;
     while let Some(next) = cur.source() {
@@ -526,6 +653,7 @@ fn innermost(e: &(dyn std::error::Error + 'static)) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::AtomicUsize;
 
     #[test]
     fn alignment_puts_every_node_on_the_same_grid() {
@@ -543,12 +671,12 @@ mod tests {
     /// what the test sets.
     #[derive(Default)]
     struct Seen {
-        readyz: std::sync::atomic::AtomicUsize,
-        healthz: std::sync::atomic::AtomicUsize,
+        readyz: AtomicUsize,
+        healthz: AtomicUsize,
         ready_status: std::sync::atomic::AtomicU16,
     }
 
-    async fn counting_node(seen: Arc<Seen>) -> std::net::SocketAddr {
+    async fn counting_node(seen: Arc<Seen>) -> SocketAddr {
         use axum::extract::State;
         use axum::http::StatusCode;
         use axum::routing::get;
@@ -624,5 +752,108 @@ mod tests {
         assert!(live.iter().all(|v| *v == Verdict::Ok), "{live:?}");
         assert!(seen.healthz.load(Ordering::SeqCst) >= 4);
         cancel.cancel();
+    }
+
+    /// How [`raw_node`] treats a connection after answering its first request.
+    #[derive(Clone, Copy)]
+    enum AfterFirst {
+        /// Closes it at once (the probe finds a closed connection at its next turn).
+        Close,
+        /// Reads the next request, then closes without a byte of answer (the race of an idle
+        /// keep-alive connection the node closes just as a probe goes out).
+        ReadThenClose,
+        /// Never answers anything: reads nothing and keeps the connection (a hung node).
+        Hang,
+    }
+
+    /// A node on loopback written on bare TCP: answers `200 ok` once per connection, then
+    /// does what `after` says; counts the connections it accepted.
+    async fn raw_node(after: AfterFirst, accepted: Arc<AtomicUsize>) -> SocketAddr {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        async fn read_head(s: &mut tokio::net::TcpStream) -> bool {
+            let mut head = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                match s.read(&mut buf).await {
+                    Ok(0) | Err(_) => return false,
+                    Ok(n) => head.extend_from_slice(&buf[..n]),
+                }
+            }
+            true
+        }
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((mut s, _)) = listener.accept().await {
+                accepted.fetch_add(1, Ordering::SeqCst);
+                if let AfterFirst::Hang = after {
+                    held.push(s);
+                    continue;
+                }
+                tokio::spawn(async move {
+                    if !read_head(&mut s).await {
+                        return;
+                    }
+                    let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                    if s.write_all(ok).await.is_err() {
+                        return;
+                    }
+                    if let AfterFirst::ReadThenClose = after {
+                        read_head(&mut s).await;
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    /// The readiness verdicts of the first `n` readiness probes of one node at `addr`.
+    async fn readiness_verdicts(addr: SocketAddr, n: usize, timeout: Duration) -> Vec<Verdict> {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let cancel = CancellationToken::new();
+        let period = Duration::from_millis(20);
+        let cfg = ProbeConfig { fast: period, slow: period, timeout };
+        let mut prober = Prober::start(cfg, tx, cancel.clone()).unwrap();
+        let liveness = LivenessSpec { period_ms: 0, timeout_ms: 0, failures: 0 };
+        prober.watch("node-a", 1, Endpoint::plain(addr), liveness);
+        prober.send_held();
+        let mut verdicts = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while verdicts.len() < n {
+            let msg = tokio::time::timeout_at(deadline, rx.recv()).await;
+            let Ok(Some(Msg::Probes(batch))) = msg else { panic!("no probe batch: {msg:?}") };
+            verdicts.extend(batch.into_iter().map(|o| o.verdict));
+        }
+        cancel.cancel();
+        verdicts
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_node_that_closes_kept_alive_connections_never_fails_a_probe() {
+        for after in [AfterFirst::Close, AfterFirst::ReadThenClose] {
+            let accepted = Arc::new(AtomicUsize::new(0));
+            let addr = raw_node(after, accepted.clone()).await;
+            let verdicts = readiness_verdicts(addr, 12, Duration::from_secs(5)).await;
+            assert!(verdicts.iter().all(|v| *v == Verdict::Ok), "{verdicts:?}");
+            // Every probe after the first found its connection closed and opened another.
+            assert!(accepted.load(Ordering::SeqCst) >= 12, "{}", accepted.load(Ordering::SeqCst));
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_refused_connection_and_a_hung_node_fail_their_probes_with_the_reason() {
+        let gone = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let verdicts = readiness_verdicts(gone, 3, Duration::from_secs(5)).await;
+        let refused = Verdict::Failed("/readyz refused the connection".into());
+        assert!(verdicts.iter().all(|v| *v == refused), "{verdicts:?}");
+
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let hung = raw_node(AfterFirst::Hang, accepted.clone()).await;
+        let verdicts = readiness_verdicts(hung, 3, Duration::from_millis(100)).await;
+        let timed_out = Verdict::Failed("/readyz timed out after 100 ms".into());
+        assert!(verdicts.iter().all(|v| *v == timed_out), "{verdicts:?}");
+        // A timed-out probe drops its connection: the next one does not queue behind it.
+        assert!(accepted.load(Ordering::SeqCst) >= 3, "{}", accepted.load(Ordering::SeqCst));
     }
 }
